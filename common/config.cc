@@ -1,0 +1,586 @@
+#include "common/config.h"
+
+#include <sys/stat.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <vector>
+
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/yaml.h>
+
+namespace cohort::config {
+namespace {
+
+// ---- pass 1: bound the raw document before building a node tree ---------------------------
+//
+// yaml-cpp builds aliases as shared nodes, so an alias flood is cheap to parse but explodes when
+// walked; deep nesting recurses. Counting events first keeps both bounded no matter what the
+// document contains, and we never build a tree for a document that breaks a limit.
+struct LimitExceeded {
+  std::string message;
+};
+
+class LimitChecker : public YAML::EventHandler {
+ public:
+  explicit LimitChecker(const Limits& limits) : limits_(limits) {}
+
+  void OnDocumentStart(const YAML::Mark&) override { ++documents_; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& m, YAML::anchor_t) override { Node(m); }
+  void OnAlias(const YAML::Mark& m, YAML::anchor_t) override {
+    Node(m);
+    if (++aliases_ > limits_.max_aliases) {
+      Fail(m, "more than " + std::to_string(limits_.max_aliases) + " aliases (limit max_aliases)");
+    }
+  }
+  void OnScalar(const YAML::Mark& m, const std::string&, YAML::anchor_t,
+                const std::string&) override {
+    Node(m);
+  }
+  void OnSequenceStart(const YAML::Mark& m, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    Open(m);
+  }
+  void OnSequenceEnd() override { --depth_; }
+  void OnMapStart(const YAML::Mark& m, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    Open(m);
+  }
+  void OnMapEnd() override { --depth_; }
+
+  int documents() const { return documents_; }
+
+ private:
+  void Node(const YAML::Mark& m) {
+    if (++nodes_ > limits_.max_nodes) {
+      Fail(m, "more than " + std::to_string(limits_.max_nodes) + " nodes (limit max_nodes)");
+    }
+  }
+  void Open(const YAML::Mark& m) {
+    Node(m);
+    if (++depth_ > limits_.max_depth) {
+      Fail(m, "nesting deeper than " + std::to_string(limits_.max_depth) + " (limit max_depth)");
+    }
+  }
+  [[noreturn]] void Fail(const YAML::Mark& m, const std::string& what) {
+    throw LimitExceeded{"line " + std::to_string(m.line + 1) + ", column " +
+                        std::to_string(m.column + 1) + ": " + what};
+  }
+
+  const Limits& limits_;
+  int documents_ = 0;
+  int nodes_ = 0;
+  int depth_ = 0;
+  int aliases_ = 0;
+};
+
+std::string Where(const YAML::Node& n) {
+  YAML::Mark m = n.Mark();
+  if (m.is_null()) return "";
+  return " (line " + std::to_string(m.line + 1) + ", column " + std::to_string(m.column + 1) + ")";
+}
+
+std::string Describe(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null: return "null";
+    case YAML::NodeType::Sequence: return "a sequence";
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Scalar: {
+      std::string s = n.Scalar();
+      if (s.size() > 40) s = s.substr(0, 40) + "...";
+      return "'" + s + "'";
+    }
+    default: return "an undefined value";
+  }
+}
+
+template <typename T>
+std::string Num(T v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+// ---- pass 2: typed, validated reading --------------------------------------------------------
+//
+// Errors are collected in a Status as soon as the first one is found; the reader keeps the key
+// path so messages say "optimizer.lr" rather than "lr".
+class Reader {
+ public:
+  explicit Reader(std::string source) : source_(std::move(source)) {}
+
+  const Status& status() const { return status_; }
+
+  // Reads mapping `node` at `path` (empty for the root); `fields` maps each known key to a parser.
+  // Unknown or duplicated keys and non-scalar keys are errors.
+  void Section(const YAML::Node& node, const std::string& path,
+               const std::vector<std::pair<std::string,
+                                           std::function<void(const YAML::Node&, const std::string&)>>>&
+                   fields) {
+    if (!status_.ok() || !node.IsDefined() || node.IsNull()) return;
+    if (!node.IsMap()) {
+      Error(node, path.empty() ? std::string("document") : path,
+            "expected a mapping, got " + Describe(node));
+      return;
+    }
+    std::set<std::string> seen;
+    for (const auto& kv : node) {
+      if (!status_.ok()) return;
+      if (!kv.first.IsScalar()) {
+        Error(kv.first, path, "keys must be plain strings, got " + Describe(kv.first));
+        return;
+      }
+      const std::string key = kv.first.Scalar();
+      const std::string full = path.empty() ? key : path + "." + key;
+      if (!seen.insert(key).second) {
+        Error(kv.first, full, "duplicate key");
+        return;
+      }
+      bool known = false;
+      for (const auto& [name, parse] : fields) {
+        if (name == key) {
+          known = true;
+          parse(kv.second, full);
+          break;
+        }
+      }
+      if (!known) {
+        std::string allowed;
+        for (const auto& f : fields) allowed += (allowed.empty() ? "" : ", ") + f.first;
+        Error(kv.first, full, "unknown key (allowed here: " + allowed + ")");
+        return;
+      }
+    }
+  }
+
+  template <typename T>
+  void Int(const YAML::Node& n, const std::string& path, T* out, T lo, T hi) {
+    if (!status_.ok()) return;
+    T v{};
+    if (!n.IsScalar() || !ConvertInt(n.Scalar(), &v)) {
+      Error(n, path, "expected an integer in [" + Num(lo) + ", " + Num(hi) + "], got " + Describe(n));
+      return;
+    }
+    if (v < lo || v > hi) {
+      Error(n, path, "value " + Num(v) + " is out of range [" + Num(lo) + ", " + Num(hi) + "]");
+      return;
+    }
+    *out = v;
+  }
+
+  void Real(const YAML::Node& n, const std::string& path, double* out, double lo, double hi,
+            bool lo_open = false) {
+    if (!status_.ok()) return;
+    std::string range = std::string(lo_open ? "(" : "[") + Num(lo) + ", " + Num(hi) + "]";
+    double v = 0;
+    if (!n.IsScalar() || !ConvertReal(n.Scalar(), &v)) {
+      Error(n, path, "expected a number in " + range + ", got " + Describe(n));
+      return;
+    }
+    if (!std::isfinite(v) || v < lo || v > hi || (lo_open && v == lo)) {
+      Error(n, path, "value " + Num(v) + " is out of range " + range);
+      return;
+    }
+    *out = v;
+  }
+
+  void String(const YAML::Node& n, const std::string& path, std::string* out, size_t max_len = 4096) {
+    if (!status_.ok()) return;
+    if (!n.IsScalar()) {
+      Error(n, path, "expected a string, got " + Describe(n));
+      return;
+    }
+    if (n.Scalar().size() > max_len) {
+      Error(n, path, "string longer than " + std::to_string(max_len) + " bytes");
+      return;
+    }
+    if (n.Scalar().find('\0') != std::string::npos) {
+      Error(n, path, "string contains a NUL byte");
+      return;
+    }
+    *out = n.Scalar();
+  }
+
+  void Enum(const YAML::Node& n, const std::string& path, std::string* out,
+            const std::vector<std::string>& allowed) {
+    if (!status_.ok()) return;
+    std::string list;
+    for (const auto& a : allowed) list += (list.empty() ? "" : " | ") + a;
+    if (!n.IsScalar()) {
+      Error(n, path, "expected one of " + list + ", got " + Describe(n));
+      return;
+    }
+    for (const auto& a : allowed) {
+      if (n.Scalar() == a) {
+        *out = a;
+        return;
+      }
+    }
+    Error(n, path, "expected one of " + list + ", got " + Describe(n));
+  }
+
+  void Error(const YAML::Node& n, const std::string& path, const std::string& what) {
+    if (!status_.ok()) return;
+    status_ = InvalidArgument(source_ + ": " + path + ": " + what + Where(n));
+  }
+  void ErrorAt(const std::string& path, const std::string& what) {
+    if (!status_.ok()) return;
+    status_ = InvalidArgument(source_ + ": " + path + ": " + what);
+  }
+
+ private:
+  template <typename T>
+  static bool ConvertInt(const std::string& s, T* out) {
+    if (s.empty()) return false;
+    // Plain decimal only (with optional sign): "1e3", "0x10" or "1_000" in a step count is more
+    // likely a mistake than an intent.
+    size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
+    if (i == s.size()) return false;
+    for (size_t j = i; j < s.size(); ++j) {
+      if (s[j] < '0' || s[j] > '9') return false;
+    }
+    errno = 0;
+    char* end = nullptr;
+    if constexpr (std::is_signed_v<T>) {
+      long long v = std::strtoll(s.c_str(), &end, 10);
+      if (errno == ERANGE || v < std::numeric_limits<T>::min() || v > std::numeric_limits<T>::max()) {
+        return false;
+      }
+      *out = static_cast<T>(v);
+    } else {
+      if (s[0] == '-') return false;
+      unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+      if (errno == ERANGE || v > std::numeric_limits<T>::max()) return false;
+      *out = static_cast<T>(v);
+    }
+    return true;
+  }
+
+  static bool ConvertReal(const std::string& s, double* out) {
+    if (s.empty()) return false;
+    errno = 0;
+    char* end = nullptr;
+    double v = std::strtod(s.c_str(), &end);
+    if (end != s.c_str() + s.size() || errno == ERANGE) return false;
+    // strtod accepts "inf", "nan" and hex floats: none is a sensible hyperparameter.
+    for (char c : s) {
+      if (!(std::isdigit(static_cast<unsigned char>(c)) || c == '.' || c == 'e' || c == 'E' ||
+            c == '-' || c == '+')) {
+        return false;
+      }
+    }
+    *out = v;
+    return true;
+  }
+
+  std::string source_;
+  Status status_;
+};
+
+using Fields =
+    std::vector<std::pair<std::string, std::function<void(const YAML::Node&, const std::string&)>>>;
+
+constexpr int64_t kMaxSteps = 1'000'000'000'000;
+
+Status Validate(const JobSpec& s, std::string_view source) {
+  auto err = [&](const std::string& path, const std::string& what) {
+    return InvalidArgument(std::string(source) + ": " + path + ": " + what);
+  };
+  if (s.model.n_embd % s.model.n_head != 0) {
+    return err("model.n_embd", "n_embd (" + std::to_string(s.model.n_embd) +
+                                   ") must be divisible by model.n_head (" +
+                                   std::to_string(s.model.n_head) + ")");
+  }
+  if (s.data.seq_len > s.model.context_length) {
+    return err("data.seq_len", "seq_len (" + std::to_string(s.data.seq_len) +
+                                   ") must not exceed model.context_length (" +
+                                   std::to_string(s.model.context_length) + ")");
+  }
+  if (s.data.train.empty()) return err("data.train", "required: path or glob of training shards");
+  if (s.schedule.min_lr > s.optimizer.lr) {
+    return err("schedule.min_lr", "min_lr (" + Num(s.schedule.min_lr) +
+                                      ") must not exceed optimizer.lr (" + Num(s.optimizer.lr) + ")");
+  }
+  if (s.schedule.warmup_steps > s.train.steps) {
+    return err("schedule.warmup_steps", "warmup_steps (" + std::to_string(s.schedule.warmup_steps) +
+                                            ") must not exceed train.steps (" +
+                                            std::to_string(s.train.steps) + ")");
+  }
+  if (s.checkpoint.interval > 0 && s.checkpoint.dir.empty()) {
+    return err("checkpoint.dir", "required when checkpoint.interval > 0");
+  }
+  return Status::Ok();
+}
+
+bool IsSafeName(const std::string& s) {
+  if (s.empty() || s.size() > 64 || s[0] == '.' || s[0] == '-') return false;
+  for (char c : s) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string Dirname(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return "";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string ResolveAgainst(const std::string& base, const std::string& p) {
+  if (p.empty() || p[0] == '/' || base.empty() || p.find("://") != std::string::npos) return p;
+  return base + "/" + p;
+}
+
+
+Status ApplyOverride(YAML::Node& root, const std::string& override_text) {
+  const std::string where = "override '" + override_text + "'";
+  size_t eq = override_text.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    return InvalidArgument(where + ": expected key.path=value");
+  }
+  std::vector<std::string> keys;
+  std::string path = override_text.substr(0, eq);
+  size_t start = 0;
+  while (true) {
+    size_t dot = path.find('.', start);
+    std::string k = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (k.empty()) return InvalidArgument(where + ": empty key in '" + path + "'");
+    keys.push_back(k);
+    if (keys.size() > 8) return InvalidArgument(where + ": key path too deep");
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  YAML::Node value;
+  try {
+    value = YAML::Load(override_text.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    return InvalidArgument(where + ": invalid value: " + e.msg);
+  }
+  if (!value.IsScalar() && !value.IsNull()) {
+    return InvalidArgument(where + ": value must be a scalar");
+  }
+  if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  // Walk with reset() so we rebind handles instead of assigning through them (yaml-cpp's operator=
+  // on a node handle overwrites the referenced node).
+  YAML::Node cur;
+  cur.reset(root);
+  for (size_t i = 0; i + 1 < keys.size(); ++i) {
+    if (!cur.IsMap()) return InvalidArgument(where + ": '" + keys[i] + "' is not inside a mapping");
+    YAML::Node next = cur[keys[i]];
+    if (!next.IsDefined() || next.IsNull()) {
+      cur[keys[i]] = YAML::Node(YAML::NodeType::Map);
+      next = cur[keys[i]];
+    }
+    cur.reset(next);
+  }
+  if (!cur.IsMap()) return InvalidArgument(where + ": parent of '" + keys.back() + "' is not a mapping");
+  cur[keys.back()] = value;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<JobSpec> ParseJobSpec(std::string_view yaml, std::string_view source, const Limits& limits,
+                             const std::vector<std::string>& overrides) {
+  const std::string src(source);
+  if (yaml.size() > limits.max_file_bytes) {
+    return InvalidArgument(src + ": document is " + std::to_string(yaml.size()) +
+                           " bytes, over the limit of " + std::to_string(limits.max_file_bytes) +
+                           " bytes (max_file_bytes)");
+  }
+  const std::string text(yaml);
+  try {
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    LimitChecker checker(limits);
+    while (parser.HandleNextDocument(checker)) {
+    }
+    if (checker.documents() > 1) {
+      return InvalidArgument(src + ": expected one YAML document, found " +
+                             std::to_string(checker.documents()));
+    }
+  } catch (const LimitExceeded& e) {
+    return InvalidArgument(src + ": " + e.message);
+  } catch (const YAML::Exception& e) {
+    return InvalidArgument(src + ": invalid YAML at line " + std::to_string(e.mark.line + 1) +
+                           ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
+  }
+
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return InvalidArgument(src + ": invalid YAML at line " + std::to_string(e.mark.line + 1) +
+                           ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
+  }
+  if (overrides.size() > 64) return InvalidArgument("more than 64 overrides");
+  for (const auto& o : overrides) RETURN_IF_ERROR(ApplyOverride(root, o));
+  if (!root.IsDefined() || root.IsNull()) {
+    return InvalidArgument(src + ": empty job spec (data.train is required)");
+  }
+
+  JobSpec s;
+  Reader r(src);
+  try {
+    r.Section(root, "", Fields{
+      {"name", [&](const YAML::Node& n, const std::string& p) {
+         r.String(n, p, &s.name, 64);
+         if (r.status().ok() && !IsSafeName(s.name)) {
+           r.Error(n, p, "must be 1-64 characters of [A-Za-z0-9._-], not starting with '.' or '-'");
+         }
+       }},
+      {"model", [&](const YAML::Node& n, const std::string& p) {
+         r.Section(n, p, Fields{
+           {"n_layer", [&](auto& v, auto& q) { r.Int(v, q, &s.model.n_layer, 1, 256); }},
+           {"n_head", [&](auto& v, auto& q) { r.Int(v, q, &s.model.n_head, 1, 256); }},
+           {"n_embd", [&](auto& v, auto& q) { r.Int(v, q, &s.model.n_embd, 1, 65536); }},
+           {"context_length", [&](auto& v, auto& q) { r.Int(v, q, &s.model.context_length, 1, 1 << 20); }},
+           {"vocab_size", [&](auto& v, auto& q) { r.Int(v, q, &s.model.vocab_size, 0, 1 << 24); }},
+         });
+       }},
+      {"data", [&](const YAML::Node& n, const std::string& p) {
+         r.Section(n, p, Fields{
+           {"train", [&](auto& v, auto& q) { r.String(v, q, &s.data.train); }},
+           {"val", [&](auto& v, auto& q) { r.String(v, q, &s.data.val); }},
+           {"batch_size", [&](auto& v, auto& q) { r.Int(v, q, &s.data.batch_size, 1, 1 << 20); }},
+           {"seq_len", [&](auto& v, auto& q) { r.Int(v, q, &s.data.seq_len, 0, 1 << 20); }},
+           {"tokenizer", [&](auto& v, auto& q) { r.Enum(v, q, &s.data.tokenizer, {"byte", "gpt2"}); }},
+         });
+       }},
+      {"optimizer", [&](const YAML::Node& n, const std::string& p) {
+         r.Section(n, p, Fields{
+           {"name", [&](auto& v, auto& q) { r.Enum(v, q, &s.optimizer.name, {"adamw"}); }},
+           {"lr", [&](auto& v, auto& q) { r.Real(v, q, &s.optimizer.lr, 0, 10, /*lo_open=*/true); }},
+           {"beta1", [&](auto& v, auto& q) { r.Real(v, q, &s.optimizer.beta1, 0, 0.999999); }},
+           {"beta2", [&](auto& v, auto& q) { r.Real(v, q, &s.optimizer.beta2, 0, 0.999999); }},
+           {"eps", [&](auto& v, auto& q) { r.Real(v, q, &s.optimizer.eps, 0, 1, /*lo_open=*/true); }},
+           {"weight_decay", [&](auto& v, auto& q) { r.Real(v, q, &s.optimizer.weight_decay, 0, 10); }},
+           {"grad_clip", [&](auto& v, auto& q) { r.Real(v, q, &s.optimizer.grad_clip, 0, 1e6); }},
+         });
+       }},
+      {"schedule", [&](const YAML::Node& n, const std::string& p) {
+         r.Section(n, p, Fields{
+           {"decay", [&](auto& v, auto& q) { r.Enum(v, q, &s.schedule.decay, {"cosine", "constant"}); }},
+           {"warmup_steps", [&](auto& v, auto& q) { r.Int<int64_t>(v, q, &s.schedule.warmup_steps, 0, kMaxSteps); }},
+           {"min_lr", [&](auto& v, auto& q) { r.Real(v, q, &s.schedule.min_lr, 0, 10); }},
+         });
+       }},
+      {"train", [&](const YAML::Node& n, const std::string& p) {
+         r.Section(n, p, Fields{
+           {"steps", [&](auto& v, auto& q) { r.Int<int64_t>(v, q, &s.train.steps, 1, kMaxSteps); }},
+           {"grad_accum", [&](auto& v, auto& q) { r.Int(v, q, &s.train.grad_accum, 1, 1 << 16); }},
+           {"seed", [&](auto& v, auto& q) { r.Int<uint64_t>(v, q, &s.train.seed, 0, std::numeric_limits<uint64_t>::max()); }},
+           {"eval_interval", [&](auto& v, auto& q) { r.Int<int64_t>(v, q, &s.train.eval_interval, 0, kMaxSteps); }},
+           {"eval_batches", [&](auto& v, auto& q) { r.Int(v, q, &s.train.eval_batches, 1, 1 << 20); }},
+           {"log_interval", [&](auto& v, auto& q) { r.Int<int64_t>(v, q, &s.train.log_interval, 1, kMaxSteps); }},
+           {"threads", [&](auto& v, auto& q) { r.Int(v, q, &s.train.threads, 0, 4096); }},
+         });
+       }},
+      {"checkpoint", [&](const YAML::Node& n, const std::string& p) {
+         r.Section(n, p, Fields{
+           {"dir", [&](auto& v, auto& q) { r.String(v, q, &s.checkpoint.dir); }},
+           {"interval", [&](auto& v, auto& q) { r.Int<int64_t>(v, q, &s.checkpoint.interval, 0, kMaxSteps); }},
+           {"keep_last", [&](auto& v, auto& q) { r.Int(v, q, &s.checkpoint.keep_last, 1, 1 << 20); }},
+         });
+       }},
+      {"parallel", [&](const YAML::Node& n, const std::string& p) {
+         r.Section(n, p, Fields{
+           {"strategy", [&](auto& v, auto& q) { r.Enum(v, q, &s.parallel.strategy, {"ddp", "zero1"}); }},
+           {"backend", [&](auto& v, auto& q) { r.Enum(v, q, &s.parallel.backend, {"auto", "mpi", "gloo", "nccl"}); }},
+         });
+       }},
+    });
+  } catch (const YAML::Exception& e) {
+    // Not expected after the checks above; never let a library exception escape the module.
+    return InvalidArgument(src + ": " + e.what());
+  }
+  RETURN_IF_ERROR(r.status());
+  RETURN_IF_ERROR(Validate(s, source));
+  return s;
+}
+
+Result<JobSpec> LoadJobSpec(const std::string& path, const Limits& limits,
+                            const std::vector<std::string>& overrides) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return ErrnoError(path, errno);
+  if (!S_ISREG(st.st_mode)) return InvalidArgument(path + ": not a regular file");
+  if (static_cast<uint64_t>(st.st_size) > limits.max_file_bytes) {
+    return InvalidArgument(path + ": file is " + std::to_string(st.st_size) +
+                           " bytes, over the limit of " + std::to_string(limits.max_file_bytes) +
+                           " bytes (max_file_bytes)");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return ErrnoError(path, errno);
+  std::string text;
+  text.resize(static_cast<size_t>(st.st_size));
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (in.gcount() != static_cast<std::streamsize>(text.size())) {
+    return IoError(path + ": short read");
+  }
+  ASSIGN_OR_RETURN(JobSpec spec, ParseJobSpec(text, path, limits, overrides));
+  const std::string base = Dirname(path);
+  spec.data.train = ResolveAgainst(base, spec.data.train);
+  spec.data.val = ResolveAgainst(base, spec.data.val);
+  spec.checkpoint.dir = ResolveAgainst(base, spec.checkpoint.dir);
+  return spec;
+}
+
+std::string ToYaml(const JobSpec& s) {
+  YAML::Emitter e;
+  e.SetDoublePrecision(17);
+  e << YAML::BeginMap;
+  e << YAML::Key << "name" << YAML::Value << s.name;
+  e << YAML::Key << "model" << YAML::Value << YAML::BeginMap
+    << YAML::Key << "n_layer" << YAML::Value << s.model.n_layer
+    << YAML::Key << "n_head" << YAML::Value << s.model.n_head
+    << YAML::Key << "n_embd" << YAML::Value << s.model.n_embd
+    << YAML::Key << "context_length" << YAML::Value << s.model.context_length
+    << YAML::Key << "vocab_size" << YAML::Value << s.model.vocab_size << YAML::EndMap;
+  e << YAML::Key << "data" << YAML::Value << YAML::BeginMap
+    << YAML::Key << "train" << YAML::Value << YAML::DoubleQuoted << s.data.train
+    << YAML::Key << "val" << YAML::Value << YAML::DoubleQuoted << s.data.val
+    << YAML::Key << "batch_size" << YAML::Value << s.data.batch_size
+    << YAML::Key << "seq_len" << YAML::Value << s.data.seq_len
+    << YAML::Key << "tokenizer" << YAML::Value << s.data.tokenizer << YAML::EndMap;
+  e << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap
+    << YAML::Key << "name" << YAML::Value << s.optimizer.name
+    << YAML::Key << "lr" << YAML::Value << s.optimizer.lr
+    << YAML::Key << "beta1" << YAML::Value << s.optimizer.beta1
+    << YAML::Key << "beta2" << YAML::Value << s.optimizer.beta2
+    << YAML::Key << "eps" << YAML::Value << s.optimizer.eps
+    << YAML::Key << "weight_decay" << YAML::Value << s.optimizer.weight_decay
+    << YAML::Key << "grad_clip" << YAML::Value << s.optimizer.grad_clip << YAML::EndMap;
+  e << YAML::Key << "schedule" << YAML::Value << YAML::BeginMap
+    << YAML::Key << "decay" << YAML::Value << s.schedule.decay
+    << YAML::Key << "warmup_steps" << YAML::Value << s.schedule.warmup_steps
+    << YAML::Key << "min_lr" << YAML::Value << s.schedule.min_lr << YAML::EndMap;
+  e << YAML::Key << "train" << YAML::Value << YAML::BeginMap
+    << YAML::Key << "steps" << YAML::Value << s.train.steps
+    << YAML::Key << "grad_accum" << YAML::Value << s.train.grad_accum
+    << YAML::Key << "seed" << YAML::Value << s.train.seed
+    << YAML::Key << "eval_interval" << YAML::Value << s.train.eval_interval
+    << YAML::Key << "eval_batches" << YAML::Value << s.train.eval_batches
+    << YAML::Key << "log_interval" << YAML::Value << s.train.log_interval
+    << YAML::Key << "threads" << YAML::Value << s.train.threads << YAML::EndMap;
+  e << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap
+    << YAML::Key << "dir" << YAML::Value << YAML::DoubleQuoted << s.checkpoint.dir
+    << YAML::Key << "interval" << YAML::Value << s.checkpoint.interval
+    << YAML::Key << "keep_last" << YAML::Value << s.checkpoint.keep_last << YAML::EndMap;
+  e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap
+    << YAML::Key << "strategy" << YAML::Value << s.parallel.strategy
+    << YAML::Key << "backend" << YAML::Value << s.parallel.backend << YAML::EndMap;
+  e << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
+}
+
+}  // namespace cohort::config
