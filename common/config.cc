@@ -4,6 +4,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -535,9 +536,20 @@ Result<JobSpec> LoadJobSpec(const std::string& path, const Limits& limits,
   return spec;
 }
 
+// Shortest decimal that parses back to the same double ("0.003", not "0.0030000000000000001").
+std::string ShortestDouble(double v) {
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  COHORT_CHECK(ec == std::errc()) << "to_chars failed";
+  std::string out(buf, end);
+  // YAML 1.2 core schema needs a '.' or an exponent to read a float; "1" would still parse as a
+  // number here, but keep floats visibly floats.
+  if (out.find_first_of(".en") == std::string::npos) out += ".0";
+  return out;
+}
+
 std::string ToYaml(const JobSpec& s) {
   YAML::Emitter e;
-  e.SetDoublePrecision(17);
   e << YAML::BeginMap;
   e << YAML::Key << "name" << YAML::Value << s.name;
   e << YAML::Key << "model" << YAML::Value << YAML::BeginMap
@@ -554,16 +566,16 @@ std::string ToYaml(const JobSpec& s) {
     << YAML::Key << "tokenizer" << YAML::Value << s.data.tokenizer << YAML::EndMap;
   e << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap
     << YAML::Key << "name" << YAML::Value << s.optimizer.name
-    << YAML::Key << "lr" << YAML::Value << s.optimizer.lr
-    << YAML::Key << "beta1" << YAML::Value << s.optimizer.beta1
-    << YAML::Key << "beta2" << YAML::Value << s.optimizer.beta2
-    << YAML::Key << "eps" << YAML::Value << s.optimizer.eps
-    << YAML::Key << "weight_decay" << YAML::Value << s.optimizer.weight_decay
-    << YAML::Key << "grad_clip" << YAML::Value << s.optimizer.grad_clip << YAML::EndMap;
+    << YAML::Key << "lr" << YAML::Value << ShortestDouble(s.optimizer.lr)
+    << YAML::Key << "beta1" << YAML::Value << ShortestDouble(s.optimizer.beta1)
+    << YAML::Key << "beta2" << YAML::Value << ShortestDouble(s.optimizer.beta2)
+    << YAML::Key << "eps" << YAML::Value << ShortestDouble(s.optimizer.eps)
+    << YAML::Key << "weight_decay" << YAML::Value << ShortestDouble(s.optimizer.weight_decay)
+    << YAML::Key << "grad_clip" << YAML::Value << ShortestDouble(s.optimizer.grad_clip) << YAML::EndMap;
   e << YAML::Key << "schedule" << YAML::Value << YAML::BeginMap
     << YAML::Key << "decay" << YAML::Value << s.schedule.decay
     << YAML::Key << "warmup_steps" << YAML::Value << s.schedule.warmup_steps
-    << YAML::Key << "min_lr" << YAML::Value << s.schedule.min_lr << YAML::EndMap;
+    << YAML::Key << "min_lr" << YAML::Value << ShortestDouble(s.schedule.min_lr) << YAML::EndMap;
   e << YAML::Key << "train" << YAML::Value << YAML::BeginMap
     << YAML::Key << "steps" << YAML::Value << s.train.steps
     << YAML::Key << "grad_accum" << YAML::Value << s.train.grad_accum

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# End to end through the real binary: data prepare -> config check/show -> train -> Ctrl-C.
+source "$(dirname "$0")/lib.sh"
+cd "$WORK"
+
+mkdir text
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  for j in $(seq 1 30); do echo "Document $i line $j: the quick brown fox jumps over the lazy dog."; done > text/doc$i.txt
+done
+expect_exit 0 "data prepare (byte)" -- "$COHORT_BIN" data prepare --format text --input "$WORK/text/*.txt" \
+  --tokenizer byte --output "$WORK/shards" --val-fraction 0.2
+ls shards/train-*.bin shards/val-*.bin >/dev/null || fail "shards were not written"
+expect_exit 0 "data inspect" -- "$COHORT_BIN" data inspect shards/train-00000.bin
+expect_output "byte" "inspect shows the tokenizer"
+
+cat > job.yaml <<YAML
+name: it-tiny
+model: {n_layer: 2, n_head: 2, n_embd: 32, context_length: 32}
+data: {train: shards/train-*.bin, val: shards/val-*.bin, batch_size: 8, tokenizer: byte}
+optimizer: {lr: 3.0e-3}
+schedule: {warmup_steps: 5}
+train: {steps: 40, eval_interval: 20, eval_batches: 2, log_interval: 10, threads: 1}
+YAML
+expect_exit 0 "config check" -- "$COHORT_BIN" config check job.yaml
+expect_exit 0 "config show" -- "$COHORT_BIN" config show job.yaml
+expect_output "train: \"$WORK/shards/train-\*.bin\"" "show resolves paths against the job file"
+expect_output "beta2: 0.95" "show fills in defaults"
+
+printf 'model:\n  n_layers: 2\n' > bad.yaml
+expect_exit 2 "config check rejects an unknown key" -- "$COHORT_BIN" config check bad.yaml
+expect_output "bad.yaml: model.n_layers: unknown key" "error names file and key"
+expect_exit 2 "train rejects a bad override" -- "$COHORT_BIN" train job.yaml --set optimizer.lr=-1
+expect_output "optimizer.lr: value -1 is out of range" "override error names the field"
+
+expect_exit 0 "train" -- "$COHORT_BIN" train job.yaml --no-progress
+expect_output "step +40/40 \| loss" "train logs every step line"
+expect_output "val loss [0-9.]+ -> [0-9.]+" "train reports val loss before and after"
+expect_output "\[r0\]" "log lines carry the rank"
+
+# Ctrl-C: SIGINT mid-run stops cleanly with exit code 130 and a message, well before the end.
+"$COHORT_BIN" train job.yaml --no-progress --set train.steps=100000 --set train.log_interval=1 > run.log 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do grep -q "step .*/100000 | loss" run.log && break; sleep 0.1; done
+kill -INT "$pid"
+set +e; wait "$pid"; code=$?; set -e
+OUT=$(cat run.log)
+[ "$code" = 130 ] && pass "SIGINT exits 130" || { fail "SIGINT exit code $code, want 130"; tail run.log >&2; }
+expect_output "stopped by signal after [0-9]+ of 100000 steps" "SIGINT is reported"
+
+# Under a launcher with several ranks, refuse (multi-rank training is not implemented yet).
+expect_exit 2 "multi-rank launch is refused" -- env OMPI_COMM_WORLD_SIZE=2 "$COHORT_BIN" train job.yaml
+finish
