@@ -1,0 +1,65 @@
+// Small POSIX file helpers shared by the dataloader module (internal to dataloader/; other modules
+// should use storage/ once it exists). All functions are thread-safe (no shared state) and report
+// failures as Status values whose message names the path.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace cohort::data {
+
+// Reads the whole regular file at `path`. NotFound if it does not exist, InvalidArgument if it is
+// not a regular file (e.g. a directory), Io for other failures.
+Result<std::string> ReadFileToString(const std::string& path);
+
+// Writes a file atomically: data goes to a temporary file in the target's directory; Commit()
+// fsyncs it, renames it over the target and fsyncs the directory, so readers see either the old
+// file or the complete new one, also after a crash. Destroying an uncommitted AtomicFileWriter (or
+// any failure) removes the temporary file and leaves the target untouched. Not thread-safe.
+class AtomicFileWriter {
+ public:
+  // Creates the temporary file next to `path`. Io error naming the directory on failure.
+  static Result<AtomicFileWriter> Create(const std::string& path);
+
+  AtomicFileWriter(AtomicFileWriter&& other) noexcept;
+  AtomicFileWriter& operator=(AtomicFileWriter&& other) = delete;
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+  ~AtomicFileWriter();
+
+  // Appends `n` bytes (retries short writes and EINTR).
+  Status Append(const void* data, size_t n);
+  // Makes the file durable under its final name. The writer is unusable afterwards.
+  Status Commit();
+
+ private:
+  AtomicFileWriter(std::string path, std::string tmp_path, int fd)
+      : path_(std::move(path)), tmp_path_(std::move(tmp_path)), fd_(fd) {}
+  void Abort();
+
+  std::string path_;
+  std::string tmp_path_;
+  int fd_ = -1;
+};
+
+// Convenience: atomically replaces `path` with `data`.
+Status WriteFileAtomically(const std::string& path, std::string_view data);
+
+// True when `s` contains a glob(3) metacharacter (*, ?, [).
+bool HasGlobMagic(std::string_view s);
+
+// Expands one glob(3) pattern into the matching paths in sorted order. NotFound (naming the
+// pattern) when nothing matches; Io when glob itself fails (e.g. unreadable directory).
+Result<std::vector<std::string>> ExpandGlob(const std::string& pattern);
+
+// True if `path` names an existing directory (following symlinks).
+bool IsDirectory(const std::string& path);
+
+// Creates `path` and missing parents (like mkdir -p). Io error naming the path on failure.
+Status MakeDirectories(const std::string& path);
+
+}  // namespace cohort::data

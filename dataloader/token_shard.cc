@@ -1,0 +1,365 @@
+#include "dataloader/token_shard.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+#include "common/crc32c.h"
+#include "dataloader/file_util.h"
+
+namespace cohort::data {
+namespace {
+
+// Header field offsets (see token_shard.h).
+constexpr size_t kOffMagic = 0;
+constexpr size_t kOffVersion = 8;
+constexpr size_t kOffWidth = 12;
+constexpr size_t kOffCount = 16;
+constexpr size_t kOffVocab = 24;
+constexpr size_t kOffTokenizer = 28;
+constexpr size_t kTokenizerField = 16;
+constexpr size_t kOffPayloadCrc = 44;
+constexpr size_t kOffHeaderCrc = 48;
+constexpr size_t kOffReserved = 52;
+
+// Explicit little-endian (de)serialization, so the format does not depend on the host.
+void PutU32(unsigned char* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+void PutU64(unsigned char* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+uint32_t GetU32(const unsigned char* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+uint64_t GetU64(const unsigned char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+std::string At(const std::string& path, size_t offset, std::string_view what) {
+  return path + ": byte offset " + std::to_string(offset) + " (" + std::string(what) + "): ";
+}
+
+// Serializes tokens[0..n) at `width` bytes each into `out` (resized).
+void EncodeTokens(const uint32_t* tokens, size_t n, uint32_t width, std::vector<unsigned char>* out) {
+  out->resize(n * width);
+  unsigned char* p = out->data();
+  if (width == 2) {
+    for (size_t i = 0; i < n; ++i, p += 2) {
+      p[0] = static_cast<unsigned char>(tokens[i]);
+      p[1] = static_cast<unsigned char>(tokens[i] >> 8);
+    }
+  } else {
+    for (size_t i = 0; i < n; ++i, p += 4) PutU32(p, tokens[i]);
+  }
+}
+
+// Validates the 64 header bytes of `path`, whose total size is `file_size`.
+Result<TokenShardHeader> ParseHeader(const std::string& path, const unsigned char* h, uint64_t file_size) {
+  if (std::memcmp(h + kOffMagic, kTokenShardMagic, sizeof(kTokenShardMagic)) != 0) {
+    return DataLoss(At(path, kOffMagic, "magic") + "not a Cohort token shard (expected \"COHORTTK\")");
+  }
+  TokenShardHeader hdr;
+  hdr.version = GetU32(h + kOffVersion);
+  if (hdr.version != kTokenShardVersion) {
+    return DataLoss(At(path, kOffVersion, "version") + "unsupported format version " +
+                    std::to_string(hdr.version) + " (this build reads version " +
+                    std::to_string(kTokenShardVersion) + ")");
+  }
+  // The header checksum comes before the other fields: a flipped bit there should be reported as
+  // corruption, not as some implausible value.
+  hdr.header_crc32c = GetU32(h + kOffHeaderCrc);
+  uint32_t header_crc = Crc32c(h, kOffHeaderCrc);
+  if (header_crc != hdr.header_crc32c) {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "stored 0x%08x, computed 0x%08x", hdr.header_crc32c, header_crc);
+    return DataLoss(At(path, kOffHeaderCrc, "header checksum") + "mismatch, " + buf);
+  }
+  for (size_t i = kOffReserved; i < kTokenShardHeaderSize; ++i) {
+    if (h[i] != 0) return DataLoss(At(path, i, "reserved") + "not zero");
+  }
+  hdr.token_width = GetU32(h + kOffWidth);
+  hdr.token_count = GetU64(h + kOffCount);
+  hdr.vocab_size = GetU32(h + kOffVocab);
+  hdr.payload_crc32c = GetU32(h + kOffPayloadCrc);
+  if (hdr.vocab_size == 0) return DataLoss(At(path, kOffVocab, "vocab size") + "is 0");
+  // Width 4 is accepted for any vocabulary (other writers may always use u32); width 2 only when
+  // every id fits.
+  if (hdr.token_width != 4 && !(hdr.token_width == 2 && hdr.vocab_size <= 65536)) {
+    return DataLoss(At(path, kOffWidth, "token width") + "width " + std::to_string(hdr.token_width) +
+                    " is invalid for vocab size " + std::to_string(hdr.vocab_size));
+  }
+  const char* name = reinterpret_cast<const char*>(h + kOffTokenizer);
+  size_t len = strnlen(name, kTokenizerField);
+  if (len > kTokenizerNameMaxLen) {
+    return DataLoss(At(path, kOffTokenizer, "tokenizer name") + "not NUL-terminated");
+  }
+  for (size_t i = 0; i < kTokenizerField; ++i) {
+    unsigned char c = h[kOffTokenizer + i];
+    if (i < len ? (c < 0x21 || c > 0x7E) : c != 0) {
+      return DataLoss(At(path, kOffTokenizer + i, "tokenizer name") + "invalid byte");
+    }
+  }
+  hdr.tokenizer.assign(name, len);
+  if (hdr.token_count > (UINT64_MAX - kTokenShardHeaderSize) / hdr.token_width) {
+    return DataLoss(At(path, kOffCount, "token count") + "implausible count " +
+                    std::to_string(hdr.token_count));
+  }
+  const uint64_t expected = kTokenShardHeaderSize + hdr.token_count * hdr.token_width;
+  if (file_size != expected) {
+    return DataLoss(path + ": file is " + std::to_string(file_size) + " bytes but the header (token count " +
+                    std::to_string(hdr.token_count) + " at byte offset 16) implies " +
+                    std::to_string(expected) + (file_size < expected ? " (truncated)" : " (trailing bytes)"));
+  }
+  return hdr;
+}
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+uint32_t TokenWidthForVocab(uint32_t vocab_size) { return vocab_size <= 65536 ? 2 : 4; }
+
+Status WriteTokenShard(const std::string& path, std::span<const uint32_t> tokens, uint32_t vocab_size,
+                       std::string_view tokenizer) {
+  if (vocab_size == 0) return InvalidArgument(path + ": vocab size must be > 0");
+  if (tokenizer.size() > kTokenizerNameMaxLen) {
+    return InvalidArgument(path + ": tokenizer name \"" + std::string(tokenizer) + "\" longer than " +
+                           std::to_string(kTokenizerNameMaxLen) + " characters");
+  }
+  for (char c : tokenizer) {
+    if (c < 0x21 || c > 0x7E) return InvalidArgument(path + ": tokenizer name must be printable ASCII");
+  }
+  const uint32_t width = TokenWidthForVocab(vocab_size);
+
+  // Pass 1: validate and checksum the payload in chunks (keeps memory flat for 100M-token shards;
+  // the checksum must be known before the header is written).
+  constexpr size_t kChunk = 1 << 16;
+  std::vector<unsigned char> buf;
+  uint32_t payload_crc = 0;
+  for (size_t i = 0; i < tokens.size(); i += kChunk) {
+    size_t n = std::min(kChunk, tokens.size() - i);
+    for (size_t k = 0; k < n; ++k) {
+      if (tokens[i + k] >= vocab_size) {
+        return InvalidArgument(path + ": token " + std::to_string(i + k) + " is " +
+                               std::to_string(tokens[i + k]) + ", not below the vocab size " +
+                               std::to_string(vocab_size));
+      }
+    }
+    EncodeTokens(tokens.data() + i, n, width, &buf);
+    payload_crc = Crc32cExtend(payload_crc, buf.data(), buf.size());
+  }
+
+  unsigned char h[kTokenShardHeaderSize] = {};
+  std::memcpy(h + kOffMagic, kTokenShardMagic, sizeof(kTokenShardMagic));
+  PutU32(h + kOffVersion, kTokenShardVersion);
+  PutU32(h + kOffWidth, width);
+  PutU64(h + kOffCount, tokens.size());
+  PutU32(h + kOffVocab, vocab_size);
+  std::memcpy(h + kOffTokenizer, tokenizer.data(), tokenizer.size());
+  PutU32(h + kOffPayloadCrc, payload_crc);
+  PutU32(h + kOffHeaderCrc, Crc32c(h, kOffHeaderCrc));
+
+  // Pass 2: write.
+  ASSIGN_OR_RETURN(AtomicFileWriter writer, AtomicFileWriter::Create(path));
+  RETURN_IF_ERROR(writer.Append(h, sizeof(h)));
+  for (size_t i = 0; i < tokens.size(); i += kChunk) {
+    size_t n = std::min(kChunk, tokens.size() - i);
+    EncodeTokens(tokens.data() + i, n, width, &buf);
+    RETURN_IF_ERROR(writer.Append(buf.data(), buf.size()));
+  }
+  return writer.Commit();
+}
+
+Result<TokenShardHeader> ReadTokenShardHeader(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ENOENT) return NotFound(path + ": no such file");
+    return ErrnoError(path + ": open", err);
+  }
+  unsigned char h[kTokenShardHeaderSize];
+  struct stat st;
+  Status status;
+  ssize_t n = 0;
+  if (::fstat(fd, &st) != 0) {
+    status = ErrnoError(path + ": fstat", errno);
+  } else if (!S_ISREG(st.st_mode)) {
+    status = InvalidArgument(path + ": not a regular file");
+  } else {
+    do {
+      n = ::pread(fd, h, sizeof(h), 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) status = ErrnoError(path + ": read header", errno);
+  }
+  ::close(fd);
+  RETURN_IF_ERROR(status);
+  if (static_cast<size_t>(n) < kTokenShardHeaderSize) {
+    return DataLoss(path + ": file is " + std::to_string(n) + " bytes, shorter than the " +
+                    std::to_string(kTokenShardHeaderSize) + "-byte header (truncated?)");
+  }
+  return ParseHeader(path, h, static_cast<uint64_t>(st.st_size));
+}
+
+Result<TokenShard> ReadTokenShard(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string data, ReadFileToString(path));
+  if (data.size() < kTokenShardHeaderSize) {
+    return DataLoss(path + ": file is " + std::to_string(data.size()) + " bytes, shorter than the " +
+                    std::to_string(kTokenShardHeaderSize) + "-byte header (truncated?)");
+  }
+  const auto* bytes = reinterpret_cast<const unsigned char*>(data.data());
+  TokenShard shard;
+  ASSIGN_OR_RETURN(shard.header, ParseHeader(path, bytes, data.size()));
+  const TokenShardHeader& hdr = shard.header;
+  const unsigned char* payload = bytes + kTokenShardHeaderSize;
+  const size_t payload_size = data.size() - kTokenShardHeaderSize;
+  uint32_t crc = Crc32c(payload, payload_size);
+  if (crc != hdr.payload_crc32c) {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "stored 0x%08x, computed 0x%08x", hdr.payload_crc32c, crc);
+    return DataLoss(path + ": token payload (byte offset 64.." + std::to_string(data.size()) +
+                    ") fails its checksum (header byte offset 44): " + buf);
+  }
+  shard.tokens.resize(hdr.token_count);
+  for (uint64_t i = 0; i < hdr.token_count; ++i) {
+    const unsigned char* p = payload + i * hdr.token_width;
+    uint32_t t = hdr.token_width == 2 ? uint32_t{p[0]} | (uint32_t{p[1]} << 8) : GetU32(p);
+    if (t >= hdr.vocab_size) {
+      return DataLoss(path + ": byte offset " + std::to_string(kTokenShardHeaderSize + i * hdr.token_width) +
+                      ": token " + std::to_string(t) + " not below the vocab size " +
+                      std::to_string(hdr.vocab_size));
+    }
+    shard.tokens[i] = t;
+  }
+  return shard;
+}
+
+// ---- TokenDataset ------------------------------------------------------------------------------
+
+Result<TokenDataset> TokenDataset::Open(const std::vector<std::string>& inputs) {
+  if (inputs.empty()) return InvalidArgument("no token shard paths given");
+  TokenDataset ds;
+  for (const std::string& input : inputs) {
+    if (HasGlobMagic(input)) {
+      ASSIGN_OR_RETURN(std::vector<std::string> matches, ExpandGlob(input));
+      ds.files_.insert(ds.files_.end(), matches.begin(), matches.end());
+    } else {
+      ds.files_.push_back(input);
+    }
+  }
+  std::sort(ds.files_.begin(), ds.files_.end());
+  ds.files_.erase(std::unique(ds.files_.begin(), ds.files_.end()), ds.files_.end());
+
+  for (size_t i = 0; i < ds.files_.size(); ++i) {
+    const std::string& file = ds.files_[i];
+    ASSIGN_OR_RETURN(TokenShard shard, ReadTokenShard(file));
+    if (i == 0) {
+      ds.vocab_size_ = shard.header.vocab_size;
+      ds.tokenizer_ = shard.header.tokenizer;
+      if (ds.vocab_size_ > (1u << 31)) {
+        return InvalidArgument(file + ": vocab size " + std::to_string(ds.vocab_size_) +
+                               " does not fit the int32 batches");
+      }
+    } else if (shard.header.vocab_size != ds.vocab_size_ || shard.header.tokenizer != ds.tokenizer_) {
+      return InvalidArgument(file + ": tokenizer \"" + shard.header.tokenizer + "\" vocab " +
+                             std::to_string(shard.header.vocab_size) + " differs from " + ds.files_[0] +
+                             ": tokenizer \"" + ds.tokenizer_ + "\" vocab " + std::to_string(ds.vocab_size_));
+    }
+    if (ds.tokens_.empty()) {
+      ds.tokens_ = std::move(shard.tokens);
+    } else {
+      ds.tokens_.insert(ds.tokens_.end(), shard.tokens.begin(), shard.tokens.end());
+    }
+  }
+  if (ds.tokens_.empty()) return InvalidArgument(ds.FileList() + ": no tokens");
+  return ds;
+}
+
+std::string TokenDataset::FileList() const {
+  std::string s;
+  for (size_t i = 0; i < files_.size(); ++i) {
+    if (i == 4 && files_.size() > 5) {
+      s += ", ... (" + std::to_string(files_.size()) + " files)";
+      break;
+    }
+    if (i > 0) s += ", ";
+    s += files_[i];
+  }
+  return s;
+}
+
+Status TokenDataset::CheckWindow(int T) const {
+  if (T < 1) return InvalidArgument("sequence length T must be >= 1, got " + std::to_string(T));
+  if (tokens_.size() < static_cast<size_t>(T) + 1) {
+    return InvalidArgument(FileList() + ": " + std::to_string(tokens_.size()) +
+                           " tokens, fewer than one window of T+1 = " + std::to_string(T + 1));
+  }
+  return Status::Ok();
+}
+
+uint64_t TokenDataset::SampleOffset(uint64_t seed, uint64_t step, uint64_t micro_step, uint64_t row,
+                                    int T) const {
+  COHORT_CHECK(T >= 1 && tokens_.size() > static_cast<size_t>(T)) << "call CheckWindow first";
+  uint64_t h = SplitMix64(seed);
+  h = SplitMix64(h ^ step);
+  h = SplitMix64(h ^ micro_step);
+  h = SplitMix64(h ^ row);
+  return h % (tokens_.size() - static_cast<uint64_t>(T));
+}
+
+void TokenDataset::CopyWindow(uint64_t start, int T, int32_t* in, int32_t* tgt) const {
+  const uint32_t* src = tokens_.data() + start;
+  for (int t = 0; t < T; ++t) {
+    in[t] = static_cast<int32_t>(src[t]);
+    tgt[t] = static_cast<int32_t>(src[t + 1]);
+  }
+}
+
+Status TokenDataset::FillRandom(uint64_t seed, uint64_t step, uint64_t micro_step, int B, int T,
+                                std::span<int32_t> inputs, std::span<int32_t> targets) const {
+  RETURN_IF_ERROR(CheckWindow(T));
+  COHORT_CHECK(B >= 1 && inputs.size() == size_t(B) * T && targets.size() == size_t(B) * T)
+      << "B=" << B << " T=" << T << " inputs=" << inputs.size() << " targets=" << targets.size();
+  for (int b = 0; b < B; ++b) {
+    uint64_t start = SampleOffset(seed, step, micro_step, static_cast<uint64_t>(b), T);
+    CopyWindow(start, T, inputs.data() + size_t(b) * T, targets.data() + size_t(b) * T);
+  }
+  return Status::Ok();
+}
+
+uint64_t TokenDataset::NumSequentialWindows(int T) const {
+  if (T < 1 || tokens_.size() < static_cast<size_t>(T) + 1) return 0;
+  return (tokens_.size() - 1) / static_cast<uint64_t>(T);
+}
+
+Status TokenDataset::FillSequential(uint64_t batch_index, int B, int T, std::span<int32_t> inputs,
+                                    std::span<int32_t> targets) const {
+  RETURN_IF_ERROR(CheckWindow(T));
+  COHORT_CHECK(B >= 1 && inputs.size() == size_t(B) * T && targets.size() == size_t(B) * T)
+      << "B=" << B << " T=" << T << " inputs=" << inputs.size() << " targets=" << targets.size();
+  const uint64_t windows = NumSequentialWindows(T);
+  for (int b = 0; b < B; ++b) {
+    // (batch_index*B + b) mod windows, in 128 bits so huge batch indices cannot overflow.
+    const auto w = static_cast<uint64_t>(
+        (static_cast<unsigned __int128>(batch_index) * static_cast<unsigned>(B) + static_cast<unsigned>(b)) %
+        windows);
+    CopyWindow(w * static_cast<uint64_t>(T), T, inputs.data() + size_t(b) * T, targets.data() + size_t(b) * T);
+  }
+  return Status::Ok();
+}
+
+}  // namespace cohort::data

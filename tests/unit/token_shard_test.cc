@@ -1,0 +1,300 @@
+// Token shard format (write/read, corruption detection) and TokenDataset (globbing, samplers).
+#include "dataloader/token_shard.h"
+
+#include <filesystem>
+#include <functional>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/unit/data_test_util.h"
+
+namespace cohort::data {
+namespace {
+
+using testing::ReadFile;
+using testing::TempDir;
+using testing::WriteFile;
+using ::testing::HasSubstr;
+
+std::vector<uint32_t> Iota(size_t n, uint32_t start = 0) {
+  std::vector<uint32_t> v(n);
+  std::iota(v.begin(), v.end(), start);
+  return v;
+}
+
+TEST(TokenShard, RoundTripTwoByteTokens) {
+  TempDir dir;
+  std::string path = dir / "s.bin";
+  std::vector<uint32_t> tokens = {0, 1, 50256, 65535 % 50257, 12345, 7};
+  ASSERT_TRUE(WriteTokenShard(path, tokens, 50257, "gpt2").ok());
+  EXPECT_EQ(std::filesystem::file_size(path), 64u + 2 * tokens.size());
+
+  auto shard = ReadTokenShard(path);
+  ASSERT_TRUE(shard.ok()) << shard.status().ToString();
+  EXPECT_EQ(shard->tokens, tokens);
+  EXPECT_EQ(shard->header.version, 1u);
+  EXPECT_EQ(shard->header.token_width, 2u);
+  EXPECT_EQ(shard->header.token_count, tokens.size());
+  EXPECT_EQ(shard->header.vocab_size, 50257u);
+  EXPECT_EQ(shard->header.tokenizer, "gpt2");
+
+  auto header = ReadTokenShardHeader(path);
+  ASSERT_TRUE(header.ok()) << header.status().ToString();
+  EXPECT_EQ(header->token_count, tokens.size());
+  EXPECT_EQ(header->payload_crc32c, shard->header.payload_crc32c);
+
+  // The layout is little-endian at fixed offsets.
+  std::string raw = ReadFile(path);
+  EXPECT_EQ(raw.substr(0, 8), "COHORTTK");
+  EXPECT_EQ(static_cast<unsigned char>(raw[12]), 2);
+  EXPECT_EQ(static_cast<unsigned char>(raw[16]), tokens.size());
+  EXPECT_EQ(raw.substr(28, 5), std::string("gpt2\0", 5));
+  EXPECT_EQ(static_cast<unsigned char>(raw[64 + 4]), 50256 & 0xFF);
+  EXPECT_EQ(static_cast<unsigned char>(raw[64 + 5]), 50256 >> 8);
+  // No temporary file is left behind.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 1);
+}
+
+TEST(TokenShard, RoundTripFourByteTokens) {
+  TempDir dir;
+  std::string path = dir / "s.bin";
+  std::vector<uint32_t> tokens = {0, 65535, 65536, 99999, 70000, 3};
+  ASSERT_TRUE(WriteTokenShard(path, tokens, 100000, "").ok());
+  EXPECT_EQ(std::filesystem::file_size(path), 64u + 4 * tokens.size());
+  auto shard = ReadTokenShard(path);
+  ASSERT_TRUE(shard.ok()) << shard.status().ToString();
+  EXPECT_EQ(shard->tokens, tokens);
+  EXPECT_EQ(shard->header.token_width, 4u);
+  EXPECT_EQ(shard->header.tokenizer, "");
+  EXPECT_EQ(TokenWidthForVocab(65536), 2u);
+  EXPECT_EQ(TokenWidthForVocab(65537), 4u);
+}
+
+TEST(TokenShard, RoundTripEmptyAndLarge) {
+  TempDir dir;
+  ASSERT_TRUE(WriteTokenShard(dir / "empty.bin", {}, 257, "byte").ok());
+  auto empty = ReadTokenShard(dir / "empty.bin");
+  ASSERT_TRUE(empty.ok()) << empty.status().ToString();
+  EXPECT_TRUE(empty->tokens.empty());
+
+  std::vector<uint32_t> big(300000);  // several write chunks
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint32_t>((i * 2654435761u) % 50257);
+  ASSERT_TRUE(WriteTokenShard(dir / "big.bin", big, 50257, "gpt2").ok());
+  auto read = ReadTokenShard(dir / "big.bin");
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->tokens, big);
+}
+
+TEST(TokenShard, WriterRejectsBadInput) {
+  TempDir dir;
+  std::vector<uint32_t> tokens = {1, 2, 257};
+  Status s = WriteTokenShard(dir / "s.bin", tokens, 257, "byte");
+  EXPECT_EQ(s.code(), Code::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr(dir / "s.bin"));
+  EXPECT_THAT(s.message(), HasSubstr("token 2"));
+  EXPECT_EQ(WriteTokenShard(dir / "s.bin", {}, 257, "a-very-long-tokenizer-name").code(), Code::kInvalidArgument);
+  EXPECT_EQ(WriteTokenShard(dir / "s.bin", {}, 0, "byte").code(), Code::kInvalidArgument);
+  EXPECT_FALSE(std::filesystem::exists(dir / "s.bin"));
+  EXPECT_EQ(WriteTokenShard(dir / "missing-dir/s.bin", {}, 257, "byte").code(), Code::kIo);
+}
+
+// Writes a valid shard, applies `mutate` to its bytes, and returns ReadTokenShard's status.
+class CorruptShardTest : public ::testing::Test {
+ protected:
+  Status ReadMutated(const std::function<void(std::string&)>& mutate) {
+    std::vector<uint32_t> tokens = Iota(1000);
+    EXPECT_TRUE(WriteTokenShard(path_, tokens, 50257, "gpt2").ok());
+    std::string raw = ReadFile(path_);
+    mutate(raw);
+    WriteFile(path_, raw);
+    return ReadTokenShard(path_).status();
+  }
+  void ExpectError(const Status& s, std::string_view needle) {
+    EXPECT_EQ(s.code(), Code::kDataLoss) << s.ToString();
+    EXPECT_THAT(s.message(), HasSubstr(path_)) << "the error must name the file";
+    EXPECT_THAT(s.message(), HasSubstr(std::string(needle)));
+  }
+
+  TempDir dir_;
+  std::string path_ = dir_ / "shard.bin";
+};
+
+TEST_F(CorruptShardTest, BadMagic) {
+  ExpectError(ReadMutated([](std::string& r) { r[0] = 'X'; }), "byte offset 0 (magic)");
+}
+
+TEST_F(CorruptShardTest, WrongVersion) {
+  ExpectError(ReadMutated([](std::string& r) { r[8] = 2; }), "byte offset 8 (version)");
+}
+
+TEST_F(CorruptShardTest, HeaderChecksumMismatch) {
+  // A flipped bit in the vocab size field.
+  ExpectError(ReadMutated([](std::string& r) { r[25] ^= 0x04; }), "byte offset 48 (header checksum)");
+  ExpectError(ReadMutated([](std::string& r) { r[49] ^= 0x01; }), "byte offset 48 (header checksum)");
+}
+
+TEST_F(CorruptShardTest, ReservedNotZero) {
+  ExpectError(ReadMutated([](std::string& r) { r[60] = 1; }), "byte offset 60 (reserved)");
+}
+
+TEST_F(CorruptShardTest, FlippedPayloadBit) {
+  ExpectError(ReadMutated([](std::string& r) { r[64 + 777] ^= 0x10; }), "fails its checksum");
+  // The header-only reader does not read the payload.
+  EXPECT_TRUE(ReadTokenShardHeader(path_).ok());
+}
+
+TEST_F(CorruptShardTest, Truncated) {
+  ExpectError(ReadMutated([](std::string& r) { r.resize(r.size() - 1); }), "(truncated)");
+  EXPECT_EQ(ReadTokenShardHeader(path_).status().code(), Code::kDataLoss);
+  ExpectError(ReadMutated([](std::string& r) { r.resize(40); }), "shorter than the 64-byte header");
+  ExpectError(ReadMutated([](std::string& r) { r += "x"; }), "(trailing bytes)");
+}
+
+TEST(TokenShard, MissingFile) {
+  TempDir dir;
+  auto r = ReadTokenShard(dir / "nope.bin");
+  EXPECT_EQ(r.status().code(), Code::kNotFound);
+  EXPECT_THAT(r.status().message(), HasSubstr(dir / "nope.bin"));
+}
+
+// ---- TokenDataset ------------------------------------------------------------------------------
+
+TEST(TokenDataset, ConcatenatesGlobInSortedOrder) {
+  TempDir dir;
+  // Written out of order; read back sorted by name.
+  ASSERT_TRUE(WriteTokenShard(dir / "train-00002.bin", Iota(5, 200), 1000, "byte2").ok());
+  ASSERT_TRUE(WriteTokenShard(dir / "train-00000.bin", Iota(3, 0), 1000, "byte2").ok());
+  ASSERT_TRUE(WriteTokenShard(dir / "train-00001.bin", Iota(4, 100), 1000, "byte2").ok());
+  ASSERT_TRUE(WriteTokenShard(dir / "val-00000.bin", Iota(4, 900), 1000, "byte2").ok());
+
+  auto ds = TokenDataset::Open(dir / "train-*.bin");
+  ASSERT_TRUE(ds.ok()) << ds.status().ToString();
+  EXPECT_EQ(ds->size(), 12u);
+  EXPECT_EQ(ds->vocab_size(), 1000u);
+  EXPECT_EQ(ds->tokenizer(), "byte2");
+  EXPECT_EQ(ds->files().size(), 3u);
+  std::vector<uint32_t> want = {0, 1, 2, 100, 101, 102, 103, 200, 201, 202, 203, 204};
+  EXPECT_EQ(std::vector<uint32_t>(ds->tokens(), ds->tokens() + ds->size()), want);
+
+  // Several inputs, overlapping: de-duplicated.
+  auto both = TokenDataset::Open({dir / "val-00000.bin", dir / "*.bin"});
+  ASSERT_TRUE(both.ok()) << both.status().ToString();
+  EXPECT_EQ(both->size(), 16u);
+  EXPECT_EQ(both->files().size(), 4u);
+}
+
+TEST(TokenDataset, Errors) {
+  TempDir dir;
+  auto none = TokenDataset::Open(dir / "train-*.bin");
+  EXPECT_EQ(none.status().code(), Code::kNotFound);
+  EXPECT_THAT(none.status().message(), HasSubstr(dir / "train-*.bin"));
+
+  ASSERT_TRUE(WriteTokenShard(dir / "a.bin", Iota(10), 257, "byte").ok());
+  ASSERT_TRUE(WriteTokenShard(dir / "b.bin", Iota(10), 50257, "gpt2").ok());
+  auto mixed = TokenDataset::Open(dir / "*.bin");
+  EXPECT_EQ(mixed.status().code(), Code::kInvalidArgument);
+  EXPECT_THAT(mixed.status().message(), HasSubstr(dir / "a.bin"));
+  EXPECT_THAT(mixed.status().message(), HasSubstr(dir / "b.bin"));
+
+  auto one = TokenDataset::Open(dir / "a.bin");
+  ASSERT_TRUE(one.ok());
+  EXPECT_TRUE(one->CheckWindow(9).ok());
+  Status s = one->CheckWindow(10);  // needs 11 tokens
+  EXPECT_EQ(s.code(), Code::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr(dir / "a.bin"));
+  std::vector<int32_t> in(10), tgt(10);
+  EXPECT_EQ(one->FillRandom(1, 0, 0, 1, 10, in, tgt).code(), Code::kInvalidArgument);
+  EXPECT_EQ(one->FillSequential(0, 1, 10, in, tgt).code(), Code::kInvalidArgument);
+
+  ASSERT_TRUE(WriteTokenShard(dir / "c.bin", Iota(10), 257, "byte").ok());
+  std::string raw = ReadFile(dir / "c.bin");
+  raw[70] ^= 1;
+  WriteFile(dir / "c.bin", raw);
+  auto corrupt = TokenDataset::Open({dir / "a.bin", dir / "c.bin"});
+  EXPECT_EQ(corrupt.status().code(), Code::kDataLoss);
+  EXPECT_THAT(corrupt.status().message(), HasSubstr(dir / "c.bin"));
+}
+
+class SamplerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // tokens[i] == i, so a token's value is its position.
+    ASSERT_TRUE(WriteTokenShard(dir_ / "a.bin", Iota(600), 1000, "t").ok());
+    ASSERT_TRUE(WriteTokenShard(dir_ / "b.bin", Iota(400, 600), 1000, "t").ok());
+    auto ds = TokenDataset::Open(dir_ / "*.bin");
+    ASSERT_TRUE(ds.ok()) << ds.status().ToString();
+    ds_ = std::make_unique<TokenDataset>(std::move(ds).value());
+  }
+  TempDir dir_;
+  std::unique_ptr<TokenDataset> ds_;
+};
+
+TEST_F(SamplerTest, RandomBatchesAreDeterministicWindows) {
+  constexpr int B = 8, T = 16;
+  std::vector<int32_t> in(B * T), tgt(B * T), in2(B * T), tgt2(B * T);
+  ASSERT_TRUE(ds_->FillRandom(42, 7, 1, B, T, in, tgt).ok());
+  ASSERT_TRUE(ds_->FillRandom(42, 7, 1, B, T, in2, tgt2).ok());
+  EXPECT_EQ(in, in2);
+  EXPECT_EQ(tgt, tgt2);
+  for (int b = 0; b < B; ++b) {
+    const uint64_t start = ds_->SampleOffset(42, 7, 1, b, T);
+    EXPECT_LE(start + T, ds_->size() - 1);
+    for (int t = 0; t < T; ++t) {
+      EXPECT_EQ(in[b * T + t], static_cast<int32_t>(start + t));
+      EXPECT_EQ(tgt[b * T + t], static_cast<int32_t>(start + t + 1));  // inputs shifted by one
+    }
+  }
+  // Different seed, step, micro-step or row -> (almost surely) different windows.
+  std::vector<int32_t> other(B * T), other_t(B * T);
+  ASSERT_TRUE(ds_->FillRandom(43, 7, 1, B, T, other, other_t).ok());
+  EXPECT_NE(in, other);
+  ASSERT_TRUE(ds_->FillRandom(42, 8, 1, B, T, other, other_t).ok());
+  EXPECT_NE(in, other);
+  ASSERT_TRUE(ds_->FillRandom(42, 7, 2, B, T, other, other_t).ok());
+  EXPECT_NE(in, other);
+  EXPECT_NE(ds_->SampleOffset(42, 7, 1, 0, T), ds_->SampleOffset(42, 7, 1, 1, T));
+
+  // Offsets cover the whole valid range [0, size - T).
+  uint64_t lo = UINT64_MAX, hi = 0;
+  for (uint64_t step = 0; step < 5000; ++step) {
+    uint64_t off = ds_->SampleOffset(1, step, 0, 0, T);
+    lo = std::min(lo, off);
+    hi = std::max(hi, off);
+  }
+  EXPECT_LT(lo, 10u);
+  EXPECT_GT(hi, ds_->size() - T - 10);
+  EXPECT_LT(hi, ds_->size() - T);
+}
+
+TEST_F(SamplerTest, SequentialBatchesWalkInOrderAndWrap) {
+  constexpr int B = 4, T = 100;
+  ASSERT_EQ(ds_->NumSequentialWindows(T), 9u);  // (1000 - 1) / 100
+  std::vector<int32_t> in(B * T), tgt(B * T);
+  auto row_start = [&](int b) { return in[b * T]; };
+  ASSERT_TRUE(ds_->FillSequential(0, B, T, in, tgt).ok());
+  for (int b = 0; b < B; ++b) EXPECT_EQ(row_start(b), b * T);
+  for (int i = 0; i + 1 < B * T; ++i) {
+    if ((i + 1) % T != 0) {
+      EXPECT_EQ(tgt[i], in[i + 1]);
+    }
+  }
+  EXPECT_EQ(tgt[T - 1], T);  // the last target of a row is the next window's first input
+  ASSERT_TRUE(ds_->FillSequential(2, B, T, in, tgt).ok());  // windows 8, 0, 1, 2
+  EXPECT_EQ(row_start(0), 800);
+  EXPECT_EQ(row_start(1), 0);
+  EXPECT_EQ(row_start(3), 200);
+  EXPECT_EQ(tgt[T - 1], 900);
+  // Every eval sees the same batches.
+  std::vector<int32_t> again(B * T), again_t(B * T);
+  ASSERT_TRUE(ds_->FillSequential(2, B, T, again, again_t).ok());
+  EXPECT_EQ(in, again);
+  EXPECT_EQ(tgt, again_t);
+  ASSERT_TRUE(ds_->FillSequential(UINT64_MAX / 2, B, T, in, tgt).ok());  // no overflow
+}
+
+}  // namespace
+}  // namespace cohort::data
