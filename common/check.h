@@ -22,7 +22,7 @@ class CheckFailure {
 
 // Lets `COHORT_CHECK(c) << ...` be an expression of type void.
 struct Voidify {
-  void operator&(CheckFailure&) {}
+  void operator&(const CheckFailure&) {}
 };
 
 }  // namespace cohort::internal
