@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -330,16 +331,19 @@ bool IsSafeName(const std::string& s) {
   return true;
 }
 
-std::string Dirname(const std::string& path) {
-  size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return "";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
+// Absolute directory of `path` (relative paths are taken from the working directory).
+std::string AbsoluteDirname(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  if (ec) return "";
+  return abs.parent_path().lexically_normal().string();
 }
 
 std::string ResolveAgainst(const std::string& base, const std::string& p) {
   if (p.empty() || p[0] == '/' || base.empty() || p.find("://") != std::string::npos) return p;
-  return base + "/" + p;
+  // lexically_normal folds "configs/../data" so logs and `config show` print a clean path; glob
+  // characters are untouched.
+  return (std::filesystem::path(base) / p).lexically_normal().string();
 }
 
 
@@ -529,7 +533,7 @@ Result<JobSpec> LoadJobSpec(const std::string& path, const Limits& limits,
     return IoError(path + ": short read");
   }
   ASSIGN_OR_RETURN(JobSpec spec, ParseJobSpec(text, path, limits, overrides));
-  const std::string base = Dirname(path);
+  const std::string base = AbsoluteDirname(path);
   spec.data.train = ResolveAgainst(base, spec.data.train);
   spec.data.val = ResolveAgainst(base, spec.data.val);
   spec.checkpoint.dir = ResolveAgainst(base, spec.checkpoint.dir);
