@@ -31,6 +31,10 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps);
   app.add_option("--warmup", warmup);
   CLI11_PARSE(app, argc, argv);
+  if (steps < 1 || warmup < 0) {
+    std::fprintf(stderr, "--steps must be >= 1 and --warmup >= 0\n");
+    return 2;
+  }
 
   cohort::kernels::SetNumThreads(threads);
   auto gpt = cohort::model::Gpt::Create(c);

@@ -3,7 +3,11 @@
 // failure, 2 bad input) and print errors to stderr. Only cli/ (and launch/) read flags/env vars.
 #pragma once
 
+#include <string>
+
 #include <CLI/CLI.hpp>
+
+#include "common/status.h"
 
 namespace cohort::cli {
 
@@ -16,10 +20,18 @@ void AddConfigCommands(CLI::App& app, Context& ctx);  // config_cmd.cc: config c
 void AddDataCommands(CLI::App& app, Context& ctx);    // data_cmd.cc:   data prepare|inspect
 void AddTrainCommand(CLI::App& app, Context& ctx);    // train_cmd.cc:  train
 
-// Exit codes shared by all subcommands.
+// Exit codes shared by all subcommands (documented in README.md).
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailure = 1;
-inline constexpr int kExitUsage = 2;
-inline constexpr int kExitInterrupted = 130;
+inline constexpr int kExitFailure = 1;  // runtime failure (I/O, internal, diverged run)
+inline constexpr int kExitUsage = 2;    // bad input: flags, job spec, data files
+// Stopped by a signal: 128 + the signal number (130 for SIGINT, 143 for SIGTERM), like a shell.
+inline constexpr int kExitSignalBase = 128;
+
+// kExitUsage for errors caused by the user's input (InvalidArgument, NotFound, DataLoss,
+// OutOfRange, AlreadyExists), kExitFailure for everything else.
+int ExitCodeFor(const Status& s);
+
+// Prints "error: <message>" to stderr and stores ExitCodeFor(s) in ctx.exit_code.
+void ReportError(const Status& s, Context& ctx);
 
 }  // namespace cohort::cli

@@ -12,17 +12,13 @@ void AddConfigCommands(CLI::App& app, Context& ctx) {
   CLI::App* config = app.add_subcommand("config", "Validate and print job specs");
   config->require_subcommand(1);
 
-  auto file = std::make_shared<std::string>();
+  auto check_file = std::make_shared<std::string>();
   CLI::App* check = config->add_subcommand("check", "Validate a job spec; exit 2 with the first error");
-  check->add_option("file", *file, "job spec (YAML)")->required();
-  check->callback([&ctx, file] {
-    auto spec = config::LoadJobSpec(*file);
-    if (!spec.ok()) {
-      std::fprintf(stderr, "error: %s\n", spec.status().message().c_str());
-      ctx.exit_code = spec.status().code() == Code::kInvalidArgument ? kExitUsage : kExitFailure;
-      return;
-    }
-    std::printf("%s: OK\n", file->c_str());
+  check->add_option("file", *check_file, "job spec (YAML)")->required();
+  check->callback([&ctx, check_file] {
+    auto spec = config::LoadJobSpec(*check_file);
+    if (!spec.ok()) return ReportError(spec.status(), ctx);
+    std::printf("%s: OK\n", check_file->c_str());
   });
 
   auto show_file = std::make_shared<std::string>();
@@ -31,11 +27,7 @@ void AddConfigCommands(CLI::App& app, Context& ctx) {
   show->add_option("file", *show_file, "job spec (YAML)")->required();
   show->callback([&ctx, show_file] {
     auto spec = config::LoadJobSpec(*show_file);
-    if (!spec.ok()) {
-      std::fprintf(stderr, "error: %s\n", spec.status().message().c_str());
-      ctx.exit_code = spec.status().code() == Code::kInvalidArgument ? kExitUsage : kExitFailure;
-      return;
-    }
+    if (!spec.ok()) return ReportError(spec.status(), ctx);
     std::fputs(config::ToYaml(*spec).c_str(), stdout);
   });
 }

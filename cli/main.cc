@@ -24,6 +24,12 @@ int main(int argc, char** argv) {
   cohort::cli::AddDataCommands(app, ctx);
   cohort::cli::AddTrainCommand(app, ctx);
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version are "errors" with exit code 0; every real parse error is bad usage.
+    int code = app.exit(e);
+    return code == 0 ? 0 : cohort::cli::kExitUsage;
+  }
   return ctx.exit_code;
 }

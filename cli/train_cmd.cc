@@ -21,12 +21,19 @@
 namespace cohort::cli {
 namespace {
 
-std::atomic<bool> g_stop{false};  // written only by the signal handler (async-signal-safe)
+// Written only by the signal handler; lock-free atomics are async-signal-safe.
+std::atomic<bool> g_stop{false};
+std::atomic<int> g_stop_signal{0};
+static_assert(std::atomic<bool>::is_always_lock_free && std::atomic<int>::is_always_lock_free);
 
 extern "C" void OnStopSignal(int sig) {
   if (g_stop.exchange(true) && sig == SIGINT) {
-    ::signal(SIGINT, SIG_DFL);  // second Ctrl-C: give up on a clean stop
+    // Second Ctrl-C: give up on a clean stop and die of the signal right away.
+    ::signal(SIGINT, SIG_DFL);
+    ::raise(SIGINT);
+    return;
   }
+  g_stop_signal.store(sig);
 }
 
 void InstallStopHandlers() {
@@ -53,11 +60,7 @@ void AddTrainCommand(CLI::App& app, Context& ctx) {
   train->add_flag("--no-progress", args->no_progress, "never draw the progress line");
   train->callback([&ctx, args] {
     auto spec = config::LoadJobSpec(args->file, config::Limits(), args->overrides);
-    if (!spec.ok()) {
-      std::fprintf(stderr, "error: %s\n", spec.status().message().c_str());
-      ctx.exit_code = spec.status().code() == Code::kInvalidArgument ? kExitUsage : kExitFailure;
-      return;
-    }
+    if (!spec.ok()) return ReportError(spec.status(), ctx);
     // Data parallelism is not implemented yet: N copies under a launcher would each train the same
     // model alone and race on outputs, so refuse instead.
     for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "WORLD_SIZE"}) {
@@ -78,13 +81,11 @@ void AddTrainCommand(CLI::App& app, Context& ctx) {
     auto result = worker::Train(*spec, options);
     if (!result.ok()) {
       COHORT_LOG_ERROR("{}", result.status().ToString());
-      ctx.exit_code = result.status().code() == Code::kInvalidArgument ||
-                              result.status().code() == Code::kDataLoss
-                          ? kExitUsage
-                          : kExitFailure;
+      ctx.exit_code = ExitCodeFor(result.status());
       return;
     }
-    ctx.exit_code = result->interrupted ? kExitInterrupted : kExitOk;
+    const int sig = g_stop_signal.load();
+    ctx.exit_code = result->interrupted ? kExitSignalBase + (sig != 0 ? sig : SIGINT) : kExitOk;
   });
 }
 

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
 #include <set>
 #include <sstream>
 #include <vector>
@@ -116,7 +117,15 @@ std::string Num(T v) {
 // path so messages say "optimizer.lr" rather than "lr".
 class Reader {
  public:
-  explicit Reader(std::string source) : source_(std::move(source)) {}
+  // `overridden` maps a key path set by an override to the override's text.
+  Reader(std::string source, std::map<std::string, std::string> overridden)
+      : source_(std::move(source)), overridden_(std::move(overridden)) {}
+
+  // Where the value at `path` came from: " (line L, column C)", " (from override 'k=v')" or "".
+  std::string Location(const std::string& path) const {
+    auto it = locations_.find(path);
+    return it == locations_.end() ? "" : it->second;
+  }
 
   const Status& status() const { return status_; }
 
@@ -149,6 +158,7 @@ class Reader {
       for (const auto& [name, parse] : fields) {
         if (name == key) {
           known = true;
+          locations_[full] = LocationOf(kv.second, full);
           parse(kv.second, full);
           break;
         }
@@ -230,7 +240,7 @@ class Reader {
 
   void Error(const YAML::Node& n, const std::string& path, const std::string& what) {
     if (!status_.ok()) return;
-    status_ = InvalidArgument(source_ + ": " + path + ": " + what + Where(n));
+    status_ = InvalidArgument(source_ + ": " + path + ": " + what + LocationOf(n, path));
   }
   void ErrorAt(const std::string& path, const std::string& what) {
     if (!status_.ok()) return;
@@ -282,7 +292,17 @@ class Reader {
     return true;
   }
 
+  // Overridden values were parsed from the override text, so their marks point into it: name the
+  // override instead.
+  std::string LocationOf(const YAML::Node& n, const std::string& path) const {
+    auto it = overridden_.find(path);
+    if (it != overridden_.end()) return " (from override '" + it->second + "')";
+    return Where(n);
+  }
+
   std::string source_;
+  std::map<std::string, std::string> overridden_;
+  std::map<std::string, std::string> locations_;
   Status status_;
 };
 
@@ -290,10 +310,11 @@ using Fields =
     std::vector<std::pair<std::string, std::function<void(const YAML::Node&, const std::string&)>>>;
 
 constexpr int64_t kMaxSteps = 1'000'000'000'000;
+constexpr int64_t kMaxBatchTokens = int64_t{1} << 24;  // the model's limit on B*T
 
-Status Validate(const JobSpec& s, std::string_view source) {
+Status Validate(const JobSpec& s, std::string_view source, const Reader& r) {
   auto err = [&](const std::string& path, const std::string& what) {
-    return InvalidArgument(std::string(source) + ": " + path + ": " + what);
+    return InvalidArgument(std::string(source) + ": " + path + ": " + what + r.Location(path));
   };
   if (s.model.n_embd % s.model.n_head != 0) {
     return err("model.n_embd", "n_embd (" + std::to_string(s.model.n_embd) +
@@ -306,6 +327,13 @@ Status Validate(const JobSpec& s, std::string_view source) {
                                    std::to_string(s.model.context_length) + ")");
   }
   if (s.data.train.empty()) return err("data.train", "required: path or glob of training shards");
+  const int64_t tokens = int64_t{s.data.batch_size} * s.effective_seq_len();
+  if (tokens > kMaxBatchTokens) {
+    return err("data.batch_size", "batch_size * seq_len = " + std::to_string(tokens) +
+                                      " tokens per micro-batch, over the limit of " +
+                                      std::to_string(kMaxBatchTokens) +
+                                      " (use train.grad_accum for larger batches)");
+  }
   if (s.schedule.min_lr > s.optimizer.lr) {
     return err("schedule.min_lr", "min_lr (" + Num(s.schedule.min_lr) +
                                       ") must not exceed optimizer.lr (" + Num(s.optimizer.lr) + ")");
@@ -429,13 +457,17 @@ Result<JobSpec> ParseJobSpec(std::string_view yaml, std::string_view source, con
                            ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
   }
   if (overrides.size() > 64) return InvalidArgument("more than 64 overrides");
-  for (const auto& o : overrides) RETURN_IF_ERROR(ApplyOverride(root, o));
+  std::map<std::string, std::string> overridden;
+  for (const auto& o : overrides) {
+    RETURN_IF_ERROR(ApplyOverride(root, o));
+    overridden[o.substr(0, o.find('='))] = o;
+  }
   if (!root.IsDefined() || root.IsNull()) {
     return InvalidArgument(src + ": empty job spec (data.train is required)");
   }
 
   JobSpec s;
-  Reader r(src);
+  Reader r(src, std::move(overridden));
   try {
     r.Section(root, "", Fields{
       {"name", [&](const YAML::Node& n, const std::string& p) {
@@ -449,8 +481,8 @@ Result<JobSpec> ParseJobSpec(std::string_view yaml, std::string_view source, con
            {"n_layer", [&](auto& v, auto& q) { r.Int(v, q, &s.model.n_layer, 1, 256); }},
            {"n_head", [&](auto& v, auto& q) { r.Int(v, q, &s.model.n_head, 1, 256); }},
            {"n_embd", [&](auto& v, auto& q) { r.Int(v, q, &s.model.n_embd, 1, 65536); }},
-           {"context_length", [&](auto& v, auto& q) { r.Int(v, q, &s.model.context_length, 1, 1 << 20); }},
-           {"vocab_size", [&](auto& v, auto& q) { r.Int(v, q, &s.model.vocab_size, 0, 1 << 24); }},
+           {"context_length", [&](auto& v, auto& q) { r.Int(v, q, &s.model.context_length, 1, 1 << 16); }},
+           {"vocab_size", [&](auto& v, auto& q) { r.Int(v, q, &s.model.vocab_size, 0, 1 << 22); }},
          });
        }},
       {"data", [&](const YAML::Node& n, const std::string& p) {
@@ -458,7 +490,7 @@ Result<JobSpec> ParseJobSpec(std::string_view yaml, std::string_view source, con
            {"train", [&](auto& v, auto& q) { r.String(v, q, &s.data.train); }},
            {"val", [&](auto& v, auto& q) { r.String(v, q, &s.data.val); }},
            {"batch_size", [&](auto& v, auto& q) { r.Int(v, q, &s.data.batch_size, 1, 1 << 20); }},
-           {"seq_len", [&](auto& v, auto& q) { r.Int(v, q, &s.data.seq_len, 0, 1 << 20); }},
+           {"seq_len", [&](auto& v, auto& q) { r.Int(v, q, &s.data.seq_len, 0, 1 << 16); }},
            {"tokenizer", [&](auto& v, auto& q) { r.Enum(v, q, &s.data.tokenizer, {"byte", "gpt2"}); }},
          });
        }},
@@ -510,7 +542,7 @@ Result<JobSpec> ParseJobSpec(std::string_view yaml, std::string_view source, con
     return InvalidArgument(src + ": " + e.what());
   }
   RETURN_IF_ERROR(r.status());
-  RETURN_IF_ERROR(Validate(s, source));
+  RETURN_IF_ERROR(Validate(s, source, r));
   return s;
 }
 

@@ -27,7 +27,7 @@ bool ParseLevel(std::string_view s, Level* out);
 
 }  // namespace cohort::logging
 
-#define COHORT_LOG_DEBUG(...) SPDLOG_DEBUG(__VA_ARGS__)
+#define COHORT_LOG_DEBUG(...) ::spdlog::debug(__VA_ARGS__)
 #define COHORT_LOG_INFO(...) ::spdlog::info(__VA_ARGS__)
 #define COHORT_LOG_WARN(...) ::spdlog::warn(__VA_ARGS__)
 #define COHORT_LOG_ERROR(...) ::spdlog::error(__VA_ARGS__)

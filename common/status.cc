@@ -1,5 +1,6 @@
 #include "common/status.h"
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -43,7 +44,7 @@ Status ErrnoError(std::string_view what, int err) {
   std::string m(what);
   m += ": ";
   m += std::strerror(err);
-  return Status(Code::kIo, std::move(m));
+  return Status(err == ENOENT || err == ENOTDIR ? Code::kNotFound : Code::kIo, std::move(m));
 }
 
 namespace internal {

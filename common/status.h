@@ -64,7 +64,7 @@ inline Status IoError(std::string m) { return Status(Code::kIo, std::move(m)); }
 inline Status Cancelled(std::string m) { return Status(Code::kCancelled, std::move(m)); }
 inline Status Internal(std::string m) { return Status(Code::kInternal, std::move(m)); }
 
-// errno-based I/O error: "<what>: <strerror(err)>".
+// errno-based error "<what>: <strerror(err)>": NotFound for ENOENT/ENOTDIR, Io otherwise.
 Status ErrnoError(std::string_view what, int err);
 
 template <typename T>

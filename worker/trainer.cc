@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/logging.h"
@@ -78,10 +77,13 @@ bool StopRequested(const TrainOptions& o) {
 }
 
 // Mean loss over the first `batches` sequential validation batches (the same ones every time).
+// Cancelled when a stop is requested midway.
 Result<double> Evaluate(model::Gpt& gpt, const data::TokenDataset& val, int batches, int B, int T,
-                        std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
+                        std::vector<int32_t>& inputs, std::vector<int32_t>& targets,
+                        const TrainOptions& options) {
   double sum = 0;
   for (int i = 0; i < batches; ++i) {
+    if (StopRequested(options)) return Cancelled("evaluation stopped by signal");
     RETURN_IF_ERROR(val.FillSequential(static_cast<uint64_t>(i), B, T, inputs, targets));
     ASSIGN_OR_RETURN(float loss, gpt.Forward(inputs.data(), targets.data(), B, T));
     sum += loss;
@@ -101,10 +103,10 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
     return InvalidArgument("parallel.strategy: '" + spec.parallel.strategy +
                            "' is not implemented in this version (single-process training only)");
   }
-  const int threads = spec.train.threads > 0
-                          ? spec.train.threads
-                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  kernels::SetNumThreads(threads);
+  // 0 = every core this process may run on (OpenMP's count honours affinity and cpusets, unlike
+  // std::thread::hardware_concurrency).
+  kernels::SetNumThreads(spec.train.threads);
+  const int threads = kernels::NumThreads();
 
   // ---- data ----
   ASSIGN_OR_RETURN(data::TokenDataset train_data, data::TokenDataset::Open(spec.data.train));
@@ -185,14 +187,18 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
 
   auto run_eval = [&](int64_t step) -> Result<double> {
     ASSIGN_OR_RETURN(double v, Evaluate(*gpt, *val_data, spec.train.eval_batches, B, T, inputs,
-                                        targets));
+                                        targets, options));
     progress.Clear();
     COHORT_LOG_INFO("step {:>6}/{} | val loss {:.4f}", step, spec.train.steps, v);
     return v;
   };
 
+  // An evaluation cut short by a stop request ends the run as interrupted, not as an error.
+  auto interrupted = [&](const Status& st) { return st.code() == Code::kCancelled; };
   if (val_data) {
-    ASSIGN_OR_RETURN(summary.initial_val_loss, run_eval(0));
+    auto v = run_eval(0);
+    if (!v.ok() && !interrupted(v.status())) return v.status();
+    if (v.ok()) summary.initial_val_loss = *v;
   }
 
   const Clock::time_point start = Clock::now();
@@ -270,8 +276,8 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
     }
     if (val_data && !last && spec.train.eval_interval > 0 &&
         (step + 1) % spec.train.eval_interval == 0) {
-      ASSIGN_OR_RETURN(double v, run_eval(step + 1));
-      (void)v;
+      auto v = run_eval(step + 1);
+      if (!v.ok() && !interrupted(v.status())) return v.status();
     }
   }
   summary.steps = step;
@@ -282,7 +288,10 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
   if (summary.interrupted) {
     COHORT_LOG_WARN("stopped by signal after {} of {} steps", step, spec.train.steps);
   } else if (val_data) {
-    ASSIGN_OR_RETURN(summary.final_val_loss, run_eval(step));
+    auto v = run_eval(step);
+    if (!v.ok() && !interrupted(v.status())) return v.status();
+    if (v.ok()) summary.final_val_loss = *v;
+    else summary.interrupted = true;
   }
   COHORT_LOG_INFO("done: {} steps in {:.1f} s, {:.0f} tok/s{}", step, Seconds(start, Clock::now()),
                   summary.tokens_per_second,

@@ -47,6 +47,33 @@ OUT=$(cat run.log)
 [ "$code" = 130 ] && pass "SIGINT exits 130" || { fail "SIGINT exit code $code, want 130"; tail run.log >&2; }
 expect_output "stopped by signal after [0-9]+ of 100000 steps" "SIGINT is reported"
 
+# SIGTERM (e.g. from a scheduler) also stops cleanly; the exit code is 128 + 15.
+"$COHORT_BIN" train job.yaml --no-progress --set train.steps=100000 > term.log 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do grep -q "step .*/100000 | loss" term.log && break; sleep 0.1; done
+kill -TERM "$pid"
+set +e; wait "$pid"; code=$?; set -e
+[ "$code" = 143 ] && pass "SIGTERM exits 143" || { fail "SIGTERM exit code $code, want 143"; tail term.log >&2; }
+
+# On a terminal, a progress line is redrawn in place (\r + erase line) with a bar, the rate and an
+# ETA. `script` runs the command on a real pseudo-terminal.
+if command -v script >/dev/null; then
+  script -qefc "'$COHORT_BIN' train job.yaml --set train.steps=30 --set train.log_interval=1000" tty.log >/dev/null 2>&1 || true
+  if grep -q $'\r\033\[K\[=*>* *\] [0-9]*/30 loss [0-9.]* | [0-9.KM]* tok/s | eta' tty.log; then
+    pass "progress line on a TTY"
+  else
+    fail "no progress line on a TTY:"; tail -c 600 tty.log | cat -v >&2
+  fi
+  expect_exit 0 "train off a TTY" -- "$COHORT_BIN" train job.yaml --set train.steps=30
+  if grep -q $'\r' <<<"$OUT"; then fail "progress line drawn when stderr is not a TTY"; else pass "no progress line off a TTY"; fi
+else
+  fail "script(1) (bsdutils) is missing: cannot test the TTY progress line"
+fi
+
+expect_exit 2 "unknown flag is a usage error" -- "$COHORT_BIN" train job.yaml --no-such-flag
+expect_exit 2 "missing job file is a usage error" -- "$COHORT_BIN" train nope.yaml
+expect_output "nope.yaml" "missing file is named"
+
 # Under a launcher with several ranks, refuse (multi-rank training is not implemented yet).
 expect_exit 2 "multi-rank launch is refused" -- env OMPI_COMM_WORLD_SIZE=2 "$COHORT_BIN" train job.yaml
 finish

@@ -129,6 +129,13 @@ TEST(ConfigTest, CrossFieldRules) {
   EXPECT_THAT(s.message(), HasSubstr("schedule.warmup_steps"));
   s = ParseError(std::string(kMinimal) + "checkpoint: {interval: 10}\n");
   EXPECT_THAT(s.message(), HasSubstr("checkpoint.dir: required"));
+  // Cross-field errors point at the field too.
+  s = ParseError(std::string(kMinimal) + "model:\n  n_embd: 100\n  n_head: 3\n");
+  EXPECT_THAT(s.message(), HasSubstr("(line 4, column 11)"));
+  // A micro-batch larger than the model accepts is refused before any allocation.
+  s = ParseError("data: {train: x, batch_size: 1048576, seq_len: 1024}\n"
+                 "model: {context_length: 1024}\n");
+  EXPECT_THAT(s.message(), HasSubstr("data.batch_size: batch_size * seq_len = 1073741824 tokens"));
 }
 
 TEST(ConfigTest, HostileNamesAreRejected) {
@@ -292,6 +299,11 @@ TEST(ConfigOverrideTest, BadOverridesAreNamed) {
   r = ParseJobSpec(kMinimal, "job.yaml", Limits(), {"train.steps=[1,2]"});
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("value must be a scalar"));
+  r = ParseJobSpec(kMinimal, "job.yaml", Limits(), {"optimizer.lr=-1"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("optimizer.lr: value -1 is out of range"));
+  EXPECT_THAT(r.status().message(), HasSubstr("(from override 'optimizer.lr=-1')"));
+  EXPECT_THAT(r.status().message(), ::testing::Not(HasSubstr("line 1")));
   r = ParseJobSpec(kMinimal, "job.yaml", Limits(), {"train..steps=1"});
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("empty key"));
