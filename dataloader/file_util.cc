@@ -1,5 +1,6 @@
 #include "dataloader/file_util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <glob.h>
@@ -9,24 +10,21 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <utility>
 
 namespace cohort::data {
 namespace {
 
-// Closes an fd on scope exit (RAII for the raw descriptors used below).
-class FdCloser {
- public:
-  explicit FdCloser(int fd) : fd_(fd) {}
-  ~FdCloser() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  FdCloser(const FdCloser&) = delete;
-  FdCloser& operator=(const FdCloser&) = delete;
-
- private:
-  int fd_;
-};
+// What a non-regular file is, for error messages.
+const char* FileTypeName(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "unknown file type";
+}
 
 std::string DirName(const std::string& path) {
   size_t slash = path.find_last_of('/');
@@ -42,24 +40,53 @@ std::string BaseName(const std::string& path) {
 
 }  // namespace
 
-Result<std::string> ReadFileToString(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+ScopedFd& ScopedFd::operator=(ScopedFd&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    fd_ = std::exchange(other.fd_, -1);
+  }
+  return *this;
+}
+
+void ScopedFd::Reset() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+Result<ScopedFd> OpenRegularFile(const std::string& path, uint64_t* size) {
+  // O_NONBLOCK: open(2) of a FIFO without a writer (or of some devices) blocks forever otherwise;
+  // the type can only be checked on the open fd. O_NOCTTY: a terminal must not become ours.
+  ScopedFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (!fd.valid()) {
     int err = errno;
     if (err == ENOENT) return NotFound(path + ": no such file");
     return ErrnoError(path + ": open", err);
   }
-  FdCloser closer(fd);
   struct stat st;
-  if (::fstat(fd, &st) != 0) return ErrnoError(path + ": fstat", errno);
-  if (!S_ISREG(st.st_mode)) return InvalidArgument(path + ": not a regular file");
+  if (::fstat(fd.get(), &st) != 0) return ErrnoError(path + ": fstat", errno);
+  if (!S_ISREG(st.st_mode)) {
+    return InvalidArgument(path + ": not a regular file (" + FileTypeName(st.st_mode) + ")");
+  }
+  // Regular files ignore O_NONBLOCK on Linux, but callers are promised ordinary blocking reads
+  // (e.g. on file systems that honour the flag).
+  int flags = ::fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    return ErrnoError(path + ": fcntl(clear O_NONBLOCK)", errno);
+  }
+  if (size != nullptr) *size = static_cast<uint64_t>(st.st_size);
+  return fd;
+}
+
+Result<std::string> ReadFileToString(const std::string& path) {
+  uint64_t size = 0;
+  ASSIGN_OR_RETURN(ScopedFd fd, OpenRegularFile(path, &size));
   std::string data;
-  data.resize(static_cast<size_t>(st.st_size));
+  data.resize(static_cast<size_t>(size));
   size_t done = 0;
   // Loop until EOF rather than trusting st_size alone: the file may grow or shrink under us.
   while (true) {
     if (done == data.size()) data.resize(data.size() + 65536);
-    ssize_t n = ::read(fd, data.data() + done, data.size() - done);
+    ssize_t n = ::read(fd.get(), data.data() + done, data.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoError(path + ": read at byte offset " + std::to_string(done), errno);
@@ -141,12 +168,7 @@ Status AtomicFileWriter::Commit() {
     return ErrnoError(path_ + ": rename from " + tmp_path_, err);
   }
   // The rename is durable only once the directory entry is on disk.
-  std::string dir = DirName(path_);
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return ErrnoError(dir + ": open directory for fsync", errno);
-  FdCloser closer(dfd);
-  if (::fsync(dfd) != 0) return ErrnoError(dir + ": fsync directory", errno);
-  return Status::Ok();
+  return SyncDirectory(DirName(path_));
 }
 
 Status WriteFileAtomically(const std::string& path, std::string_view data) {
@@ -173,6 +195,39 @@ Result<std::vector<std::string>> ExpandGlob(const std::string& pattern) {
   // glob sorts by the locale's collation; sort bytewise so the order is the same everywhere.
   std::sort(out.begin(), out.end());
   return out;
+}
+
+Result<std::vector<std::string>> ListDirectory(const std::string& dir) {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), &::closedir);
+  if (d == nullptr) return ErrnoError(dir + ": open directory", errno);
+  std::vector<std::string> names;
+  while (true) {
+    errno = 0;
+    const struct dirent* e = ::readdir(d.get());
+    if (e == nullptr) {
+      if (errno != 0) return ErrnoError(dir + ": read directory", errno);
+      break;
+    }
+    std::string_view name = e->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+Result<std::string> MakeTempDirectory(const std::string& parent, std::string_view prefix) {
+  std::string tmpl = parent + "/" + std::string(prefix) + "XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    return ErrnoError(parent + ": create temporary directory", errno);
+  }
+  return tmpl;
+}
+
+Status SyncDirectory(const std::string& dir) {
+  ScopedFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoError(dir + ": open directory for fsync", errno);
+  if (::fsync(fd.get()) != 0) return ErrnoError(dir + ": fsync directory", errno);
+  return Status::Ok();
 }
 
 bool IsDirectory(const std::string& path) {

@@ -4,16 +4,44 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
 
 namespace cohort::data {
 
-// Reads the whole regular file at `path`. NotFound if it does not exist, InvalidArgument if it is
-// not a regular file (e.g. a directory), Io for other failures.
+// Owns a file descriptor and closes it on destruction (RAII). Move-only; -1 means "none".
+class ScopedFd {
+ public:
+  ScopedFd() = default;
+  explicit ScopedFd(int fd) : fd_(fd) {}
+  ScopedFd(ScopedFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  ScopedFd& operator=(ScopedFd&& other) noexcept;
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+  ~ScopedFd() { Reset(); }
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  // Closes the descriptor now (errors ignored: for read-only fds close cannot lose data).
+  void Reset();
+
+ private:
+  int fd_ = -1;
+};
+
+// Opens `path` for reading, only if it is a regular file. The open itself never blocks: a FIFO
+// (or a device) is opened non-blocking, rejected by its type, and closed. The returned fd is
+// O_CLOEXEC and in blocking mode. On success stores the file's size in `*size` when not null.
+// Errors name the path: NotFound if it does not exist, InvalidArgument if it is not a regular
+// file (directory, FIFO, device, socket), Io for other failures.
+Result<ScopedFd> OpenRegularFile(const std::string& path, uint64_t* size = nullptr);
+
+// Reads the whole regular file at `path`. Errors as OpenRegularFile, plus Io for read failures.
 Result<std::string> ReadFileToString(const std::string& path);
 
 // Writes a file atomically: data goes to a temporary file in the target's directory; Commit()
@@ -22,7 +50,8 @@ Result<std::string> ReadFileToString(const std::string& path);
 // any failure) removes the temporary file and leaves the target untouched. Not thread-safe.
 class AtomicFileWriter {
  public:
-  // Creates the temporary file next to `path`. Io error naming the directory on failure.
+  // Creates the temporary file next to `path`. On failure an error naming the directory
+  // (NotFound if it does not exist, else Io).
   static Result<AtomicFileWriter> Create(const std::string& path);
 
   AtomicFileWriter(AtomicFileWriter&& other) noexcept;
@@ -55,6 +84,17 @@ bool HasGlobMagic(std::string_view s);
 // Expands one glob(3) pattern into the matching paths in sorted order. NotFound (naming the
 // pattern) when nothing matches; Io when glob itself fails (e.g. unreadable directory).
 Result<std::vector<std::string>> ExpandGlob(const std::string& pattern);
+
+// The names of the entries of directory `dir` (without "." and ".."), sorted bytewise. Names are
+// taken literally (no pattern matching). NotFound / Io naming the directory on failure.
+Result<std::vector<std::string>> ListDirectory(const std::string& dir);
+
+// Creates a new, empty directory `<parent>/<prefix>XXXXXX` (mode 0700, unique name, like
+// mkdtemp(3)) and returns its path. Errors name `parent`.
+Result<std::string> MakeTempDirectory(const std::string& parent, std::string_view prefix);
+
+// fsyncs directory `dir`, making renames and removals of its entries durable.
+Status SyncDirectory(const std::string& dir);
 
 // True if `path` names an existing directory (following symlinks).
 bool IsDirectory(const std::string& path);

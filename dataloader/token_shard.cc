@@ -1,8 +1,6 @@
 #include "dataloader/token_shard.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -186,33 +184,24 @@ Status WriteTokenShard(const std::string& path, std::span<const uint32_t> tokens
 }
 
 Result<TokenShardHeader> ReadTokenShardHeader(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    if (err == ENOENT) return NotFound(path + ": no such file");
-    return ErrnoError(path + ": open", err);
-  }
+  uint64_t file_size = 0;
+  ASSIGN_OR_RETURN(ScopedFd fd, OpenRegularFile(path, &file_size));
   unsigned char h[kTokenShardHeaderSize];
-  struct stat st;
-  Status status;
-  ssize_t n = 0;
-  if (::fstat(fd, &st) != 0) {
-    status = ErrnoError(path + ": fstat", errno);
-  } else if (!S_ISREG(st.st_mode)) {
-    status = InvalidArgument(path + ": not a regular file");
-  } else {
-    do {
-      n = ::pread(fd, h, sizeof(h), 0);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) status = ErrnoError(path + ": read header", errno);
+  size_t got = 0;
+  while (got < sizeof(h)) {  // pread may return less than asked (signals, network file systems)
+    ssize_t n = ::pread(fd.get(), h + got, sizeof(h) - got, static_cast<off_t>(got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(path + ": read header", errno);
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
   }
-  ::close(fd);
-  RETURN_IF_ERROR(status);
-  if (static_cast<size_t>(n) < kTokenShardHeaderSize) {
-    return DataLoss(path + ": file is " + std::to_string(n) + " bytes, shorter than the " +
+  if (got < kTokenShardHeaderSize) {
+    return DataLoss(path + ": file is " + std::to_string(got) + " bytes, shorter than the " +
                     std::to_string(kTokenShardHeaderSize) + "-byte header (truncated?)");
   }
-  return ParseHeader(path, h, static_cast<uint64_t>(st.st_size));
+  return ParseHeader(path, h, file_size);
 }
 
 Result<TokenShard> ReadTokenShard(const std::string& path) {

@@ -51,15 +51,17 @@ struct TokenShard {
 };
 
 // Writes `tokens` as a shard at `path` (atomically; see above). InvalidArgument if vocab_size is 0,
-// a token is >= vocab_size, or the tokenizer name is longer than kTokenizerNameMaxLen; Io (naming
-// the path) if the file cannot be written. Thread-safe for distinct paths.
+// a token is >= vocab_size, or the tokenizer name is longer than kTokenizerNameMaxLen; NotFound if
+// the directory does not exist, Io if the file cannot be written (both naming the path).
+// Thread-safe for distinct paths.
 Status WriteTokenShard(const std::string& path, std::span<const uint32_t> tokens, uint32_t vocab_size,
                        std::string_view tokenizer);
 
 // Reads and validates the header only: magic, version, width (consistent with vocab size), header
 // checksum, reserved bytes, and file size == 64 + count * width (catches truncation). Does not
-// check the payload checksum. Errors (DataLoss for corruption, NotFound, Io) name the file and the
-// field's byte offset.
+// check the payload checksum. Errors (DataLoss for corruption, NotFound, InvalidArgument for a
+// path that is not a regular file, e.g. a FIFO, which is never waited on; Io) name the file and
+// the field's byte offset.
 Result<TokenShardHeader> ReadTokenShardHeader(const std::string& path);
 
 // Reads a whole shard: the header checks above plus the payload checksum and every token <

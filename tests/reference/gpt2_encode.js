@@ -2,8 +2,12 @@
 // Reference GPT-2 token ids from the npm package gpt-3-encoder, for tests/unit/tokenizer_test.cc.
 //
 // Usage: node gpt2_encode.js <gpt-3-encoder package dir> <text file>...
+//        node gpt2_encode.js --versions
 // For each text file (read as UTF-8, as node does: invalid bytes become U+FFFD) prints one line: a
 // JSON array of the ids the package's encode() gives for the file's whole text.
+// --versions prints one JSON line {"node": "v20.20.2", "unicode": "17.0", "icu": "78.2"}: the
+// Unicode version is the one node's regular expressions use for \p{L} and \p{N} (from its ICU),
+// which decides how characters assigned in recent Unicode versions are split into words.
 //
 // encode() concatenates its output arrays one word at a time, which is quadratic in the number of
 // tokens (a minute for 200 KB). So the text is first split with the package's own regex and
@@ -16,8 +20,14 @@
 const fs = require('fs');
 const path = require('path');
 
+if (process.argv.length === 3 && process.argv[2] === '--versions') {
+  const v = process.versions;
+  process.stdout.write(JSON.stringify({ node: process.version, unicode: v.unicode || '', icu: v.icu || '' }) + '\n');
+  process.exit(0);
+}
 if (process.argv.length < 4) {
-  process.stderr.write('usage: node gpt2_encode.js <gpt-3-encoder dir> <text file>...\n');
+  process.stderr.write('usage: node gpt2_encode.js <gpt-3-encoder dir> <text file>...\n' +
+                       '       node gpt2_encode.js --versions\n');
   process.exit(2);
 }
 const { encode } = require(path.resolve(process.argv[2], 'Encoder.js'));

@@ -2,8 +2,11 @@
 // as the real binary ($COHORT_BIN).
 #include "dataloader/corpus.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -12,7 +15,7 @@
 
 #include "dataloader/token_shard.h"
 #include "dataloader/tokenizer.h"
-#include "tests/unit/data_test_util.h"
+#include "tests/unit/test_util.h"
 
 namespace cohort::data {
 namespace {
@@ -88,6 +91,23 @@ TEST(Corpus, ExpandInputsAndReadDocuments) {
   ASSERT_TRUE(globbed.ok());
   EXPECT_EQ(globbed->size(), 3u);
 
+  // A directory's own name is taken literally, even with glob metacharacters in it.
+  const std::string odd = dir / "corpus [v2]*";
+  ASSERT_TRUE(std::filesystem::create_directory(odd));
+  WriteFile(odd + "/x.txt", "x");
+  WriteFile(odd + "/.hidden.txt", "h");
+  WriteFile(odd + "/ca01", "\tHi/uh ./.\n");
+  auto odd_text = ExpandCorpusInputs({odd}, CorpusFormat::kText);
+  ASSERT_TRUE(odd_text.ok()) << odd_text.status().ToString();
+  EXPECT_EQ(*odd_text, (std::vector<std::string>{odd + "/x.txt"}));
+  auto odd_brown = ExpandCorpusInputs({odd}, CorpusFormat::kBrown);
+  ASSERT_TRUE(odd_brown.ok()) << odd_brown.status().ToString();
+  EXPECT_EQ(*odd_brown, (std::vector<std::string>{odd + "/ca01"}));
+  ASSERT_TRUE(std::filesystem::create_directory(dir / "empty"));
+  auto no_txt = ExpandCorpusInputs({dir / "empty"}, CorpusFormat::kText);
+  EXPECT_EQ(no_txt.status().code(), Code::kNotFound);
+  EXPECT_THAT(no_txt.status().message(), HasSubstr(dir / "empty"));
+
   auto none = ExpandCorpusInputs({dir / "*.json"}, CorpusFormat::kText);
   EXPECT_EQ(none.status().code(), Code::kNotFound);
   EXPECT_THAT(none.status().message(), HasSubstr(dir / "*.json"));
@@ -105,6 +125,15 @@ TEST(Corpus, ExpandInputsAndReadDocuments) {
   auto not_brown = ReadDocument(dir / "README", CorpusFormat::kBrown);
   EXPECT_EQ(not_brown.status().code(), Code::kInvalidArgument);
   EXPECT_THAT(not_brown.status().message(), HasSubstr(dir / "README"));
+
+  WriteFile(dir / "empty.txt", "");
+  WriteFile(dir / "blank", "\n\n\t \n");
+  EXPECT_EQ(DocumentIsEmpty(dir / "empty.txt", CorpusFormat::kText).value(), true);
+  EXPECT_EQ(DocumentIsEmpty(dir / "b.txt", CorpusFormat::kText).value(), false);
+  EXPECT_EQ(DocumentIsEmpty(dir / "blank", CorpusFormat::kBrown).value(), true);
+  EXPECT_EQ(DocumentIsEmpty(dir / "cb02", CorpusFormat::kBrown).value(), false);
+  EXPECT_EQ(DocumentIsEmpty(dir / "zz.txt", CorpusFormat::kText).status().code(), Code::kNotFound);
+  EXPECT_EQ(DocumentIsEmpty(dir / "README", CorpusFormat::kBrown).status().code(), Code::kInvalidArgument);
 }
 
 TEST(Corpus, RealBrownFilesConvert) {
@@ -120,18 +149,9 @@ TEST(Corpus, RealBrownFilesConvert) {
 
 // ---- the `cohort data` commands ----------------------------------------------------------------
 
-// $COHORT_BIN, else <build>/bin/cohort next to this test binary (<build>/tests/unit/corpus_test).
-std::string CohortBin() {
-  std::string bin = testing::EnvOr("COHORT_BIN", "");
-  if (!bin.empty()) return bin;
-  std::error_code ec;
-  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  std::filesystem::path guess = self.parent_path().parent_path().parent_path() / "bin" / "cohort";
-  return !ec && std::filesystem::exists(guess) ? guess.string() : "cohort";
-}
-
+// Runs `cohort <args>` (stderr into `*out` too). `timeout` turns a hang into a failure (exit 124).
 int RunCohort(const std::string& args, std::string* out) {
-  return testing::RunCommand(ShellQuote(CohortBin()) + " " + args + " 2>&1", out);
+  return testing::RunCommand("timeout 120 " + ShellQuote(testing::CohortBin()) + " " + args + " 2>&1", out);
 }
 
 TEST(DataCommand, PrepareTextWithByteTokenizerAndReadBack) {
@@ -242,13 +262,199 @@ TEST(DataCommand, BadInputExitsWithTwo) {
   EXPECT_EQ(RunCohort("data inspect " + ShellQuote(dir / "bad.bin"), &out), 2) << out;
   EXPECT_THAT(out, HasSubstr(dir / "bad.bin"));
 
-  // An output path that cannot be created is an I/O failure.
+  // A FIFO is rejected at once (opening it for reading must not wait for a writer).
+  ASSERT_EQ(::mkfifo((dir / "fifo.txt").c_str(), 0600), 0);
+  EXPECT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "fifo.txt") + " " + ShellQuote(dir / "notbrown.txt") +
+                          " --tokenizer byte --output " + ShellQuote(dir / "out"),
+                      &out),
+            2)
+      << out;
+  EXPECT_THAT(out, HasSubstr(dir / "fifo.txt"));
+  EXPECT_EQ(RunCohort("data inspect " + ShellQuote(dir / "fifo.txt"), &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("not a regular file (a FIFO)"));
+
+  // An output path below a regular file does not exist (ENOTDIR): bad input too.
   WriteFile(dir / "file", "x");
   EXPECT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "notbrown.txt") +
                           " --tokenizer byte --val-fraction 0 --output " + ShellQuote(dir / "file/sub"),
                       &out),
+            2)
+      << out;
+  EXPECT_THAT(out, HasSubstr(dir / "file/sub"));
+}
+
+TEST(DataCommand, RuntimeFailureExitsWithOne) {
+  TempDir dir;
+  WriteFile(dir / "a.txt", std::string(2000, 'a'));
+  std::string out;
+  // An output path that exists but is not a directory is an I/O failure.
+  WriteFile(dir / "file", "x");
+  EXPECT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "a.txt") +
+                          " --tokenizer byte --val-fraction 0 --output " + ShellQuote(dir / "file"),
+                      &out),
             1)
       << out;
+  EXPECT_THAT(out, HasSubstr(dir / "file"));
+}
+
+// The shards in `dir` (names and contents), ignoring other files.
+std::map<std::string, std::string> Shards(const std::string& dir) {
+  std::map<std::string, std::string> shards;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.ends_with(".bin")) shards[name] = testing::ReadFile(e.path().string());
+  }
+  return shards;
+}
+
+// Names in `dir` starting with '.' (a staging directory left behind).
+std::vector<std::string> HiddenEntries(const std::string& dir) {
+  std::vector<std::string> hidden;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().filename().string().starts_with(".")) hidden.push_back(e.path().string());
+  }
+  return hidden;
+}
+
+TEST(DataCommand, FailedPrepareLeavesThePreviousShards) {
+  TempDir dir;
+  for (int i = 0; i < 4; ++i) {
+    WriteFile(dir / ("doc" + std::to_string(i) + ".txt"), "document number " + std::to_string(i));
+  }
+  const std::string out_dir = dir / "out";
+  std::string out;
+  ASSERT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "doc*.txt") + " --tokenizer byte --output " +
+                          ShellQuote(out_dir) + " --val-fraction 0.25 --shard-tokens 10",
+                      &out),
+            0)
+      << out;
+  const auto before = Shards(out_dir);
+  ASSERT_GE(before.size(), 6u);
+
+  // Same output, other text and shard size, and an input (sorted last) that does not exist.
+  for (int i = 0; i < 4; ++i) {
+    WriteFile(dir / ("doc" + std::to_string(i) + ".txt"), "changed text " + std::to_string(i));
+  }
+  EXPECT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "doc*.txt") + " " +
+                          ShellQuote(dir / "zz-missing.txt") + " --tokenizer byte --output " + ShellQuote(out_dir) +
+                          " --val-fraction 0.25 --shard-tokens 7",
+                      &out),
+            2)
+      << out;
+  EXPECT_THAT(out, HasSubstr(dir / "zz-missing.txt"));
+  EXPECT_EQ(Shards(out_dir), before) << "a failed run must not touch the previous run's shards";
+  EXPECT_EQ(HiddenEntries(out_dir), std::vector<std::string>{});
+
+  // A write failure after tokenizing also leaves the previous shards, and no staging directory:
+  // here the file size limit (1 block), with SIGXFSZ ignored so that write(2) fails with EFBIG.
+  for (int i = 0; i < 4; ++i) {
+    WriteFile(dir / ("doc" + std::to_string(i) + ".txt"), std::string(3000, static_cast<char>('a' + i)));
+  }
+  EXPECT_EQ(testing::RunCommand("ulimit -f 1 && trap '' XFSZ && " + ShellQuote(testing::CohortBin()) +
+                                    " data prepare --input " + ShellQuote(dir / "doc*.txt") +
+                                    " --tokenizer byte --output " + ShellQuote(out_dir) + " --val-fraction 0.25 2>&1",
+                                &out),
+            1)
+      << out;
+  EXPECT_EQ(Shards(out_dir), before);
+  EXPECT_EQ(HiddenEntries(out_dir), std::vector<std::string>{});
+
+  // A successful run replaces them all.
+  ASSERT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "doc*.txt") + " --tokenizer byte --output " +
+                          ShellQuote(out_dir) + " --val-fraction 0.25",
+                      &out),
+            0)
+      << out;
+  const auto after = Shards(out_dir);
+  EXPECT_EQ(after.size(), 2u);
+  EXPECT_TRUE(after.contains("train-00000.bin"));
+  EXPECT_TRUE(after.contains("val-00000.bin"));
+  EXPECT_EQ(HiddenEntries(out_dir), std::vector<std::string>{});
+}
+
+TEST(DataCommand, StaleShardsGoAlsoWithGlobCharactersInTheOutputPath) {
+  TempDir dir;
+  for (int i = 0; i < 4; ++i) {
+    WriteFile(dir / ("doc" + std::to_string(i) + ".txt"), "document number " + std::to_string(i));
+  }
+  const std::string out_dir = dir / "out [1]*";
+  std::string out;
+  ASSERT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "doc*.txt") + " --tokenizer byte --output " +
+                          ShellQuote(out_dir) + " --val-fraction 0.25 --shard-tokens 10",
+                      &out),
+            0)
+      << out;
+  ASSERT_TRUE(Shards(out_dir).contains("train-00005.bin"));
+  // Files that are not shards of this command are left alone.
+  WriteFile(out_dir + "/notes.txt", "mine");
+  WriteFile(out_dir + "/train-final.bin", "mine");
+  WriteFile(out_dir + "/val-1.bin.txt", "mine");
+
+  ASSERT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "doc*.txt") + " --tokenizer byte --output " +
+                          ShellQuote(out_dir) + " --val-fraction 0.25",
+                      &out),
+            0)
+      << out;
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(out_dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"notes.txt", "train-00000.bin", "train-final.bin", "val-00000.bin",
+                                             "val-1.bin.txt"}));
+}
+
+TEST(DataCommand, ValSplitIsDecidedOverNonEmptyDocuments) {
+  TempDir dir;
+  WriteFile(dir / "a.txt", "alpha text\n");
+  WriteFile(dir / "b.txt", "beta text\n");
+  WriteFile(dir / "c.txt", "");
+  std::string out;
+  // 2 non-empty documents: round(2 * 0.34) = 1 goes to val, the second (b.txt). Deciding over all
+  // 3 files would pick c.txt, which is empty, and leave val without shards.
+  ASSERT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "*.txt") + " --tokenizer byte --output " +
+                          ShellQuote(dir / "out") + " --val-fraction 0.34",
+                      &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("skipped 1 empty documents"));
+  auto tok = MakeTokenizer("byte", "");
+  ASSERT_TRUE(tok.ok());
+  auto val = TokenDataset::Open(dir / "out/val-*.bin");
+  ASSERT_TRUE(val.ok()) << val.status().ToString();
+  EXPECT_EQ((*tok)->Decode(val->token_span()), "<|endoftext|>beta text\n");
+  auto train = TokenDataset::Open(dir / "out/train-*.bin");
+  ASSERT_TRUE(train.ok()) << train.status().ToString();
+  EXPECT_EQ((*tok)->Decode(train->token_span()), "<|endoftext|>alpha text\n");
+}
+
+TEST(DataCommand, OneNonEmptyDocumentNeedsValFractionZero) {
+  TempDir dir;
+  WriteFile(dir / "a.txt", "the only text\n");
+  WriteFile(dir / "b.txt", "");
+  std::string out;
+  EXPECT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "*.txt") + " --tokenizer byte --output " +
+                          ShellQuote(dir / "out"),
+                      &out),
+            2)
+      << out;
+  EXPECT_THAT(out, HasSubstr("got 1 (2 input files, 1 empty)"));
+  EXPECT_THAT(out, HasSubstr("pass --val-fraction 0"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "out/train-00000.bin"));
+
+  ASSERT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "*.txt") + " --tokenizer byte --output " +
+                          ShellQuote(dir / "out") + " --val-fraction 0",
+                      &out),
+            0)
+      << out;
+  EXPECT_TRUE(std::filesystem::exists(dir / "out/train-00000.bin"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "out/val-00000.bin"));
+
+  WriteFile(dir / "a.txt", "");
+  EXPECT_EQ(RunCohort("data prepare --input " + ShellQuote(dir / "*.txt") + " --tokenizer byte --output " +
+                          ShellQuote(dir / "out") + " --val-fraction 0",
+                      &out),
+            2)
+      << out;
+  EXPECT_THAT(out, HasSubstr("all 2 input documents are empty"));
 }
 
 }  // namespace

@@ -1,8 +1,18 @@
-// Token shard format (write/read, corruption detection) and TokenDataset (globbing, samplers).
+// Token shard format (write/read, corruption detection), the file helpers under it
+// (dataloader/file_util.h) and TokenDataset (globbing, samplers).
 #include "dataloader/token_shard.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <functional>
+#include <future>
+#include <thread>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -10,7 +20,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "tests/unit/data_test_util.h"
+#include "dataloader/file_util.h"
+#include "tests/unit/test_util.h"
 
 namespace cohort::data {
 namespace {
@@ -99,7 +110,9 @@ TEST(TokenShard, WriterRejectsBadInput) {
   EXPECT_EQ(WriteTokenShard(dir / "s.bin", {}, 257, "a-very-long-tokenizer-name").code(), Code::kInvalidArgument);
   EXPECT_EQ(WriteTokenShard(dir / "s.bin", {}, 0, "byte").code(), Code::kInvalidArgument);
   EXPECT_FALSE(std::filesystem::exists(dir / "s.bin"));
-  EXPECT_EQ(WriteTokenShard(dir / "missing-dir/s.bin", {}, 257, "byte").code(), Code::kIo);
+  Status no_dir = WriteTokenShard(dir / "missing-dir/s.bin", {}, 257, "byte");
+  EXPECT_EQ(no_dir.code(), Code::kNotFound);  // ErrnoError(ENOENT)
+  EXPECT_THAT(no_dir.message(), HasSubstr(dir / "missing-dir/s.bin"));
 }
 
 // Writes a valid shard, applies `mutate` to its bytes, and returns ReadTokenShard's status.
@@ -159,6 +172,90 @@ TEST(TokenShard, MissingFile) {
   auto r = ReadTokenShard(dir / "nope.bin");
   EXPECT_EQ(r.status().code(), Code::kNotFound);
   EXPECT_THAT(r.status().message(), HasSubstr(dir / "nope.bin"));
+}
+
+// ---- non-regular files and the file helpers ----------------------------------------------------
+
+// Runs `read` on a thread and returns its Status. `read` opens the FIFO at `fifo`; an open(2) for
+// reading without O_NONBLOCK waits for a writer forever. So if `read` has not returned after 10 s,
+// this reports the hang as a failure and plays the writer (open + close, after which the reader
+// sees EOF) until `read` returns, so the test fails instead of hanging.
+Status CallWithFifo(const std::string& fifo, const std::function<Status()>& read) {
+  std::packaged_task<Status()> task(read);
+  std::future<Status> result = task.get_future();
+  std::thread thread(std::move(task));
+  if (result.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    ADD_FAILURE() << "reading " << fifo << " blocked for 10 s (opened without O_NONBLOCK?)";
+    while (result.wait_for(std::chrono::milliseconds(10)) != std::future_status::ready) {
+      int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      if (fd >= 0) ::close(fd);
+    }
+  }
+  thread.join();
+  return result.get();
+}
+
+void ExpectNotRegular(const Status& s, const std::string& path, std::string_view type) {
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+  EXPECT_THAT(s.message(), HasSubstr(path));
+  EXPECT_THAT(s.message(), HasSubstr("not a regular file (" + std::string(type) + ")"));
+}
+
+TEST(FileUtil, FifoIsRejectedWithoutBlocking) {
+  TempDir dir;
+  const std::string fifo = dir / "fifo.bin";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  ExpectNotRegular(CallWithFifo(fifo, [&] { return ReadFileToString(fifo).status(); }), fifo, "a FIFO");
+  ExpectNotRegular(CallWithFifo(fifo, [&] { return ReadTokenShardHeader(fifo).status(); }), fifo, "a FIFO");
+  ExpectNotRegular(CallWithFifo(fifo, [&] { return ReadTokenShard(fifo).status(); }), fifo, "a FIFO");
+  ExpectNotRegular(CallWithFifo(fifo, [&] { return TokenDataset::Open(fifo).status(); }), fifo, "a FIFO");
+  ExpectNotRegular(ReadTokenShardHeader(dir.path()).status(), dir.path(), "a directory");
+  ExpectNotRegular(ReadFileToString("/dev/null").status(), "/dev/null", "a character device");
+}
+
+TEST(FileUtil, OpenRegularFileGivesABlockingFdAndClosesIt) {
+  TempDir dir;
+  WriteFile(dir / "f", "12345");
+  uint64_t size = 0;
+  int raw = -1;
+  {
+    auto fd = OpenRegularFile(dir / "f", &size);
+    ASSERT_TRUE(fd.ok()) << fd.status().ToString();
+    raw = fd->get();
+    EXPECT_EQ(size, 5u);
+    const int flags = ::fcntl(raw, F_GETFL);
+    ASSERT_GE(flags, 0);
+    EXPECT_EQ(flags & O_NONBLOCK, 0);
+    EXPECT_NE(::fcntl(raw, F_GETFD) & FD_CLOEXEC, 0);
+    ScopedFd moved = std::move(fd).value();
+    EXPECT_EQ(moved.get(), raw);
+  }
+  errno = 0;
+  EXPECT_EQ(::fcntl(raw, F_GETFD), -1) << "the fd was not closed";
+  EXPECT_EQ(errno, EBADF);
+
+  auto missing = OpenRegularFile(dir / "nope");
+  EXPECT_EQ(missing.status().code(), Code::kNotFound);
+  EXPECT_THAT(missing.status().message(), HasSubstr(dir / "nope"));
+}
+
+TEST(FileUtil, ListDirectoryTakesNamesLiterally) {
+  TempDir dir;
+  const std::string odd = dir / "out[1]*?";
+  ASSERT_TRUE(MakeDirectories(odd + "/sub").ok());
+  WriteFile(odd + "/b", "");
+  WriteFile(odd + "/a", "");
+  WriteFile(odd + "/.hidden", "");
+  auto names = ListDirectory(odd);
+  ASSERT_TRUE(names.ok()) << names.status().ToString();
+  EXPECT_EQ(*names, (std::vector<std::string>{".hidden", "a", "b", "sub"}));
+  EXPECT_EQ(ListDirectory(dir / "nope").status().code(), Code::kNotFound);
+
+  auto tmp = MakeTempDirectory(odd, ".stage.");
+  ASSERT_TRUE(tmp.ok()) << tmp.status().ToString();
+  EXPECT_TRUE(tmp->starts_with(odd + "/.stage."));
+  EXPECT_TRUE(IsDirectory(*tmp));
+  EXPECT_TRUE(SyncDirectory(odd).ok());
 }
 
 // ---- TokenDataset ------------------------------------------------------------------------------
