@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "common/config.h"
+#include "tests/unit/test_util.h"
 
 namespace cohort::config {
 namespace {
@@ -193,18 +194,7 @@ TEST(ConfigTest, ResolvedYamlRoundTrips) {
   EXPECT_EQ(again->train.seed, 7u);
 }
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/cohort-config-test-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using TempDir = ::cohort::testing::TempDir;
 
 TEST(ConfigTest, LoadResolvesPathsAgainstTheJobFile) {
   TempDir dir;
@@ -235,9 +225,7 @@ TEST(ConfigTest, LoadRefusesMissingAndOversizedFiles) {
 
 // docs/job-spec.md must document every key the parser accepts.
 TEST(ConfigTest, EveryKeyIsDocumented) {
-  const char* src = std::getenv("COHORT_SOURCE_DIR");
-  ASSERT_NE(src, nullptr) << "COHORT_SOURCE_DIR is not set (run through ctest)";
-  std::ifstream in(std::string(src) + "/docs/job-spec.md");
+  std::ifstream in(::cohort::testing::SourceDir() + "/docs/job-spec.md");
   ASSERT_TRUE(in) << "docs/job-spec.md is missing";
   std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   auto r = ParseJobSpec(kMinimal, "job.yaml");

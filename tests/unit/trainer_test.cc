@@ -12,6 +12,7 @@
 #include "dataloader/token_shard.h"
 #include "model/gpt.h"
 #include "model/optimizer.h"
+#include "tests/unit/test_util.h"
 #include "worker/trainer.h"
 
 namespace cohort::worker {
@@ -22,8 +23,7 @@ using ::testing::HasSubstr;
 class TrainerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/cohort-trainer-test-XXXXXX";
-    dir_ = mkdtemp(tmpl);
+    dir_ = tmp_.path();
     // A learnable byte stream: a few English sentences repeated with variations.
     const std::string text =
         "the quick brown fox jumps over the lazy dog. a stitch in time saves nine. "
@@ -43,7 +43,6 @@ class TrainerTest : public ::testing::Test {
                                       std::span(train).subspan(train.size() / 2), 257, "byte").ok());
     ASSERT_TRUE(data::WriteTokenShard(dir_ + "/val-00000.bin", val, 257, "byte").ok());
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
 
   config::JobSpec Spec(std::vector<std::string> overrides = {}) {
     std::string yaml =
@@ -57,6 +56,7 @@ class TrainerTest : public ::testing::Test {
     return *r;
   }
 
+  ::cohort::testing::TempDir tmp_;
   std::string dir_;
 };
 
