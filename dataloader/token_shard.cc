@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/crc32c.h"
+#include "common/hash.h"
 #include "dataloader/file_util.h"
 
 namespace cohort::data {
@@ -119,13 +120,6 @@ Result<TokenShardHeader> ParseHeader(const std::string& path, const unsigned cha
                     std::to_string(expected) + (file_size < expected ? " (truncated)" : " (trailing bytes)"));
   }
   return hdr;
-}
-
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <numbers>
 
 #include "common/check.h"
+#include "common/hash.h"
 #include "kernels/cpu/cpu_kernels.h"
 
 namespace cohort::model {
@@ -21,19 +22,22 @@ constexpr int kTensorsPerBlock = 12;
 constexpr size_t kPadFloats = 16;
 constexpr size_t Pad(size_t n) { return (n + kPadFloats - 1) / kPadFloats * kPadFloats; }
 // Upper bound on B*T (keeps every row index and GEMM dimension comfortably inside int).
-constexpr long kMaxPositions = 1L << 24;
+constexpr int64_t kMaxPositions = int64_t{1} << 24;
+// Upper bounds on the two buffers that grow fastest with the batch: one layer's attention
+// probabilities B*n_head*T*T and the logits B*T*vocab_size (each also has a gradient buffer of
+// the same size). 2^34 floats is 64 GiB; with n_layer <= 1024 and the other per-layer buffers
+// bounded by B*T*4C <= 2^42, the activation total stays far below 2^64 bytes, so the size_t
+// arithmetic in LayoutActs cannot wrap, and a request beyond these is a configuration mistake
+// that is reported by name instead of surfacing as an allocation failure (or an OOM kill).
+constexpr int64_t kMaxAttentionElems = int64_t{1} << 34;
+constexpr int64_t kMaxLogitsElems = int64_t{1} << 34;
 
-// SplitMix64 finalizer: a bijective 64-bit mixer with good avalanche; used as a counter-based
-// generator (hash of seed and element index), so any element can be drawn independently.
-inline uint64_t Mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
-// Standard normal for counter `index` under `seed` (Box-Muller on two 32-bit uniforms in (0,1)).
+// Standard normal for counter `index` under `seed`: Box-Muller on the two 32-bit halves of one
+// splitmix64 output, each mapped to a uniform in (0, 1). Element `index` is output index + 1 of
+// the splitmix64 stream keyed by a hash of (seed ^ a constant), so the weights do not share a
+// stream with other users of the same seed (e.g. the data order).
 inline double NormalAt(uint64_t seed, uint64_t index) {
-  const uint64_t r = Mix64(Mix64(seed ^ 0x5DEECE66DULL) + index * 0x9E3779B97F4A7C15ULL);
+  const uint64_t r = HashCombine(SplitMix64(seed ^ 0x5DEECE66DULL), index);
   const double u1 = (static_cast<double>(r >> 32) + 0.5) * 0x1p-32;
   const double u2 = (static_cast<double>(r & 0xFFFFFFFFULL) + 0.5) * 0x1p-32;
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
@@ -283,9 +287,25 @@ Status Gpt::ValidateBatch(const int32_t* inputs, const int32_t* targets, int B, 
     return InvalidArgument("sequence length T = " + std::to_string(T) + " must be in [1, " +
                            std::to_string(config_.context_length) + "]");
   }
-  if (static_cast<long>(B) * T > kMaxPositions) {
-    return InvalidArgument("B*T = " + std::to_string(static_cast<long>(B) * T) +
+  // B < 2^31, T <= 2^16, n_head <= 1024, vocab_size <= 2^22 (config validated), so none of
+  // these 64-bit products can overflow.
+  const int64_t positions = static_cast<int64_t>(B) * T;
+  if (positions > kMaxPositions) {
+    return InvalidArgument("B*T = " + std::to_string(positions) +
                            " exceeds the limit of 2^24 positions");
+  }
+  const int64_t attention = positions * config_.n_head * T;
+  if (attention > kMaxAttentionElems) {
+    return InvalidArgument("attention buffer B*n_head*T*T = " + std::to_string(B) + "*" +
+                           std::to_string(config_.n_head) + "*" + std::to_string(T) + "*" +
+                           std::to_string(T) + " = " + std::to_string(attention) +
+                           " floats per layer exceeds the limit of 2^34; reduce B or T");
+  }
+  const int64_t logits = positions * config_.vocab_size;
+  if (logits > kMaxLogitsElems) {
+    return InvalidArgument("logits buffer B*T*vocab_size = " + std::to_string(positions) + "*" +
+                           std::to_string(config_.vocab_size) + " = " + std::to_string(logits) +
+                           " floats exceeds the limit of 2^34; reduce B or T");
   }
   if (inputs == nullptr) return InvalidArgument("inputs is null");
   if (need_targets && targets == nullptr) return InvalidArgument("targets is null");

@@ -79,16 +79,18 @@ class Gpt {
 
   // GPT-2 initialization: weights ~ N(0, 0.02) except attn.c_proj / mlp.c_proj weights
   // ~ N(0, 0.02 / sqrt(2 * n_layer)); biases 0; LayerNorm weights 1, biases 0. Element k of the
-  // buffer is drawn from a counter-based generator keyed by (seed, k): the result depends only
-  // on the seed and the config, never on the thread count.
+  // buffer is drawn from a counter-based generator keyed by (seed, k) (splitmix64, common/hash.h):
+  // the result depends only on the seed and the config, never on the thread count.
   void InitWeights(uint64_t seed);
 
   // Forward pass over inputs [B,T] (token ids). Returns the mean cross-entropy over the B*T
   // positions against targets [B,T], or NaN when targets is null. Afterwards logits() holds
   // [B,T,V] until the next Forward/ForwardBackward.
-  // InvalidArgument when B < 1, T outside [1, context_length], B*T > 2^24, a null input, a
-  // token id / target outside [0, vocab_size), or the activation buffers for this (B, T) cannot
-  // be allocated; the model's parameters and gradients are then unchanged. Validation is one
+  // InvalidArgument when B < 1, T outside [1, context_length], B*T > 2^24, one layer's
+  // attention probabilities B*n_head*T*T > 2^34 floats, the logits B*T*vocab_size > 2^34
+  // floats, a null input, a token id / target outside [0, vocab_size), or the activation
+  // buffers for this (B, T) cannot be allocated (the message names the quantity); the model's
+  // parameters and gradients are then unchanged. Validation is one
   // vectorized pass over the ids. Activation buffers grow to the largest (B, T) seen and are
   // reused afterwards (no allocation in steady state).
   Result<float> Forward(const int32_t* inputs, const int32_t* targets, int B, int T);

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "common/check.h"
@@ -27,16 +28,20 @@ constexpr int kRowBlock = 128;
 }  // namespace
 
 void AttentionForward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
-  COHORT_CHECK(C % NH == 0) << "C=" << C << " NH=" << NH;
+  COHORT_CHECK(NH > 0 && C % NH == 0) << "C=" << C << " NH=" << NH;
+  // 3C is a BLAS leading dimension (int).
+  COHORT_CHECK(C <= std::numeric_limits<int>::max() / 3) << "C=" << C;
   const int hd = C / NH;
   const int C3 = 3 * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const int problems = B * NH;
-  const bool par = static_cast<long>(problems) * T * T >= (1 << 12);
+  // 64-bit: B * NH alone can exceed 2^31 (the model allows B*T up to 2^24 and NH up to 1024).
+  const int64_t problems = static_cast<int64_t>(B) * NH;
+  const bool par = problems * T * T >= (1 << 12);
   internal::EnsureBlasSingleThreaded();
 #pragma omp parallel for schedule(static) if (par)
-  for (int p = 0; p < problems; ++p) {
-    const int b = p / NH, h = p % NH;
+  for (int64_t p = 0; p < problems; ++p) {
+    const int64_t b = p / NH;
+    const int h = static_cast<int>(p % NH);
     const float* q = qkv + static_cast<size_t>(b) * T * C3 + h * hd;
     const float* k = q + C;
     const float* v = q + 2 * C;
@@ -74,16 +79,20 @@ void AttentionForward(float* out, float* att, const float* qkv, int B, int T, in
 
 void AttentionBackward(float* dqkv, float* datt, const float* dout, const float* qkv,
                        const float* att, int B, int T, int C, int NH) {
-  COHORT_CHECK(C % NH == 0) << "C=" << C << " NH=" << NH;
+  COHORT_CHECK(NH > 0 && C % NH == 0) << "C=" << C << " NH=" << NH;
+  // 3C is a BLAS leading dimension (int).
+  COHORT_CHECK(C <= std::numeric_limits<int>::max() / 3) << "C=" << C;
   const int hd = C / NH;
   const int C3 = 3 * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const int problems = B * NH;
-  const bool par = static_cast<long>(problems) * T * T >= (1 << 12);
+  // 64-bit: B * NH alone can exceed 2^31 (the model allows B*T up to 2^24 and NH up to 1024).
+  const int64_t problems = static_cast<int64_t>(B) * NH;
+  const bool par = problems * T * T >= (1 << 12);
   internal::EnsureBlasSingleThreaded();
 #pragma omp parallel for schedule(static) if (par)
-  for (int p = 0; p < problems; ++p) {
-    const int b = p / NH, h = p % NH;
+  for (int64_t p = 0; p < problems; ++p) {
+    const int64_t b = p / NH;
+    const int h = static_cast<int>(p % NH);
     const size_t qoff = static_cast<size_t>(b) * T * C3 + h * hd;
     const float* q = qkv + qoff;
     const float* k = q + C;

@@ -15,7 +15,12 @@
 //    C (which leaves OpenBLAS's per-element arithmetic unchanged; kernels_test checks this).
 //  - Output buffers must not alias inputs unless a function says so. Sizes are trusted: the
 //    model validates shapes and token ids before calling in (the kernels only COHORT_CHECK
-//    cheap invariants).
+//    cheap invariants). Each int argument must fit in int (GEMM dimensions and leading
+//    dimensions go to BLAS as int, so e.g. 3C for attention), but products of them (N*C,
+//    B*NH, B*NH*T*T, N*V) may exceed 2^31: every size and offset is computed in 64 bits.
+//  - Non-finite inputs never cause undefined behaviour; NaN propagates to the outputs (a NaN
+//    logit gives a NaN loss), and infinities follow IEEE / torch semantics (see vec_math.h and
+//    CrossEntropyForward).
 //  - Thread safety: the kernels keep no state; distinct calls on distinct buffers may run
 //    concurrently from different threads (each then uses its own OpenMP team).
 #pragma once
@@ -124,6 +129,9 @@ void ResidualForward(float* out, const float* a, const float* b, size_t n);
 // ---- softmax cross-entropy -------------------------------------------------------------------
 
 // losses[n] = -log softmax(logits[n,:])[targets[n]] for logits [N,V], targets in [0,V).
+// Non-finite logits, as torch.nn.functional.cross_entropy: a row containing NaN or +inf gives a
+// NaN loss; a -inf logit has probability 0 (loss +inf if it is the target; a row of only -inf
+// gives NaN). Other rows are unaffected.
 void CrossEntropyForward(float* losses, const float* logits, const int32_t* targets, int N,
                          int V);
 

@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "common/check.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -40,9 +41,9 @@ void GemmSerial(bool trans_a, bool trans_b, int M, int N, int K, float alpha, co
                 int lda, const float* B, int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {  // C = beta * C, with BLAS's convention that beta == 0 overwrites (even NaN).
-    for (int i = 0; i < M; ++i)
+    for (int64_t i = 0; i < M; ++i)
       for (int j = 0; j < N; ++j) {
-        float& c = C[static_cast<size_t>(i) * ldc + j];
+        float& c = C[i * ldc + j];
         c = beta == 0.0f ? 0.0f : beta * c;
       }
     return;
@@ -57,11 +58,11 @@ void Gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   internal::EnsureBlasSingleThreaded();
   const double flops = 2.0 * M * N * static_cast<double>(K);
   internal::ParallelSplit(M, internal::kGemmGrain, flops >= internal::kMinParallelFlops,
-                          [&](int lo, int hi) {
+                          [&](int64_t lo, int64_t hi) {
     // Rows lo..hi of C come from rows (or, transposed, columns) lo..hi of op(A).
-    const float* a = trans_a ? A + lo : A + static_cast<size_t>(lo) * lda;
-    GemmSerial(trans_a, trans_b, hi - lo, N, K, alpha, a, lda, B, ldb, beta,
-               C + static_cast<size_t>(lo) * ldc, ldc);
+    const float* a = trans_a ? A + lo : A + lo * lda;
+    GemmSerial(trans_a, trans_b, static_cast<int>(hi - lo), N, K, alpha, a, lda, B, ldb, beta,
+               C + lo * ldc, ldc);
   });
 }
 

@@ -6,7 +6,9 @@
 // per-thread partial buffers are needed.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 
 #include "common/check.h"
@@ -28,7 +30,7 @@ constexpr int kColBlock = 64;
 template <typename FA>
 void ColumnSums(float* out, int N, int C, FA&& fa) {
   const int blocks = (C + kColBlock - 1) / kColBlock;
-#pragma omp parallel for schedule(static) if (static_cast<long>(N) * C >= kMinParallelElems)
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(N) * C >= kMinParallelElems)
   for (int blk = 0; blk < blocks; ++blk) {
     const int c0 = blk * kColBlock;
     const int nc = std::min(kColBlock, C - c0);
@@ -47,9 +49,9 @@ void ColumnSums(float* out, int N, int C, FA&& fa) {
 
 void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                       int B, int T, int C) {
-  const int N = B * T;
-#pragma omp parallel for schedule(static) if (static_cast<long>(N) * C >= kMinParallelElems)
-  for (int n = 0; n < N; ++n) {
+  const int64_t N = static_cast<int64_t>(B) * T;
+#pragma omp parallel for schedule(static) if (N * C >= kMinParallelElems)
+  for (int64_t n = 0; n < N; ++n) {
     const float* te = wte + static_cast<size_t>(tokens[n]) * C;
     const float* pe = wpe + static_cast<size_t>(n % T) * C;
     float* o = out + static_cast<size_t>(n) * C;
@@ -60,8 +62,8 @@ void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const
 
 void EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B,
                        int T, int C) {
-  const int N = B * T;
-  const bool par = static_cast<long>(N) * C >= kMinParallelElems;
+  const int64_t N = static_cast<int64_t>(B) * T;
+  const bool par = N * C >= kMinParallelElems;
   if (dwte != nullptr) {
     // Scatter-add into token rows. Repeated tokens would race if rows were split across threads,
     // so threads own column blocks instead and walk the positions in order (deterministic).
@@ -70,7 +72,7 @@ void EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_
     for (int blk = 0; blk < blocks; ++blk) {
       const int c0 = blk * kColBlock;
       const int nc = std::min(kColBlock, C - c0);
-      for (int n = 0; n < N; ++n) {
+      for (int64_t n = 0; n < N; ++n) {
         float* d = dwte + static_cast<size_t>(tokens[n]) * C + c0;
         const float* g = dout + static_cast<size_t>(n) * C + c0;
 #pragma omp simd
@@ -96,7 +98,7 @@ void EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_
 void LayerNormForward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                       const float* bias, int N, int C) {
   constexpr float kEps = 1e-5f;
-#pragma omp parallel for schedule(static) if (static_cast<long>(N) * C >= kMinParallelElems)
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(N) * C >= kMinParallelElems)
   for (int n = 0; n < N; ++n) {
     const float* x = inp + static_cast<size_t>(n) * C;
     float* o = out + static_cast<size_t>(n) * C;
@@ -119,7 +121,7 @@ void LayerNormForward(float* out, float* mean, float* rstd, const float* inp, co
 void LayerNormBackward(float* dinp, float* dweight, float* dbias, const float* dout,
                        const float* inp, const float* weight, const float* mean,
                        const float* rstd, int N, int C) {
-  const bool par = static_cast<long>(N) * C >= kMinParallelElems;
+  const bool par = static_cast<int64_t>(N) * C >= kMinParallelElems;
   // dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat)), row-parallel.
 #pragma omp parallel for schedule(static) if (par)
   for (int n = 0; n < N; ++n) {
@@ -163,9 +165,9 @@ void LinearForward(float* out, const float* inp, const float* weight, const floa
   // Each thread writes its rows of out = residual + bias (cache-hot), then accumulates its rows
   // of the GEMM into them (beta = 1): no separate bias pass and no temporary.
   internal::ParallelSplit(N, internal::kGemmGrain, flops >= internal::kMinParallelFlops,
-                          [&](int r0, int r1) {
+                          [&](int64_t r0, int64_t r1) {
     if (has_init) {
-      for (int r = r0; r < r1; ++r) {
+      for (int64_t r = r0; r < r1; ++r) {
         float* o = out + static_cast<size_t>(r) * OC;
         const float* res = residual ? residual + static_cast<size_t>(r) * OC : nullptr;
         if (res != nullptr && bias != nullptr) {
@@ -179,8 +181,9 @@ void LinearForward(float* out, const float* inp, const float* weight, const floa
         }
       }
     }
-    GemmSerial(false, true, r1 - r0, OC, IC, 1.0f, inp + static_cast<size_t>(r0) * IC, IC, weight,
-               IC, has_init ? 1.0f : 0.0f, out + static_cast<size_t>(r0) * OC, OC);
+    GemmSerial(false, true, static_cast<int>(r1 - r0), OC, IC, 1.0f,
+               inp + static_cast<size_t>(r0) * IC, IC, weight, IC, has_init ? 1.0f : 0.0f,
+               out + static_cast<size_t>(r0) * OC, OC);
   });
 }
 
@@ -204,7 +207,7 @@ void BiasBackward(float* dbias, const float* x, int N, int C) {
 // ---- bias + GELU -----------------------------------------------------------------------------
 
 void BiasGeluForward(float* out, float* pre, const float* bias, int N, int C) {
-#pragma omp parallel for schedule(static) if (static_cast<long>(N) * C >= kMinParallelElems)
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(N) * C >= kMinParallelElems)
   for (int n = 0; n < N; ++n) {
     float* h = pre + static_cast<size_t>(n) * C;
     float* o = out + static_cast<size_t>(n) * C;
@@ -224,7 +227,7 @@ void BiasGeluForward(float* out, float* pre, const float* bias, int N, int C) {
 
 void BiasGeluBackward(float* dpre, float* dbias, const float* dout, const float* pre, int N,
                       int C) {
-  const long total = static_cast<long>(N) * C;
+  const int64_t total = static_cast<int64_t>(N) * C;
 #pragma omp parallel for schedule(static) if (total >= kMinParallelElems)
   for (int n = 0; n < N; ++n) {
     const size_t base = static_cast<size_t>(n) * C;
@@ -237,9 +240,9 @@ void BiasGeluBackward(float* dpre, float* dbias, const float* dout, const float*
 // ---- residual --------------------------------------------------------------------------------
 
 void ResidualForward(float* out, const float* a, const float* b, size_t n) {
-  const long total = static_cast<long>(n);
+  const int64_t total = static_cast<int64_t>(n);
 #pragma omp parallel for simd schedule(static) if (total >= kMinParallelElems)
-  for (long i = 0; i < total; ++i) out[i] = a[i] + b[i];
+  for (int64_t i = 0; i < total; ++i) out[i] = a[i] + b[i];
 }
 
 }  // namespace cohort::kernels

@@ -1,6 +1,7 @@
 // Fused softmax cross-entropy over rows of logits.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -20,7 +21,7 @@ float RowMax(const float* x, int V) {
 
 void CrossEntropyForward(float* losses, const float* logits, const int32_t* targets, int N,
                          int V) {
-#pragma omp parallel for schedule(static) if (static_cast<long>(N) * V >= (1 << 14))
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(N) * V >= (1 << 14))
   for (int n = 0; n < N; ++n) {
     const float* x = logits + static_cast<size_t>(n) * V;
     const float mx = RowMax(x, V);
@@ -33,7 +34,7 @@ void CrossEntropyForward(float* losses, const float* logits, const int32_t* targ
 
 void CrossEntropyForwardBackward(float* losses, float* dlogits, const float* logits,
                                  const int32_t* targets, int N, int V, float dloss_scale) {
-#pragma omp parallel for schedule(static) if (static_cast<long>(N) * V >= (1 << 14))
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(N) * V >= (1 << 14))
   for (int n = 0; n < N; ++n) {
     const float* x = logits + static_cast<size_t>(n) * V;
     float* d = dlogits + static_cast<size_t>(n) * V;

@@ -1,8 +1,10 @@
 // AdamW update and the reductions behind global-norm gradient clipping.
-#include <cmath>
-#include <cstring>
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
 
+#include "common/check.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/parallel.h"
 
@@ -22,6 +24,8 @@ constexpr size_t kMaxChunks = 1024;
 
 void AdamWUpdate(float* params, const float* grads, float* m, float* v, size_t n,
                  const AdamWHyper& h) {
+  // step 0 would divide by a zero bias correction (inf/NaN parameters).
+  COHORT_CHECK(h.step >= 1) << "AdamW step " << h.step;
   // torch computes the bias corrections as Python floats (double) and passes them to the
   // tensor ops as scalars, which the float kernels round to float.
   const double bc1 = 1.0 - std::pow(static_cast<double>(h.beta1), static_cast<double>(h.step));
@@ -33,9 +37,9 @@ void AdamWUpdate(float* params, const float* grads, float* m, float* v, size_t n
   const float one_minus_b1 = static_cast<float>(1.0 - static_cast<double>(h.beta1));
   const float one_minus_b2 = static_cast<float>(1.0 - static_cast<double>(h.beta2));
   const bool apply_decay = h.weight_decay != 0.0f;
-  const long total = static_cast<long>(n);
+  const int64_t total = static_cast<int64_t>(n);
 #pragma omp parallel for simd schedule(static) if (total >= kMinParallelElems)
-  for (long i = 0; i < total; ++i) {
+  for (int64_t i = 0; i < total; ++i) {
     const float g = grads[i];
     float p = params[i];
     if (apply_decay) p *= decay;
@@ -52,9 +56,9 @@ double SumOfSquares(const float* x, size_t n) {
   const size_t chunk = std::max(kMinChunk, (n + kMaxChunks - 1) / kMaxChunks);
   const size_t chunks = (n + chunk - 1) / chunk;
   double partial[kMaxChunks];
-  const long nc = static_cast<long>(chunks);
+  const int64_t nc = static_cast<int64_t>(chunks);
 #pragma omp parallel for schedule(static) if (n >= static_cast<size_t>(kMinParallelElems))
-  for (long c = 0; c < nc; ++c) {
+  for (int64_t c = 0; c < nc; ++c) {
     const size_t lo = static_cast<size_t>(c) * chunk;
     const size_t hi = std::min(n, lo + chunk);
     double acc = 0.0;
@@ -68,17 +72,17 @@ double SumOfSquares(const float* x, size_t n) {
 }
 
 void Scale(float* x, size_t n, float s) {
-  const long total = static_cast<long>(n);
+  const int64_t total = static_cast<int64_t>(n);
 #pragma omp parallel for simd schedule(static) if (total >= kMinParallelElems)
-  for (long i = 0; i < total; ++i) x[i] *= s;
+  for (int64_t i = 0; i < total; ++i) x[i] *= s;
 }
 
 void Fill(float* x, size_t n, float value) {
-  const long total = static_cast<long>(n);
+  const int64_t total = static_cast<int64_t>(n);
   if (value == 0.0f) {
     // Parallel memset in contiguous per-thread ranges (memset beats a scalar loop).
-    internal::ParallelSplit(static_cast<int>((n + 4095) / 4096), 1, total >= (1 << 20),
-                            [&](int lo, int hi) {
+    internal::ParallelSplit(static_cast<int64_t>((n + 4095) / 4096), 1, total >= (1 << 20),
+                            [&](int64_t lo, int64_t hi) {
                               const size_t a = static_cast<size_t>(lo) * 4096;
                               const size_t b = std::min(n, static_cast<size_t>(hi) * 4096);
                               std::memset(x + a, 0, sizeof(float) * (b - a));
@@ -86,7 +90,7 @@ void Fill(float* x, size_t n, float value) {
     return;
   }
 #pragma omp parallel for simd schedule(static) if (total >= kMinParallelElems)
-  for (long i = 0; i < total; ++i) x[i] = value;
+  for (int64_t i = 0; i < total; ++i) x[i] = value;
 }
 
 }  // namespace cohort::kernels

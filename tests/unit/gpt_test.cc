@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +20,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/hash.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "model/optimizer.h"
 
@@ -88,6 +90,38 @@ class GptEnv : public ::testing::Environment {
   void SetUp() override { kernels::SetNumThreads(2); }
 };
 const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new GptEnv);
+
+// ---- common/hash.h (used by InitWeights) -----------------------------------------------------
+
+// Reference splitmix64 (Vigna's splitmix64.c): state += gamma, then the output mix.
+struct RefSplitMix64 {
+  uint64_t state;
+  uint64_t Next() {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+};
+
+TEST(gpt, HashIsTheStandardSplitMix64) {
+  static_assert(SplitMix64(0) == 0xE220A8397B1DCDAFULL);
+  static_assert(SplitMix64(1) == 0x910A2DEC89025CC1ULL);
+  for (uint64_t seed : {uint64_t{0}, uint64_t{1234567}, ~uint64_t{0}, uint64_t{1} << 63}) {
+    RefSplitMix64 ref{seed};
+    EXPECT_EQ(SplitMix64(seed), RefSplitMix64{seed}.Next());
+    for (uint64_t k = 0; k < 100; ++k) {
+      EXPECT_EQ(HashCombine(seed, k), ref.Next()) << "seed " << seed << " k " << k;
+    }
+  }
+  // Asymmetric, and small seeds with small values do not collide.
+  EXPECT_NE(HashCombine(1, 0), HashCombine(0, 1));
+  std::vector<uint64_t> seen;
+  for (uint64_t a = 0; a < 64; ++a)
+    for (uint64_t v = 0; v < 64; ++v) seen.push_back(HashCombine(a, v));
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(std::adjacent_find(seen.begin(), seen.end()), seen.end());
+}
 
 // ---- config and layout -----------------------------------------------------------------------
 
@@ -165,11 +199,14 @@ TEST(gpt, InitWeightsIsDeterministicWithGpt2Statistics) {
   c.n_embd = 128;
   kernels::SetNumThreads(1);
   auto a = MakeModel(c, 42);
+  kernels::SetNumThreads(3);
+  auto b3 = MakeModel(c, 42);
   kernels::SetNumThreads(2);
   auto b = MakeModel(c, 42);
   auto other = MakeModel(c, 43);
   const size_t n = a->num_parameters();
   EXPECT_EQ(0, std::memcmp(a->params(), b->params(), n * sizeof(float))) << "thread dependent";
+  EXPECT_EQ(0, std::memcmp(a->params(), b3->params(), n * sizeof(float))) << "thread dependent";
   EXPECT_NE(0, std::memcmp(a->params(), other->params(), n * sizeof(float)));
   auto stats = [&](const std::string& name) {
     const TensorInfo* t = a->FindTensor(name);
@@ -229,6 +266,53 @@ TEST(gpt, InvalidInputsAreRejectedWithoutSideEffects) {
   expect_invalid(g->Forward(nullptr, nullptr, 1, 8), "inputs is null");
   expect_invalid(g->ForwardBackward(b.inputs.data(), nullptr, 2, 8), "targets is null");
   EXPECT_EQ(0, std::memcmp(grads.data(), g->grads(), grads.size() * sizeof(float)));
+}
+
+// B*n_head*T*T (one layer's attention probabilities) and B*T*vocab_size (the logits) are
+// bounded before anything is allocated, so buffer sizes can neither wrap nor silently reach
+// terabytes; the message names the quantity.
+TEST(gpt, AttentionAndLogitsBufferLimitsAreEnforced) {
+  auto expect_invalid = [](Result<float> r, const std::string& needle) {
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().message();
+  };
+  {
+    // hd = 1, so many heads are cheap: 64 heads, T = 4096.
+    GptConfig c;
+    c.vocab_size = 5;
+    c.context_length = 4096;
+    c.n_layer = 1;
+    c.n_head = 64;
+    c.n_embd = 64;
+    auto r = Gpt::Create(c);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    Gpt& g = **r;
+    // B = 32: 32*64*4096*4096 = 2^35 floats per layer (B*T = 2^17 is fine).
+    std::vector<int32_t> ids(32 * 4096, 0);
+    expect_invalid(g.Forward(ids.data(), nullptr, 32, 4096), "B*n_head*T*T");
+    expect_invalid(g.ForwardBackward(ids.data(), ids.data(), 32, 4096), "attention");
+    EXPECT_EQ(g.activation_bytes(), 0u) << "nothing may be allocated for a rejected batch";
+    EXPECT_EQ(g.logits(), nullptr);
+    // B = 16 is exactly 2^34: allowed by validation (not run here: 64 GiB).
+  }
+  {
+    // Largest vocabulary, n_embd = 1 keeps the parameters at 2 * 2^22 floats.
+    GptConfig c;
+    c.vocab_size = 1 << 22;
+    c.context_length = 8;
+    c.n_layer = 1;
+    c.n_head = 1;
+    c.n_embd = 1;
+    auto r = Gpt::Create(c);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    Gpt& g = **r;
+    // B*T = 2^14 positions: 2^36 logits.
+    std::vector<int32_t> ids(2048 * 8, 0);
+    expect_invalid(g.Forward(ids.data(), nullptr, 2048, 8), "B*T*vocab_size");
+    expect_invalid(g.ForwardBackward(ids.data(), ids.data(), 2048, 8), "logits");
+    EXPECT_EQ(g.activation_bytes(), 0u);
+  }
 }
 
 TEST(gpt, ForwardAndForwardBackwardAgree) {
@@ -301,10 +385,14 @@ TEST(gpt, ResultsAreBitIdenticalAcrossThreadCounts) {
   c.n_layer = 2;
   c.n_head = 4;
   c.n_embd = 64;
-  Batch b = MakeBatch(300, 2, 150, 5);  // T > 128: several causal row blocks
-  std::vector<float> grads[2], logits[2];
-  float loss[2];
-  for (int threads = 1; threads <= 2; ++threads) {
+  // T > 128: several causal row blocks. B*T = 300 rows are 7 GEMM units of 48 rows, split
+  // differently by 2, 3 and 4 threads (see kernels::internal::ParallelSplit), as are the
+  // weight-gradient GEMMs over C = 64, 3C = 192, 4C = 256 and V = 300 rows.
+  Batch b = MakeBatch(300, 2, 150, 5);
+  constexpr int kMaxThreads = 4;
+  std::vector<float> grads[kMaxThreads], logits[kMaxThreads];
+  float loss[kMaxThreads];
+  for (int threads = 1; threads <= kMaxThreads; ++threads) {
     kernels::SetNumThreads(threads);
     auto g = MakeModel(c, 7);
     RandomizeNonWeights(*g, 7);
@@ -315,9 +403,12 @@ TEST(gpt, ResultsAreBitIdenticalAcrossThreadCounts) {
     logits[threads - 1] = Copy(g->logits(), 2 * 150 * 300);
   }
   kernels::SetNumThreads(2);
-  EXPECT_EQ(loss[0], loss[1]);
-  EXPECT_EQ(0, std::memcmp(logits[0].data(), logits[1].data(), logits[0].size() * sizeof(float)));
-  EXPECT_EQ(0, std::memcmp(grads[0].data(), grads[1].data(), grads[0].size() * sizeof(float)));
+  for (int t = 1; t < kMaxThreads; ++t) {
+    SCOPED_TRACE(std::to_string(t + 1) + " threads vs 1");
+    EXPECT_EQ(loss[0], loss[t]);
+    EXPECT_EQ(0, std::memcmp(logits[0].data(), logits[t].data(), logits[0].size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(grads[0].data(), grads[t].data(), grads[0].size() * sizeof(float)));
+  }
 }
 
 TEST(gpt, ShapesMayChangeBetweenCallsAndBuffersAreReused) {
