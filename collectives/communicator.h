@@ -1,0 +1,60 @@
+// Communicator: the collective operations data-parallel training needs, independent of the
+// transport. Backends: an in-process one that runs N ranks as threads (tests; this file's
+// companion in_process.h); MPI, Gloo and NCCL follow (issue 3).
+//
+// Contract shared by every backend and every call:
+//  - Collective: every rank of the group makes the same calls in the same order with the same
+//    counts, types, ops and roots; violating that is a bug (a CHECK where detectable).
+//  - Blocking with a deadline: a call returns when it has completed on this rank, or with
+//    DeadlineExceeded when peers did not arrive within the communicator's timeout (the message
+//    names the missing ranks where the backend knows them), or with Unavailable when the group
+//    was aborted (a peer failed). It never hangs forever. After an error the communicator is
+//    unusable: the caller tears the job down (the launcher restarts it).
+//  - Results are bit-identical on every rank (reductions run in a fixed rank order).
+//  - Buffers are caller-owned and must stay valid for the call; in-place all-reduce.
+//  - Thread safety: one thread calls a given Communicator at a time.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace cohort::collectives {
+
+enum class DataType { kFloat32 };  // bf16/fp16 buffers come with the GPU path
+enum class ReduceOp { kSum, kAvg };
+
+size_t SizeOf(DataType t);
+std::string_view Name(ReduceOp op);
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string_view backend() const = 0;
+  virtual std::chrono::milliseconds timeout() const = 0;
+
+  // buf[0, count) <- op over all ranks' buf[0, count).
+  virtual Status AllReduce(void* buf, size_t count, DataType type, ReduceOp op) = 0;
+
+  // `in` holds size() * count elements; this rank's `out[0, count)` receives the reduction of
+  // every rank's chunk in[rank() * count, (rank() + 1) * count). `out` must not overlap `in`.
+  virtual Status ReduceScatter(const void* in, void* out, size_t count, DataType type,
+                               ReduceOp op) = 0;
+
+  // out[r * count, (r + 1) * count) <- rank r's in[0, count), for every r. `out` holds
+  // size() * count elements and must not overlap `in`.
+  virtual Status AllGather(const void* in, void* out, size_t count, DataType type) = 0;
+
+  // buf[0, bytes) on every rank <- buf on `root`.
+  virtual Status Broadcast(void* buf, size_t bytes, int root) = 0;
+
+  virtual Status Barrier() = 0;
+};
+
+}  // namespace cohort::collectives
