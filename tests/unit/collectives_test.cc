@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "collectives/in_process.h"
+#include "tests/unit/collectives_conformance.h"
 
 namespace cohort::collectives {
 namespace {
@@ -32,76 +33,26 @@ std::vector<Status> RunRanks(InProcessGroup& group,
   return results;
 }
 
-// A value whose sums over up to 4 ranks are exact in float.
-float Value(int rank, size_t i) { return static_cast<float>((rank + 1) * static_cast<int>(i % 97)) + 0.5f; }
-float SumOver(int n, size_t i) {
-  float s = 0;
-  for (int r = 0; r < n; ++r) s += Value(r, i);
-  return s;
-}
+class CollectivesTest : public ::testing::TestWithParam<std::tuple<int, size_t>> {
+ protected:
+  void RunOnAllRanks(Status (*check)(Communicator&, size_t)) {
+    auto [n, count] = GetParam();
+    InProcessGroup group(n, 30s);
+    for (const Status& s : RunRanks(group, [&, count = count](Communicator& c) { return check(c, count); })) {
+      EXPECT_TRUE(s.ok()) << s.ToString();
+    }
+  }
+};
 
-class CollectivesTest : public ::testing::TestWithParam<std::tuple<int, size_t>> {};
-
-TEST_P(CollectivesTest, AllReduceSumAndAvg) {
-  auto [n, count] = GetParam();
-  InProcessGroup group(n, 30s);
-  auto results = RunRanks(group, [&, n = n, count = count](Communicator& c) -> Status {
-    std::vector<float> buf(count);
-    for (size_t i = 0; i < count; ++i) buf[i] = Value(c.rank(), i);
-    RETURN_IF_ERROR(c.AllReduce(buf.data(), count, DataType::kFloat32, ReduceOp::kSum));
-    for (size_t i = 0; i < count; ++i) {
-      if (buf[i] != SumOver(n, i)) return Internal("sum mismatch at " + std::to_string(i));
-    }
-    for (size_t i = 0; i < count; ++i) buf[i] = Value(c.rank(), i);
-    RETURN_IF_ERROR(c.AllReduce(buf.data(), count, DataType::kFloat32, ReduceOp::kAvg));
-    for (size_t i = 0; i < count; ++i) {
-      if (buf[i] != SumOver(n, i) * (1.0f / n)) return Internal("avg mismatch at " + std::to_string(i));
-    }
-    return Status::Ok();
-  });
-  for (auto& s : results) EXPECT_TRUE(s.ok()) << s.ToString();
+TEST_P(CollectivesTest, AllReduceSumAndAvg) { RunOnAllRanks(conformance::AllReduceSumAndAvg); }
+TEST_P(CollectivesTest, ReduceScatterThenAllGather) {
+  RunOnAllRanks(conformance::ReduceScatterThenAllGather);
 }
-
-TEST_P(CollectivesTest, ReduceScatterAndAllGatherRoundTrip) {
-  auto [n, count] = GetParam();
-  InProcessGroup group(n, 30s);
-  auto results = RunRanks(group, [&, n = n, count = count](Communicator& c) -> Status {
-    std::vector<float> in(count * n), shard(count), all(count * n);
-    for (size_t i = 0; i < in.size(); ++i) in[i] = Value(c.rank(), i);
-    RETURN_IF_ERROR(c.ReduceScatter(in.data(), shard.data(), count, DataType::kFloat32, ReduceOp::kSum));
-    for (size_t i = 0; i < count; ++i) {
-      if (shard[i] != SumOver(n, c.rank() * count + i)) return Internal("reduce-scatter mismatch");
-    }
-    RETURN_IF_ERROR(c.AllGather(shard.data(), all.data(), count, DataType::kFloat32));
-    for (size_t i = 0; i < all.size(); ++i) {
-      if (all[i] != SumOver(n, i)) return Internal("all-gather mismatch at " + std::to_string(i));
-    }
-    return Status::Ok();
-  });
-  for (auto& s : results) EXPECT_TRUE(s.ok()) << s.ToString();
-}
-
-TEST_P(CollectivesTest, BroadcastFromEveryRoot) {
-  auto [n, count] = GetParam();
-  InProcessGroup group(n, 30s);
-  auto results = RunRanks(group, [&, n = n, count = count](Communicator& c) -> Status {
-    for (int root = 0; root < n; ++root) {
-      std::vector<float> buf(count);
-      for (size_t i = 0; i < count; ++i) buf[i] = Value(c.rank(), i);
-      RETURN_IF_ERROR(c.Broadcast(buf.data(), count * sizeof(float), root));
-      for (size_t i = 0; i < count; ++i) {
-        if (buf[i] != Value(root, i)) return Internal("broadcast mismatch");
-      }
-    }
-    return c.Barrier();
-  });
-  for (auto& s : results) EXPECT_TRUE(s.ok()) << s.ToString();
-}
+TEST_P(CollectivesTest, BroadcastFromEveryRoot) { RunOnAllRanks(conformance::BroadcastFromEveryRoot); }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, CollectivesTest,
                          ::testing::Combine(::testing::Values(1, 2, 3, 4),
-                                            ::testing::Values(size_t{1}, size_t{7}, size_t{1000},
-                                                              size_t{(1 << 20) + 3})));
+                                            ::testing::ValuesIn(conformance::Sizes())));
 
 TEST(CollectivesFailureTest, MissingPeerTimesOutAndNamesIt) {
   InProcessGroup group(3, 300ms);

@@ -1,0 +1,78 @@
+// The Communicator conformance checks, shared by every backend's test: the in-process backend
+// runs them on N threads (tests/unit/collectives_test.cc), MPI under a real mpirun
+// (tests/mp/collectives_mpi_test.cc). Each check runs on every rank and returns the first
+// mismatch as a Status naming the rank, the operation and the element.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "collectives/communicator.h"
+
+namespace cohort::collectives::conformance {
+
+// A value whose sums over up to 8 ranks are exact in float.
+inline float Value(int rank, size_t i) {
+  return static_cast<float>((rank + 1) * static_cast<int>(i % 97)) + 0.5f;
+}
+inline float SumOver(int n, size_t i) {
+  float s = 0;
+  for (int r = 0; r < n; ++r) s += Value(r, i);
+  return s;
+}
+inline Status Mismatch(const Communicator& c, const char* op, size_t i, float got, float want) {
+  return Internal("rank " + std::to_string(c.rank()) + ": " + op + " element " + std::to_string(i) +
+                  ": got " + std::to_string(got) + ", want " + std::to_string(want));
+}
+
+inline Status AllReduceSumAndAvg(Communicator& c, size_t count) {
+  const int n = c.size();
+  std::vector<float> buf(count);
+  for (size_t i = 0; i < count; ++i) buf[i] = Value(c.rank(), i);
+  RETURN_IF_ERROR(c.AllReduce(buf.data(), count, DataType::kFloat32, ReduceOp::kSum));
+  for (size_t i = 0; i < count; ++i) {
+    if (buf[i] != SumOver(n, i)) return Mismatch(c, "all-reduce sum", i, buf[i], SumOver(n, i));
+  }
+  for (size_t i = 0; i < count; ++i) buf[i] = Value(c.rank(), i);
+  RETURN_IF_ERROR(c.AllReduce(buf.data(), count, DataType::kFloat32, ReduceOp::kAvg));
+  for (size_t i = 0; i < count; ++i) {
+    const float want = SumOver(n, i) * (1.0f / static_cast<float>(n));
+    if (buf[i] != want) return Mismatch(c, "all-reduce avg", i, buf[i], want);
+  }
+  return Status::Ok();
+}
+
+inline Status ReduceScatterThenAllGather(Communicator& c, size_t count) {
+  const int n = c.size();
+  std::vector<float> in(count * static_cast<size_t>(n)), shard(count), all(in.size());
+  for (size_t i = 0; i < in.size(); ++i) in[i] = Value(c.rank(), i);
+  RETURN_IF_ERROR(c.ReduceScatter(in.data(), shard.data(), count, DataType::kFloat32, ReduceOp::kSum));
+  for (size_t i = 0; i < count; ++i) {
+    const float want = SumOver(n, static_cast<size_t>(c.rank()) * count + i);
+    if (shard[i] != want) return Mismatch(c, "reduce-scatter", i, shard[i], want);
+  }
+  RETURN_IF_ERROR(c.AllGather(shard.data(), all.data(), count, DataType::kFloat32));
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (all[i] != SumOver(n, i)) return Mismatch(c, "all-gather", i, all[i], SumOver(n, i));
+  }
+  return Status::Ok();
+}
+
+inline Status BroadcastFromEveryRoot(Communicator& c, size_t count) {
+  for (int root = 0; root < c.size(); ++root) {
+    std::vector<float> buf(count);
+    for (size_t i = 0; i < count; ++i) buf[i] = Value(c.rank(), i);
+    RETURN_IF_ERROR(c.Broadcast(buf.data(), count * sizeof(float), root));
+    for (size_t i = 0; i < count; ++i) {
+      if (buf[i] != Value(root, i)) return Mismatch(c, "broadcast", i, buf[i], Value(root, i));
+    }
+  }
+  return c.Barrier();
+}
+
+// Sizes every backend is checked at: one element, odd sizes, and large buffers.
+inline std::vector<size_t> Sizes() {
+  return {1, 7, 1000, 65537, (size_t{1} << 20) + 3};
+}
+
+}  // namespace cohort::collectives::conformance
