@@ -30,6 +30,10 @@ enum class ReduceOp { kSum, kAvg };
 size_t SizeOf(DataType t);
 std::string_view Name(ReduceOp op);
 
+// For backends: turns the sum over `world_size` ranks in x[0, n) into the result of `op`
+// (a no-op for kSum; multiplies by 1/world_size for kAvg, the same on every rank).
+void FinishReduce(float* x, size_t n, ReduceOp op, int world_size);
+
 class Communicator {
  public:
   virtual ~Communicator() = default;

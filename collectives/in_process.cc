@@ -6,15 +6,6 @@
 
 namespace cohort::collectives {
 
-size_t SizeOf(DataType t) {
-  switch (t) {
-    case DataType::kFloat32: return 4;
-  }
-  return 0;
-}
-
-std::string_view Name(ReduceOp op) { return op == ReduceOp::kSum ? "sum" : "avg"; }
-
 InProcessGroup::InProcessGroup(int size, std::chrono::milliseconds timeout)
     : size_(size), timeout_(timeout), arrived_(static_cast<size_t>(size), false),
       in_(static_cast<size_t>(size), nullptr), out_(static_cast<size_t>(size), nullptr) {
@@ -80,7 +71,7 @@ class InProcessCommunicator final : public Communicator {
       const float* src = static_cast<const float*>(g_->in_[r]) + lo;
       for (size_t i = 0; i < hi - lo; ++i) scratch_[i] += src[i];
     }
-    Finish(scratch_.data(), hi - lo, op);
+    FinishReduce(scratch_.data(), hi - lo, op, size());
     RETURN_IF_ERROR(g_->Arrive(rank_));  // everybody has read the inputs
     for (size_t r = 0; r < n; ++r) {
       std::memcpy(static_cast<float*>(g_->out_[r]) + lo, scratch_.data(), (hi - lo) * sizeof(float));
@@ -100,7 +91,7 @@ class InProcessCommunicator final : public Communicator {
                          static_cast<size_t>(rank_) * count;
       for (size_t i = 0; i < count; ++i) dst[i] += src[i];
     }
-    Finish(dst, count, op);
+    FinishReduce(dst, count, op, size());
     (void)type;
     return g_->Arrive(rank_);  // peers' inputs may be released only after everyone has read
   }
@@ -132,11 +123,6 @@ class InProcessCommunicator final : public Communicator {
   void Publish(const void* in, void* out) {
     g_->in_[static_cast<size_t>(rank_)] = in;
     g_->out_[static_cast<size_t>(rank_)] = out;
-  }
-  void Finish(float* x, size_t n, ReduceOp op) const {
-    if (op != ReduceOp::kAvg) return;
-    const float inv = 1.0f / static_cast<float>(size());
-    for (size_t i = 0; i < n; ++i) x[i] *= inv;
   }
 
   InProcessGroup* g_;

@@ -44,7 +44,7 @@ class MpiCommunicator final : public Communicator {
                                          MPI_SUM, comm_, &req),
                           "MPI_Iallreduce"));
     RETURN_IF_ERROR(Wait(&req, "all-reduce"));
-    Finish(static_cast<float*>(buf), count, op);
+    FinishReduce(static_cast<float*>(buf), count, op, size_);
     (void)type;
     return Status::Ok();
   }
@@ -57,7 +57,7 @@ class MpiCommunicator final : public Communicator {
                                                     MPI_SUM, comm_, &req),
                           "MPI_Ireduce_scatter_block"));
     RETURN_IF_ERROR(Wait(&req, "reduce-scatter"));
-    Finish(static_cast<float*>(out), count, op);
+    FinishReduce(static_cast<float*>(out), count, op, size_);
     (void)type;
     return Status::Ok();
   }
@@ -123,12 +123,6 @@ class MpiCommunicator final : public Communicator {
       }
       if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(polls > 100000 ? 1000 : 20));
     }
-  }
-
-  void Finish(float* x, size_t n, ReduceOp op) const {
-    if (op != ReduceOp::kAvg) return;
-    const float inv = 1.0f / static_cast<float>(size_);
-    for (size_t i = 0; i < n; ++i) x[i] *= inv;
   }
 
   MPI_Comm comm_;
