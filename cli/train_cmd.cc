@@ -1,14 +1,14 @@
-// `cohort train JOB.yaml [--set key=value ...]`: train on this machine.
+// `cohort train JOB.yaml [--set key=value ...]`: train on this machine, alone or as one rank of a
+// data-parallel job started by mpirun, srun or a torchrun-style launcher (launch/ finds out which).
 //
-// SIGINT/SIGTERM set a flag the trainer polls between micro-batches; a second SIGINT restores the
-// default action so a stuck process can still be killed from the keyboard. (Signal handling moves
-// to launch/ with the multi-rank issue.)
-#include <signal.h>
+// SIGINT/SIGTERM/SIGUSR1 request a stop (launch/signals.h): the run finishes its step and exits
+// with 128 + the signal.
 #include <unistd.h>
 
-#include <atomic>
+#include <cmath>
+#include <csignal>
 #include <cstdio>
-#include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,41 +16,19 @@
 #include "cli/commands.h"
 #include "common/config.h"
 #include "common/logging.h"
+#include "launch/bootstrap.h"
+#include "launch/signals.h"
+#include "launch/world.h"
 #include "worker/trainer.h"
 
 namespace cohort::cli {
-namespace {
-
-// Written only by the signal handler; lock-free atomics are async-signal-safe.
-std::atomic<bool> g_stop{false};
-std::atomic<int> g_stop_signal{0};
-static_assert(std::atomic<bool>::is_always_lock_free && std::atomic<int>::is_always_lock_free);
-
-extern "C" void OnStopSignal(int sig) {
-  if (g_stop.exchange(true) && sig == SIGINT) {
-    // Second Ctrl-C: give up on a clean stop and die of the signal right away.
-    ::signal(SIGINT, SIG_DFL);
-    ::raise(SIGINT);
-    return;
-  }
-  g_stop_signal.store(sig);
-}
-
-void InstallStopHandlers() {
-  struct sigaction sa = {};
-  sa.sa_handler = OnStopSignal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-}
-
-}  // namespace
 
 void AddTrainCommand(CLI::App& app, Context& ctx) {
   struct Args {
     std::string file;
     std::vector<std::string> overrides;
     bool no_progress = false;
+    std::string metrics;
   };
   auto args = std::make_shared<Args>();
   CLI::App* train = app.add_subcommand("train", "Train the model described by a job spec");
@@ -58,33 +36,79 @@ void AddTrainCommand(CLI::App& app, Context& ctx) {
   train->add_option("--set", args->overrides,
                     "override a field, e.g. --set train.steps=100 (repeatable)");
   train->add_flag("--no-progress", args->no_progress, "never draw the progress line");
+  train->add_option("--metrics", args->metrics,
+                    "write one JSON line per step (loss, lr, grad norm, timings) and a final "
+                    "summary to this file (rank 0)");
   train->callback([&ctx, args] {
+    auto world = launch::DiscoverWorldFromProcess();
+    if (!world.ok()) return ReportError(world.status(), ctx);
+    // Every line carries the rank; only rank 0 reports progress (others: warnings and errors).
+    logging::Options lo;
+    logging::ParseLevel(ctx.log_level, &lo.level);
+    lo.rank = world->rank;
+    lo.color = isatty(STDERR_FILENO) != 0;
+    if (world->rank != 0 && lo.level < logging::Level::kWarn) lo.level = logging::Level::kWarn;
+    logging::Init(lo);
+
     auto spec = config::LoadJobSpec(args->file, config::Limits(), args->overrides);
     if (!spec.ok()) return ReportError(spec.status(), ctx);
-    // Data parallelism is not implemented yet: N copies under a launcher would each train the same
-    // model alone and race on outputs, so refuse instead.
-    for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "WORLD_SIZE"}) {
-      const char* v = std::getenv(var);
-      if (v != nullptr && std::atoi(v) > 1) {
-        std::fprintf(stderr,
-                     "error: launched as one of %s ranks (%s); multi-rank training is not "
-                     "implemented in this version\n",
-                     v, var);
-        ctx.exit_code = kExitUsage;
-        return;
+
+    std::unique_ptr<std::ofstream> metrics;
+    if (!args->metrics.empty() && world->rank == 0) {
+      metrics = std::make_unique<std::ofstream>(args->metrics, std::ios::trunc);
+      if (!*metrics) {
+        return ReportError(InvalidArgument("--metrics: cannot open '" + args->metrics +
+                                           "' for writing"),
+                           ctx);
       }
     }
-    InstallStopHandlers();
+
+    launch::InstallStopHandlers();
+    launch::BootstrapOptions bo;
+    bo.backend = spec->parallel.backend;
+    bo.timeout = std::chrono::seconds(spec->parallel.timeout_s);
+    auto comm = launch::Connect(*world, bo);
+    if (!comm.ok()) {
+      return ReportError(comm.status().WithContext(world->Describe()), ctx);
+    }
+    if (world->size > 1) {
+      COHORT_LOG_INFO("{}: {} backend, {} node(s)", world->Describe(), (*comm)->backend(),
+                      world->nodes);
+    }
+
     worker::TrainOptions options;
-    options.stop = &g_stop;
+    options.stop = launch::StopFlag();
     options.progress = !args->no_progress && isatty(STDERR_FILENO) != 0;
+    options.comm = comm->get();
+    if (metrics) {
+      options.on_step = [&metrics](const worker::StepMetrics& m) {
+        *metrics << fmt::format(
+            "{{\"step\": {}, \"loss\": {:.9g}, \"lr\": {:.9g}, \"grad_norm\": {:.9g}, "
+            "\"step_ms\": {:.3f}, \"data_ms\": {:.3f}, \"comm_ms\": {:.3f}, "
+            "\"comm_exposed_ms\": {:.3f}, \"tokens_per_s\": {:.1f}}}\n",
+            m.step, m.loss, m.lr, m.grad_norm, 1e3 * m.step_seconds, 1e3 * m.data_seconds,
+            1e3 * m.comm_seconds, 1e3 * m.comm_exposed_seconds, m.tokens_per_second);
+        metrics->flush();
+      };
+    }
     auto result = worker::Train(*spec, options);
     if (!result.ok()) {
       COHORT_LOG_ERROR("{}", result.status().ToString());
       ctx.exit_code = ExitCodeFor(result.status());
       return;
     }
-    const int sig = g_stop_signal.load();
+    if (metrics) {
+      *metrics << fmt::format(
+          "{{\"summary\": true, \"steps\": {}, \"interrupted\": {}, \"world_size\": {}, "
+          "\"final_val_loss\": {}, \"param_l2\": {:.17g}, \"param_crc32c\": \"{:08x}\", "
+          "\"optimizer_state_floats\": {}, \"tokens_per_s\": {:.1f}}}\n",
+          result->steps, result->interrupted ? "true" : "false", result->world_size,
+          std::isnan(result->final_val_loss) ? std::string("null")
+                                             : fmt::format("{:.9g}", result->final_val_loss),
+          result->param_l2, result->param_crc32c,
+          result->optimizer_state_floats, result->tokens_per_second);
+    }
+    const int sig = launch::StopSignal();
     ctx.exit_code = result->interrupted ? kExitSignalBase + (sig != 0 ? sig : SIGINT) : kExitOk;
   });
 }

@@ -534,6 +534,8 @@ Result<JobSpec> ParseJobSpec(std::string_view yaml, std::string_view source, con
          r.Section(n, p, Fields{
            {"strategy", [&](auto& v, auto& q) { r.Enum(v, q, &s.parallel.strategy, {"ddp", "zero1"}); }},
            {"backend", [&](auto& v, auto& q) { r.Enum(v, q, &s.parallel.backend, {"auto", "mpi", "gloo", "nccl"}); }},
+           {"bucket_mb", [&](auto& v, auto& q) { r.Int(v, q, &s.parallel.bucket_mb, 1, 1024); }},
+           {"timeout_s", [&](auto& v, auto& q) { r.Int(v, q, &s.parallel.timeout_s, 1, 86400); }},
          });
        }},
     });
@@ -626,7 +628,9 @@ std::string ToYaml(const JobSpec& s) {
     << YAML::Key << "keep_last" << YAML::Value << s.checkpoint.keep_last << YAML::EndMap;
   e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap
     << YAML::Key << "strategy" << YAML::Value << s.parallel.strategy
-    << YAML::Key << "backend" << YAML::Value << s.parallel.backend << YAML::EndMap;
+    << YAML::Key << "backend" << YAML::Value << s.parallel.backend
+    << YAML::Key << "bucket_mb" << YAML::Value << s.parallel.bucket_mb
+    << YAML::Key << "timeout_s" << YAML::Value << s.parallel.timeout_s << YAML::EndMap;
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";
 }

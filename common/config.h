@@ -68,10 +68,12 @@ struct CheckpointSpec {
   int keep_last = 3;
 };
 
-// Reserved for the data-parallel issue.
+// Data parallelism across the ranks the launcher started (see docs/job-spec.md).
 struct ParallelSpec {
   std::string strategy = "ddp";  // ddp | zero1
   std::string backend = "auto";  // auto | mpi | gloo | nccl
+  int bucket_mb = 25;            // gradient bucket size (MiB) for the overlapped reduction
+  int timeout_s = 300;           // deadline of every collective; a dead peer fails the job by then
 };
 
 struct JobSpec {

@@ -313,12 +313,13 @@ void TokenDataset::CopyWindow(uint64_t start, int T, int32_t* in, int32_t* tgt) 
 }
 
 Status TokenDataset::FillRandom(uint64_t seed, uint64_t step, uint64_t micro_step, int B, int T,
-                                std::span<int32_t> inputs, std::span<int32_t> targets) const {
+                                std::span<int32_t> inputs, std::span<int32_t> targets,
+                                uint64_t first_row) const {
   RETURN_IF_ERROR(CheckWindow(T));
   COHORT_CHECK(B >= 1 && inputs.size() == size_t(B) * T && targets.size() == size_t(B) * T)
       << "B=" << B << " T=" << T << " inputs=" << inputs.size() << " targets=" << targets.size();
   for (int b = 0; b < B; ++b) {
-    uint64_t start = SampleOffset(seed, step, micro_step, static_cast<uint64_t>(b), T);
+    uint64_t start = SampleOffset(seed, step, micro_step, first_row + static_cast<uint64_t>(b), T);
     CopyWindow(start, T, inputs.data() + size_t(b) * T, targets.data() + size_t(b) * T);
   }
   return Status::Ok();
@@ -332,14 +333,23 @@ uint64_t TokenDataset::NumSequentialWindows(int T) const {
 Status TokenDataset::FillSequential(uint64_t batch_index, int B, int T, std::span<int32_t> inputs,
                                     std::span<int32_t> targets) const {
   RETURN_IF_ERROR(CheckWindow(T));
+  COHORT_CHECK(B >= 1) << "B=" << B;
+  // (batch_index*B) mod windows, in 128 bits so huge batch indices cannot overflow.
+  const uint64_t windows = NumSequentialWindows(T);
+  const auto first = static_cast<uint64_t>(
+      (static_cast<unsigned __int128>(batch_index) * static_cast<unsigned>(B)) % windows);
+  return FillWindows(first, B, T, inputs, targets);
+}
+
+Status TokenDataset::FillWindows(uint64_t first_window, int B, int T, std::span<int32_t> inputs,
+                                 std::span<int32_t> targets) const {
+  RETURN_IF_ERROR(CheckWindow(T));
   COHORT_CHECK(B >= 1 && inputs.size() == size_t(B) * T && targets.size() == size_t(B) * T)
       << "B=" << B << " T=" << T << " inputs=" << inputs.size() << " targets=" << targets.size();
   const uint64_t windows = NumSequentialWindows(T);
+  const uint64_t first = first_window % windows;
   for (int b = 0; b < B; ++b) {
-    // (batch_index*B + b) mod windows, in 128 bits so huge batch indices cannot overflow.
-    const auto w = static_cast<uint64_t>(
-        (static_cast<unsigned __int128>(batch_index) * static_cast<unsigned>(B) + static_cast<unsigned>(b)) %
-        windows);
+    const uint64_t w = (first + static_cast<uint64_t>(b) % windows) % windows;  // no overflow: both < windows
     CopyWindow(w * static_cast<uint64_t>(T), T, inputs.data() + size_t(b) * T, targets.data() + size_t(b) * T);
   }
   return Status::Ok();

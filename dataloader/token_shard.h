@@ -94,12 +94,14 @@ class TokenDataset {
   Status CheckWindow(int T) const;
 
   // Random training batch: row b of inputs/targets (each B*T int32, row-major) is the window of
-  // T+1 tokens starting at SampleOffset(seed, step, micro_step, b); targets are inputs shifted
-  // left by one. The same arguments always give the same batch, independent of any other call.
-  // Data-parallel callers make (step, micro_step) distinct per rank, e.g. micro_step =
-  // rank * grad_accum_steps + k. CHECK-fails if the spans are not B*T long or B < 1.
+  // T+1 tokens starting at SampleOffset(seed, step, micro_step, first_row + b); targets are
+  // inputs shifted left by one. The same arguments always give the same batch, independent of
+  // any other call. Data-parallel rank r of N with B rows each passes first_row = r * B: the N
+  // ranks together read exactly the rows one rank reads with N * B rows. CHECK-fails if the spans
+  // are not B*T long or B < 1.
   Status FillRandom(uint64_t seed, uint64_t step, uint64_t micro_step, int B, int T,
-                    std::span<int32_t> inputs, std::span<int32_t> targets) const;
+                    std::span<int32_t> inputs, std::span<int32_t> targets,
+                    uint64_t first_row = 0) const;
 
   // Start offset of a random window: splitmix64(seed, step, micro_step, row) mod (size() - T).
   uint64_t SampleOffset(uint64_t seed, uint64_t step, uint64_t micro_step, uint64_t row, int T) const;
@@ -109,6 +111,10 @@ class TokenDataset {
   // (batch_index*B + b) mod NumSequentialWindows(T). So batches 0..k-1 are the same in every eval.
   Status FillSequential(uint64_t batch_index, int B, int T, std::span<int32_t> inputs,
                         std::span<int32_t> targets) const;
+  // Row b is sequential window (first_window + b) mod NumSequentialWindows(T). Data-parallel
+  // rank r of N evaluating global batch i of N * B rows passes first_window = (i * N + r) * B.
+  Status FillWindows(uint64_t first_window, int B, int T, std::span<int32_t> inputs,
+                     std::span<int32_t> targets) const;
   uint64_t NumSequentialWindows(int T) const;
 
  private:

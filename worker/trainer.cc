@@ -5,9 +5,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "collectives/reducer.h"
+#include "common/crc32c.h"
+#include "common/hash.h"
 #include "common/logging.h"
 #include "dataloader/token_shard.h"
 #include "kernels/cpu/cpu_kernels.h"
@@ -76,33 +81,83 @@ bool StopRequested(const TrainOptions& o) {
   return o.stop != nullptr && o.stop->load(std::memory_order_relaxed);
 }
 
-// Mean loss over the first `batches` sequential validation batches (the same ones every time).
-// Cancelled when a stop is requested midway.
+// The ranks of this run (a single rank when there is no communicator or it has one rank).
+struct Ranks {
+  collectives::Communicator* comm = nullptr;  // null when alone
+  int rank = 0;
+  int world = 1;
+  bool distributed() const { return comm != nullptr; }
+};
+
+// Mean loss over the first `batches` validation batches of N*B rows (the same ones every time);
+// this rank reads rows [rank*B, (rank+1)*B) of each and the ranks average. Alone, a stop request
+// cancels it midway; with several ranks it runs to the end (all ranks must make the same calls).
 Result<double> Evaluate(model::Gpt& gpt, const data::TokenDataset& val, int batches, int B, int T,
-                        std::vector<int32_t>& inputs, std::vector<int32_t>& targets,
-                        const TrainOptions& options) {
+                        const Ranks& ranks, std::vector<int32_t>& inputs,
+                        std::vector<int32_t>& targets, const TrainOptions& options) {
   double sum = 0;
   for (int i = 0; i < batches; ++i) {
-    if (StopRequested(options)) return Cancelled("evaluation stopped by signal");
-    RETURN_IF_ERROR(val.FillSequential(static_cast<uint64_t>(i), B, T, inputs, targets));
+    if (!ranks.distributed() && StopRequested(options)) {
+      return Cancelled("evaluation stopped by signal");
+    }
+    const uint64_t first = (static_cast<uint64_t>(i) * static_cast<uint64_t>(ranks.world) +
+                            static_cast<uint64_t>(ranks.rank)) * static_cast<uint64_t>(B);
+    RETURN_IF_ERROR(val.FillWindows(first, B, T, inputs, targets));
     ASSIGN_OR_RETURN(float loss, gpt.Forward(inputs.data(), targets.data(), B, T));
     sum += loss;
   }
-  return sum / batches;
+  double mean = sum / batches;
+  if (ranks.distributed()) {
+    float x = static_cast<float>(mean);
+    RETURN_IF_ERROR(ranks.comm->AllReduce(&x, 1, collectives::DataType::kFloat32,
+                                          collectives::ReduceOp::kAvg)
+                        .WithContext("validation loss all-reduce"));
+    mean = x;
+  }
+  return mean;
+}
+
+// Every rank must train the same job: a rank started with other overrides or other files would
+// silently corrupt the average. Compares a hash of the resolved spec (minus per-rank knobs) and
+// the model size with rank 0's; all ranks learn the verdict together, so none is left waiting.
+Status CheckSameJob(const config::JobSpec& spec, size_t num_params, const Ranks& ranks) {
+  config::JobSpec canonical = spec;
+  canonical.train.threads = 0;  // numerics do not depend on the thread count
+  const std::string yaml = config::ToYaml(canonical);
+  uint64_t mine = HashCombine(Crc32c(yaml.data(), yaml.size()), num_params);
+  uint64_t root = mine;
+  RETURN_IF_ERROR(ranks.comm->Broadcast(&root, sizeof root, 0).WithContext("job spec check"));
+  float differ = root != mine ? 1.0f : 0.0f;
+  RETURN_IF_ERROR(ranks.comm->AllReduce(&differ, 1, collectives::DataType::kFloat32,
+                                        collectives::ReduceOp::kSum)
+                      .WithContext("job spec check"));
+  if (root != mine) {
+    return InvalidArgument("rank " + std::to_string(ranks.rank) +
+                           ": the resolved job spec or model size differs from rank 0's (different "
+                           "job file, --set overrides or data on this node?)");
+  }
+  if (differ > 0) {
+    return InvalidArgument(std::to_string(static_cast<int>(differ)) +
+                           " rank(s) run a job spec that differs from rank 0's; see their errors");
+  }
+  return Status::Ok();
 }
 
 }  // namespace
 
 Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& options) {
-  // Reserved sections: refuse rather than silently train without what the user asked for.
+  // Reserved section: refuse rather than silently train without what the user asked for.
   if (spec.checkpoint.interval > 0) {
     return InvalidArgument("checkpoint.interval: checkpointing is not implemented in this version; "
                            "set checkpoint.interval: 0");
   }
-  if (spec.parallel.strategy != "ddp") {
-    return InvalidArgument("parallel.strategy: '" + spec.parallel.strategy +
-                           "' is not implemented in this version (single-process training only)");
+  Ranks ranks;
+  if (options.comm != nullptr && options.comm->size() > 1) {
+    ranks.comm = options.comm;
+    ranks.rank = options.comm->rank();
+    ranks.world = options.comm->size();
   }
+  const bool zero1 = spec.parallel.strategy == "zero1" && ranks.distributed();
   // 0 = every core this process may run on (OpenMP's count honours affinity and cpusets, unlike
   // std::thread::hardware_concurrency).
   kernels::SetNumThreads(spec.train.threads);
@@ -150,6 +205,27 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
   mc.n_embd = spec.model.n_embd;
   ASSIGN_OR_RETURN(std::unique_ptr<model::Gpt> gpt, model::Gpt::Create(mc));
   gpt->InitWeights(spec.train.seed);
+  const size_t n = gpt->num_parameters();
+
+  std::unique_ptr<collectives::GradientReducer> reducer;
+  if (ranks.distributed()) {
+    RETURN_IF_ERROR(CheckSameJob(spec, n, ranks));
+    // Identical by construction (same seed), but rank 0's copy is authoritative: this also covers
+    // nodes whose kernels round differently (another -march) and, later, loaded weights.
+    RETURN_IF_ERROR(ranks.comm->Broadcast(gpt->params(), n * sizeof(float), 0)
+                        .WithContext("initial parameter broadcast"));
+    collectives::ReducerOptions ro;
+    ro.mode = zero1 ? collectives::ReducerOptions::Mode::kReduceScatter
+                    : collectives::ReducerOptions::Mode::kAllReduce;
+    ro.bucket_bytes = static_cast<size_t>(spec.parallel.bucket_mb) << 20;
+    ASSIGN_OR_RETURN(reducer, collectives::GradientReducer::Create(ranks.comm, gpt->grads(), n, ro));
+    // Hand each bucket to the communication thread as soon as backward has finished it.
+    collectives::GradientReducer* red = reducer.get();
+    model::Gpt* g = gpt.get();
+    gpt->SetBackwardHook([red, g](int block) {
+      red->MarkFinalFrom(block < 0 ? 0 : g->BlockRange(block).offset);
+    });
+  }
 
   model::AdamWConfig oc;
   oc.lr = static_cast<float>(spec.optimizer.lr);
@@ -157,7 +233,18 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
   oc.beta2 = static_cast<float>(spec.optimizer.beta2);
   oc.eps = static_cast<float>(spec.optimizer.eps);
   oc.weight_decay = static_cast<float>(spec.optimizer.weight_decay);
-  ASSIGN_OR_RETURN(std::unique_ptr<model::AdamW> adamw, model::AdamW::Create(oc, gpt->tensors()));
+  // DDP: one AdamW over everything. ZeRO-1: one per owned chunk (a chunk of every bucket), so this
+  // rank's moments cover ~1/N of the parameters.
+  std::vector<std::unique_ptr<model::AdamW>> optimizers;
+  std::vector<collectives::ElementRange> owned{{0, n}};
+  if (zero1) owned = reducer->owned_ranges();
+  size_t state_floats = 0;
+  for (const collectives::ElementRange& r : owned) {
+    ASSIGN_OR_RETURN(std::unique_ptr<model::AdamW> opt,
+                     model::AdamW::Create(oc, gpt->tensors(), model::ParamRange{r.offset, r.size}));
+    state_floats += 2 * opt->state_size();
+    optimizers.push_back(std::move(opt));
+  }
 
   model::LrSchedule schedule;
   schedule.kind = spec.schedule.decay == "constant" ? model::LrSchedule::Kind::kConstant
@@ -169,25 +256,36 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
   RETURN_IF_ERROR(schedule.Validate());
 
   const int accum = spec.train.grad_accum;
-  const double tokens_per_step = static_cast<double>(B) * T * accum;
+  const double tokens_per_step = static_cast<double>(B) * T * accum * ranks.world;
   COHORT_LOG_INFO("job '{}': resolved spec:\n{}", spec.name, config::ToYaml(spec));
   COHORT_LOG_INFO(
       "model: {} parameters (L={} H={} C={} V={} ctx={}); data: {} train tokens in {} file(s){}; "
-      "{} tokens/step (B={} T={} accum={}); {} thread(s)",
-      gpt->num_parameters(), mc.n_layer, mc.n_head, mc.n_embd, mc.vocab_size, mc.context_length,
-      train_data.size(), train_data.files().size(),
+      "{} tokens/step (B={} T={} accum={} ranks={}); {} thread(s) per rank",
+      n, mc.n_layer, mc.n_head, mc.n_embd, mc.vocab_size, mc.context_length, train_data.size(),
+      train_data.files().size(),
       val_data ? ", " + std::to_string(val_data->size()) + " val tokens" : std::string(),
-      static_cast<int64_t>(tokens_per_step), B, T, accum, threads);
+      static_cast<int64_t>(tokens_per_step), B, T, accum, ranks.world, threads);
+  if (ranks.distributed()) {
+    COHORT_LOG_INFO("data parallel: {} ranks over {}, strategy {}, {} gradient bucket(s) of <= {} "
+                    "MiB, optimizer state {:.1f} MB per rank, collective timeout {} s",
+                    ranks.world, ranks.comm->backend(), spec.parallel.strategy,
+                    reducer->num_buckets(), spec.parallel.bucket_mb, state_floats * 4 / 1e6,
+                    spec.parallel.timeout_s);
+  }
 
   TrainSummary summary;
-  summary.num_parameters = static_cast<int64_t>(gpt->num_parameters());
+  summary.num_parameters = static_cast<int64_t>(n);
+  summary.world_size = ranks.world;
+  summary.optimizer_state_floats = state_floats;
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T);
   std::vector<int32_t> targets(inputs.size());
-  ProgressLine progress(options.progress);
+  ProgressLine progress(options.progress && ranks.rank == 0);
+  // This rank's rows of every global batch of N*B rows.
+  const uint64_t first_row = static_cast<uint64_t>(ranks.rank) * static_cast<uint64_t>(B);
 
   auto run_eval = [&](int64_t step) -> Result<double> {
-    ASSIGN_OR_RETURN(double v, Evaluate(*gpt, *val_data, spec.train.eval_batches, B, T, inputs,
-                                        targets, options));
+    ASSIGN_OR_RETURN(double v, Evaluate(*gpt, *val_data, spec.train.eval_batches, B, T, ranks,
+                                        inputs, targets, options));
     progress.Clear();
     COHORT_LOG_INFO("step {:>6}/{} | val loss {:.4f}", step, spec.train.steps, v);
     return v;
@@ -204,9 +302,11 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
   const Clock::time_point start = Clock::now();
   double timed_seconds = 0;  // steps after the first (which pays one-time allocation costs)
   double timed_tokens = 0;
+  double comm_total = 0, exposed_total = 0;
   int64_t step = 0;
-  for (; step < spec.train.steps; ++step) {
-    if (StopRequested(options)) break;
+  bool stop_all = false;  // distributed: some rank asked to stop; all stop after this step
+  for (; step < spec.train.steps && !stop_all; ++step) {
+    if (!ranks.distributed() && StopRequested(options)) break;
     const Clock::time_point t0 = Clock::now();
     const float lr = schedule.At(step);
     gpt->ZeroGrad();
@@ -214,33 +314,75 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
     double data_seconds = 0;
     bool stopped = false;
     for (int micro = 0; micro < accum; ++micro) {
-      if (micro > 0 && StopRequested(options)) {
+      if (!ranks.distributed() && micro > 0 && StopRequested(options)) {
         stopped = true;
         break;
       }
       const Clock::time_point d0 = Clock::now();
       RETURN_IF_ERROR(train_data.FillRandom(spec.train.seed, static_cast<uint64_t>(step),
-                                            static_cast<uint64_t>(micro), B, T, inputs, targets));
+                                            static_cast<uint64_t>(micro), B, T, inputs, targets,
+                                            first_row));
       data_seconds += Seconds(d0, Clock::now());
-      ASSIGN_OR_RETURN(float loss, gpt->ForwardBackward(inputs.data(), targets.data(), B, T,
-                                                        1.0f / static_cast<float>(accum)));
-      loss_sum += loss;
+      // Only the last micro-step's backward reduces: earlier ones just accumulate locally.
+      const bool reduce = reducer && micro == accum - 1;
+      if (reduce) reducer->Begin();
+      auto loss = gpt->ForwardBackward(inputs.data(), targets.data(), B, T,
+                                       1.0f / static_cast<float>(accum));
+      if (reduce) {
+        Status st = reducer->Finish();
+        if (!st.ok()) return st;
+      }
+      if (!loss.ok()) return loss.status();
+      loss_sum += *loss;
     }
     if (stopped) break;  // never apply a partial accumulation
-    const double loss = loss_sum / accum;
+    double loss = loss_sum / accum;
+    float norm = 0;
+    const float max_norm = static_cast<float>(spec.optimizer.grad_clip);
+    if (ranks.distributed()) {
+      // One small all-reduce per step carries the loss, ZeRO's partial squared norms and the stop
+      // votes, so every rank takes the same decisions from the same numbers.
+      float sumsq = 0;
+      if (zero1) {
+        for (const collectives::ElementRange& r : owned) {
+          const float part = model::ClipGradNorm(gpt->grads() + r.offset, r.size, 0.0f);
+          sumsq += part * part;
+        }
+      }
+      float shared[3] = {static_cast<float>(loss), sumsq, StopRequested(options) ? 1.0f : 0.0f};
+      RETURN_IF_ERROR(ranks.comm->AllReduce(shared, 3, collectives::DataType::kFloat32,
+                                            collectives::ReduceOp::kSum)
+                          .WithContext("step " + std::to_string(step + 1) + " metrics all-reduce"));
+      loss = shared[0] / ranks.world;
+      stop_all = shared[2] > 0;
+      if (zero1) {
+        norm = std::sqrt(shared[1]);
+        // torch.nn.utils.clip_grad_norm_ semantics over the global norm, applied to our shard.
+        const float coef = max_norm / (norm + 1e-6f);
+        if (max_norm > 0 && coef < 1.0f && std::isfinite(norm)) {
+          for (const collectives::ElementRange& r : owned) {
+            float* g = gpt->grads() + r.offset;
+            for (size_t i = 0; i < r.size; ++i) g[i] *= coef;
+          }
+        }
+      }
+    }
     if (!std::isfinite(loss)) {
       return Internal("training loss is " + std::to_string(loss) + " at step " +
                       std::to_string(step + 1) +
                       "; the run diverged (try a lower optimizer.lr or a longer "
                       "schedule.warmup_steps)");
     }
-    const float norm = model::ClipGradNorm(gpt->grads(), gpt->num_parameters(),
-                                           static_cast<float>(spec.optimizer.grad_clip));
+    if (!zero1) norm = model::ClipGradNorm(gpt->grads(), n, max_norm);
     if (!std::isfinite(norm)) {
       return Internal("gradient norm is " + std::to_string(norm) + " at step " +
                       std::to_string(step + 1) + "; the run diverged");
     }
-    adamw->Step(gpt->params(), gpt->grads(), lr);
+    for (auto& opt : optimizers) opt->Step(gpt->params(), gpt->grads(), lr);
+    if (zero1) {
+      RETURN_IF_ERROR(reducer->AllGatherParams(gpt->params())
+                          .WithContext("step " + std::to_string(step + 1)));
+    }
     const double step_seconds = Seconds(t0, Clock::now());
 
     if (step == 0) summary.first_loss = loss;
@@ -258,6 +400,14 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
     m.step_seconds = step_seconds;
     m.data_seconds = data_seconds;
     m.tokens_per_second = tokens_per_step / step_seconds;
+    if (reducer) {
+      m.comm_seconds = reducer->last_stats().comm_seconds;
+      m.comm_exposed_seconds = reducer->last_stats().exposed_seconds;
+      if (step > 0) {
+        comm_total += m.comm_seconds;
+        exposed_total += m.comm_exposed_seconds;
+      }
+    }
     if (options.on_step) options.on_step(m);
 
     const bool last = step + 1 == spec.train.steps;
@@ -265,16 +415,19 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
       progress.Clear();
       COHORT_LOG_INFO(
           "step {:>6}/{} | loss {:.4f} | lr {:.3e} | norm {:.3f} | {:.1f} ms | data {:.2f} ms | "
-          "{:.0f} tok/s",
+          "{:.0f} tok/s{}",
           m.step, m.total_steps, m.loss, m.lr, m.grad_norm, 1e3 * step_seconds,
-          1e3 * data_seconds, m.tokens_per_second);
+          1e3 * data_seconds, m.tokens_per_second,
+          reducer ? fmt::format(" | comm {:.1f} ms ({:.1f} exposed)", 1e3 * m.comm_seconds,
+                                1e3 * m.comm_exposed_seconds)
+                  : std::string());
     }
-    if (options.progress) {
+    if (options.progress && ranks.rank == 0) {
       const double rate = timed_seconds > 0 ? timed_tokens / timed_seconds : m.tokens_per_second;
       const double eta = (spec.train.steps - m.step) * tokens_per_step / rate;
       progress.Draw(m.step, m.total_steps, loss, rate, eta);
     }
-    if (val_data && !last && spec.train.eval_interval > 0 &&
+    if (val_data && !last && !stop_all && spec.train.eval_interval > 0 &&
         (step + 1) % spec.train.eval_interval == 0) {
       auto v = run_eval(step + 1);
       if (!v.ok() && !interrupted(v.status())) return v.status();
@@ -293,12 +446,23 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
     if (v.ok()) summary.final_val_loss = *v;
     else summary.interrupted = true;
   }
-  COHORT_LOG_INFO("done: {} steps in {:.1f} s, {:.0f} tok/s{}", step, Seconds(start, Clock::now()),
-                  summary.tokens_per_second,
+  double l2 = 0;
+  for (size_t i = 0; i < n; ++i) l2 += static_cast<double>(gpt->params()[i]) * gpt->params()[i];
+  summary.param_l2 = std::sqrt(l2);
+  summary.param_crc32c = Crc32c(gpt->params(), n * sizeof(float));
+  if (options.final_params != nullptr) {
+    options.final_params->assign(gpt->params(), gpt->params() + n);
+  }
+  COHORT_LOG_INFO("done: {} steps in {:.1f} s, {:.0f} tok/s{}{}", step,
+                  Seconds(start, Clock::now()), summary.tokens_per_second,
                   val_data && !summary.interrupted
                       ? fmt::format(", val loss {:.4f} -> {:.4f}", summary.initial_val_loss,
                                     summary.final_val_loss)
-                      : std::string());
+                      : std::string(),
+                  comm_total > 0 ? fmt::format(", {:.0f}% of gradient communication hidden "
+                                               "behind backward",
+                                               100.0 * (1.0 - exposed_total / comm_total))
+                                 : std::string());
   return summary;
 }
 

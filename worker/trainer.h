@@ -1,9 +1,17 @@
-// The training loop on one rank: data -> forward/backward -> clip -> AdamW -> metrics.
+// The training loop on one rank: data -> forward/backward (gradients reduced across ranks while
+// backward runs) -> clip -> AdamW (whole or ZeRO-1 shard) -> metrics.
 //
-// Train() runs a validated JobSpec to completion or until `stop` is set (checked between
-// micro-batches, so Ctrl-C returns within one micro-step). Expected failures (unreadable data,
-// tokenizer or vocabulary mismatch, a non-finite loss) come back as a Status naming the file or
-// field; nothing here calls exit(). Not thread-safe: one Train() per process.
+// Train() runs a validated JobSpec to completion or until `stop` is set. With one rank the stop
+// is checked between micro-batches (Ctrl-C returns within one micro-step); with several, every
+// rank's flag is combined in the per-step reduction and all ranks stop together after the same
+// step, so no rank is left waiting in a collective. Expected failures (unreadable data,
+// tokenizer or vocabulary mismatch, a non-finite loss, a failed or timed-out peer) come back as
+// a Status naming the file, field or peer; nothing here calls exit().
+//
+// Data parallelism: rank r of N reads rows [r*B, (r+1)*B) of the global batch of N*B rows of
+// every micro-step and validation batch, and gradients are averaged, so N ranks with batch B
+// follow the trajectory of one rank with batch N*B up to fp32 summation order. One Train() per
+// thread; several threads may train at once as ranks of an in-process group (tests).
 #pragma once
 
 #include <atomic>
@@ -11,7 +19,9 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <vector>
 
+#include "collectives/communicator.h"
 #include "common/config.h"
 #include "common/status.h"
 
@@ -26,13 +36,19 @@ struct StepMetrics {
   double grad_norm = 0;        // global L2 norm before clipping
   double step_seconds = 0;     // wall time of the whole step
   double data_seconds = 0;     // time spent waiting for batches
-  double tokens_per_second = 0;
+  double tokens_per_second = 0;  // global: all ranks together
+  double comm_seconds = 0;       // gradient reduction time on the communication thread
+  double comm_exposed_seconds = 0;  // part of it not hidden behind backward
 };
 
 struct TrainOptions {
   const std::atomic<bool>* stop = nullptr;  // set asynchronously (signal handler) to stop early
   bool progress = false;                    // redraw a progress line on stderr (a TTY)
   std::function<void(const StepMetrics&)> on_step;  // optional observer (tests, benchmarks)
+  // The ranks to train with (not owned; used by this thread only during Train). nullptr or a
+  // one-rank communicator: train alone.
+  collectives::Communicator* comm = nullptr;
+  std::vector<float>* final_params = nullptr;  // when set, receives the trained parameters
 };
 
 struct TrainSummary {
@@ -44,6 +60,10 @@ struct TrainSummary {
   double final_val_loss = std::numeric_limits<double>::quiet_NaN();    // after the last step
   double tokens_per_second = 0;  // mean over steps after the first
   int64_t num_parameters = 0;
+  int world_size = 1;
+  double param_l2 = 0;        // L2 norm of the final parameters (identical on every rank)
+  uint32_t param_crc32c = 0;  // CRC32C of the final parameter bytes (bit-exactness checks)
+  size_t optimizer_state_floats = 0;  // AdamW m + v held by this rank (ZeRO-1: ~1/N)
 };
 
 Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& options);

@@ -74,6 +74,13 @@ expect_exit 2 "unknown flag is a usage error" -- "$COHORT_BIN" train job.yaml --
 expect_exit 2 "missing job file is a usage error" -- "$COHORT_BIN" train nope.yaml
 expect_output "nope.yaml" "missing file is named"
 
-# Under a launcher with several ranks, refuse (multi-rank training is not implemented yet).
-expect_exit 2 "multi-rank launch is refused" -- env OMPI_COMM_WORLD_SIZE=2 "$COHORT_BIN" train job.yaml
+# A launcher environment that makes no sense is bad input naming the variable, never a hang.
+expect_exit 2 "rank outside the world" -- env OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_RANK=2 "$COHORT_BIN" train job.yaml
+expect_output "OMPI_COMM_WORLD_RANK=2 is not below the world size OMPI_COMM_WORLD_SIZE=2" "names the variables"
+expect_exit 2 "RANK without WORLD_SIZE" -- env RANK=1 "$COHORT_BIN" train job.yaml
+expect_output "needs both RANK and WORLD_SIZE" "names the missing variable"
+expect_exit 2 "non-numeric world size" -- env SLURM_PROCID=0 SLURM_NTASKS=two "$COHORT_BIN" train job.yaml
+expect_output "SLURM_NTASKS='two' is not an integer" "names the malformed variable"
+expect_exit 2 "mpi backend without an MPI launcher" -- env RANK=0 WORLD_SIZE=2 "$COHORT_BIN" train job.yaml --set parallel.backend=mpi
+expect_output "backend: mpi needs an MPI-aware launcher" "says which launcher MPI needs"
 finish

@@ -393,5 +393,29 @@ TEST_F(SamplerTest, SequentialBatchesWalkInOrderAndWrap) {
   ASSERT_TRUE(ds_->FillSequential(UINT64_MAX / 2, B, T, in, tgt).ok());  // no overflow
 }
 
+// Data parallelism: N ranks with B rows each (first_row = r * B, first_window = (i*N + r) * B)
+// read exactly the rows of one rank with N * B rows, for training and validation batches.
+TEST_F(SamplerTest, RankSlicesConcatenateToTheOneRankBatch) {
+  constexpr int T = 16;
+  for (int world : {2, 3, 4}) {
+    constexpr int B = 3;
+    std::vector<int32_t> whole(size_t(world) * B * T), whole_t(whole.size());
+    ASSERT_TRUE(ds_->FillRandom(42, 5, 1, world * B, T, whole, whole_t).ok());
+    std::vector<int32_t> val(whole.size()), val_t(whole.size());
+    ASSERT_TRUE(ds_->FillSequential(3, world * B, T, val, val_t).ok());
+    for (int r = 0; r < world; ++r) {
+      std::vector<int32_t> in(size_t(B) * T), tgt(in.size());
+      ASSERT_TRUE(ds_->FillRandom(42, 5, 1, B, T, in, tgt, uint64_t(r) * B).ok());
+      EXPECT_TRUE(std::equal(in.begin(), in.end(), whole.begin() + r * B * T)) << "rank " << r;
+      EXPECT_TRUE(std::equal(tgt.begin(), tgt.end(), whole_t.begin() + r * B * T)) << "rank " << r;
+      ASSERT_TRUE(ds_->FillWindows((3ull * world + r) * B, B, T, in, tgt).ok());
+      EXPECT_TRUE(std::equal(in.begin(), in.end(), val.begin() + r * B * T)) << "rank " << r;
+      EXPECT_TRUE(std::equal(tgt.begin(), tgt.end(), val_t.begin() + r * B * T)) << "rank " << r;
+    }
+  }
+  std::vector<int32_t> in(4 * T), tgt(4 * T);
+  EXPECT_TRUE(ds_->FillWindows(UINT64_MAX, 4, T, in, tgt).ok());  // wraps, no overflow
+}
+
 }  // namespace
 }  // namespace cohort::data

@@ -1,0 +1,148 @@
+#include "launch/bootstrap.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "collectives/in_process.h"
+#include "collectives/mpi.h"
+#include "common/logging.h"
+#if defined(COHORT_HAVE_GLOO)
+#include "collectives/gloo.h"
+#endif
+
+namespace cohort::launch {
+namespace {
+
+using collectives::Communicator;
+using collectives::DataType;
+using collectives::ReduceOp;
+
+// A one-rank world: the in-process backend with a group of one, owning its group.
+class SoloCommunicator final : public Communicator {
+ public:
+  explicit SoloCommunicator(std::chrono::milliseconds timeout)
+      : group_(1, timeout), comm_(group_.Connect(0)) {}
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string_view backend() const override { return "solo"; }
+  std::chrono::milliseconds timeout() const override { return comm_->timeout(); }
+  Status AllReduce(void* buf, size_t count, DataType type, ReduceOp op) override {
+    return comm_->AllReduce(buf, count, type, op);
+  }
+  Status ReduceScatter(const void* in, void* out, size_t count, DataType type,
+                       ReduceOp op) override {
+    return comm_->ReduceScatter(in, out, count, type, op);
+  }
+  Status AllGather(const void* in, void* out, size_t count, DataType type) override {
+    return comm_->AllGather(in, out, count, type);
+  }
+  Status Broadcast(void* buf, size_t bytes, int root) override {
+    return comm_->Broadcast(buf, bytes, root);
+  }
+  Status Barrier() override { return comm_->Barrier(); }
+
+ private:
+  collectives::InProcessGroup group_;
+  std::unique_ptr<Communicator> comm_;
+};
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? std::string() : std::string(v);
+}
+
+// Whether every rank runs on this node, as far as the launcher tells.
+bool OneNode(const World& w) {
+  return w.launcher == "srun" ? w.nodes == 1 : w.local_size == w.size;
+}
+
+// The rendezvous store for Gloo (see the header); "" when none can be derived.
+std::string GlooStore(const World& w) {
+  std::string explicit_store = Env("COHORT_RENDEZVOUS");
+  if (!explicit_store.empty()) return explicit_store;
+  if (!w.master_addr.empty() && w.master_port > 0) {
+    return "tcp://" + w.master_addr + ":" + std::to_string(w.master_port);
+  }
+  if (OneNode(w) && !w.job_id.empty()) {
+    std::string tmp = Env("TMPDIR");
+    if (tmp.empty()) tmp = "/tmp";
+    return "file://" + tmp + "/cohort-rendezvous-" + std::to_string(::getuid()) + "-" + w.job_id;
+  }
+  return "";
+}
+
+}  // namespace
+
+bool HaveBackend(const std::string& backend) {
+  if (backend == "mpi") return true;
+#if defined(COHORT_HAVE_GLOO)
+  if (backend == "gloo") return true;
+#endif
+  return false;  // nccl: no CUDA path in this version
+}
+
+Result<std::string> ResolveBackend(const std::string& requested, const World& world) {
+  if (requested == "auto") return std::string(world.mpi ? "mpi" : "gloo");
+  if (requested == "mpi" && !world.mpi && world.size > 1) {
+    return InvalidArgument(
+        "parallel.backend: mpi needs an MPI-aware launcher (mpirun, or srun --mpi=pmix), but this "
+        "process was started by " + world.launcher + "; use backend gloo or auto");
+  }
+  if (requested == "nccl" && !HaveBackend("nccl")) {
+    return InvalidArgument("parallel.backend: nccl is not available in this build (no CUDA/NCCL "
+                           "path yet); use auto, mpi or gloo");
+  }
+  if (requested != "mpi" && requested != "gloo" && requested != "nccl") {
+    return InvalidArgument("parallel.backend: unknown backend '" + requested + "'");
+  }
+  return requested;
+}
+
+Result<std::unique_ptr<Communicator>> Connect(const World& world, const BootstrapOptions& options) {
+  if (world.size == 1) {
+    return std::unique_ptr<Communicator>(std::make_unique<SoloCommunicator>(options.timeout));
+  }
+  ASSIGN_OR_RETURN(std::string backend, ResolveBackend(options.backend, world));
+  if (backend == "mpi") {
+    ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm,
+                     collectives::CreateMpiCommunicator(options.timeout));
+    if (comm->rank() != world.rank || comm->size() != world.size) {
+      return Status(Code::kUnavailable,
+                    "MPI sees rank " + std::to_string(comm->rank()) + " of " +
+                        std::to_string(comm->size()) + " but the launcher (" + world.launcher +
+                        ") said " + world.Describe() +
+                        "; with srun use --mpi=pmix (Debian's Open MPI has no PMI2 support)");
+    }
+    return comm;
+  }
+  if (backend == "gloo") {
+#if defined(COHORT_HAVE_GLOO)
+    collectives::GlooOptions o;
+    o.rank = world.rank;
+    o.size = world.size;
+    o.store = GlooStore(world);
+    if (o.store.empty()) {
+      return InvalidArgument(
+          "gloo backend: no rendezvous store for a " + std::to_string(world.size) +
+          "-rank job under " + world.launcher +
+          ": set MASTER_ADDR and MASTER_PORT (rank 0's host and a free port), or "
+          "COHORT_RENDEZVOUS=file:///shared/dir, or launch with mpirun / srun --mpi=pmix");
+    }
+    std::string restart = Env("SLURM_RESTART_COUNT");
+    o.prefix = "cohort/" + (world.job_id.empty() ? std::string("job") : world.job_id) + "/" +
+               (restart.empty() ? std::string("0") : restart);
+    // Loopback when every rank is on this node; otherwise the host's name, resolved by Gloo.
+    o.hostname = OneNode(world) || world.master_addr == "127.0.0.1" ? "127.0.0.1" : std::string();
+    o.timeout = options.timeout;
+    COHORT_LOG_DEBUG("gloo rendezvous through {} (prefix {})", o.store, o.prefix);
+    return collectives::CreateGlooCommunicator(o);
+#else
+    return InvalidArgument("parallel.backend: gloo is not available in this build");
+#endif
+  }
+  return InvalidArgument("parallel.backend: " + backend + " is not available in this build");
+}
+
+}  // namespace cohort::launch

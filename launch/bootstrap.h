@@ -1,0 +1,44 @@
+// Process bootstrap: picks the collective backend for the discovered World and connects it.
+//
+// Backend `auto`: NCCL when this build has it and the node has GPUs (not yet: no CUDA kernels in
+// this version), else MPI when the launcher is MPI-aware (mpirun; srun/prun with PMIx), else
+// Gloo over a rendezvous store. An explicit backend that cannot work here (mpi without an MPI
+// launcher, nccl in a CPU build, gloo without a store address) is InvalidArgument saying what to
+// do instead. A single-rank world needs no transport: it gets a trivial one-rank communicator
+// whatever the backend says.
+//
+// Gloo's rendezvous store, first match wins:
+//   COHORT_RENDEZVOUS=file:///shared/dir or tcp://host:port (explicit),
+//   MASTER_ADDR + MASTER_PORT (torchrun style; rank 0 serves a TCP store there),
+//   all ranks on one node (Slurm says so, or a torchrun-style local world): a file store under
+//   $TMPDIR (or /tmp) keyed by the job id.
+// The store prefix carries the job id and Slurm's restart count, so a requeued job never reads
+// a previous attempt's keys.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "collectives/communicator.h"
+#include "common/status.h"
+#include "launch/world.h"
+
+namespace cohort::launch {
+
+struct BootstrapOptions {
+  std::string backend = "auto";  // parallel.backend: auto | mpi | gloo | nccl
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // every collective's deadline
+};
+
+// The backend `auto` resolves to (or the explicit one, validated) for this world.
+Result<std::string> ResolveBackend(const std::string& requested, const World& world);
+
+// Connects this rank to its peers. Errors name the backend and the address involved.
+Result<std::unique_ptr<collectives::Communicator>> Connect(const World& world,
+                                                           const BootstrapOptions& options);
+
+// Whether this binary was built with the backend ("mpi", "gloo", "nccl").
+bool HaveBackend(const std::string& backend);
+
+}  // namespace cohort::launch

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Data-parallel training through the real binary under a real mpirun (issue 3's correctness
+# criteria at the process level):
+#  - N = 2 and 4 ranks with per-rank batch B follow the loss trajectory of 1 rank with batch N*B
+#    (every step, tolerance 2e-5 relative: fp32 summation order differs) and end at the same
+#    final validation loss and parameter norm, for DDP and ZeRO-1;
+#  - the same run twice gives bit-identical weights (CRC32C of the parameters);
+#  - a signal forwarded by mpirun (SIGUSR1, Slurm's pre-timeout warning) stops every rank after
+#    the same step with exit code 128 + 10;
+#  - a rank killed with SIGKILL mid-run fails the job promptly, and the failure names the rank.
+# (The same equivalence with final weights compared element by element runs in-process in
+# trainer_test's DataParallelTest.)
+source "$(dirname "$0")/../integration/lib.sh"
+: "${MPIRUN:?}"
+cd "$WORK"
+
+mkdir text
+for i in $(seq 1 12); do
+  for j in $(seq 1 40); do echo "Document $i line $j: pack my box with five dozen liquor jugs, said the $j-th fox."; done > text/doc$i.txt
+done
+expect_exit 0 "data prepare" -- "$COHORT_BIN" data prepare --format text --input "$WORK/text/*.txt" \
+  --tokenizer byte --output "$WORK/shards" --val-fraction 0.2
+
+cat > job.yaml <<YAML
+name: mp-equivalence
+model: {n_layer: 2, n_head: 2, n_embd: 48, context_length: 32}
+data: {train: shards/train-*.bin, val: shards/val-*.bin, batch_size: 8, tokenizer: byte}
+optimizer: {lr: 3.0e-3, grad_clip: 0.5}
+schedule: {warmup_steps: 3}
+train: {steps: 24, grad_accum: 2, eval_interval: 12, eval_batches: 2, log_interval: 6, threads: 1}
+parallel: {timeout_s: 20}
+YAML
+
+mpi() { "$MPIRUN" --oversubscribe -np "$@"; }
+
+expect_exit 0 "1 rank, batch 8" -- "$COHORT_BIN" train job.yaml --no-progress --metrics m1.jsonl
+for strategy in ddp zero1; do
+  expect_exit 0 "2 ranks x batch 4 ($strategy)" -- mpi 2 "$COHORT_BIN" train job.yaml --no-progress \
+    --set data.batch_size=4 --set parallel.strategy=$strategy --metrics m2-$strategy.jsonl
+  expect_output "\[r0\] .*data parallel: 2 ranks over mpi, strategy $strategy" "rank 0 logs the data-parallel setup"
+  if grep -q "\[r1\] .* I " <<<"$OUT"; then fail "rank 1 printed info lines (only rank 0 should)"; else pass "only rank 0 prints progress"; fi
+  expect_exit 0 "4 ranks x batch 2 ($strategy)" -- mpi 4 "$COHORT_BIN" train job.yaml --no-progress \
+    --set data.batch_size=2 --set parallel.strategy=$strategy --metrics m4-$strategy.jsonl
+done
+
+# Compares every step's loss and grad norm, the final val loss and parameter norm.
+compare() {
+  /usr/bin/python3 - "$@" <<'PY'
+import json, sys
+def load(p):
+    rows = [json.loads(l) for l in open(p)]
+    return [r for r in rows if "step" in r], next(r for r in rows if r.get("summary"))
+ref_steps, ref_sum = load(sys.argv[1])
+got_steps, got_sum = load(sys.argv[2])
+bad = []
+if len(ref_steps) != len(got_steps): bad.append(f"{len(got_steps)} steps vs {len(ref_steps)}")
+for a, b in zip(ref_steps, got_steps):
+    for k in ("loss", "grad_norm"):
+        if abs(a[k] - b[k]) > 2e-5 * abs(a[k]): bad.append(f"step {a['step']} {k}: {b[k]} vs {a[k]}")
+for k in ("final_val_loss", "param_l2"):
+    if abs(ref_sum[k] - got_sum[k]) > 2e-5 * abs(ref_sum[k]): bad.append(f"{k}: {got_sum[k]} vs {ref_sum[k]}")
+print("; ".join(bad[:5]) if bad else f"{len(got_steps)} steps match")
+sys.exit(1 if bad else 0)
+PY
+}
+for f in m2-ddp m4-ddp m2-zero1 m4-zero1; do
+  expect_exit 0 "$f matches 1 rank with the whole batch" -- compare m1.jsonl $f.jsonl
+done
+# ZeRO-1 keeps ~1/N of the optimizer state per rank.
+expect_exit 0 "zero1 optimizer state is ~1/4 per rank at N=4" -- /usr/bin/python3 -c "
+import json,sys
+s = lambda p: [json.loads(l) for l in open(p)][-1]['optimizer_state_floats']
+r = s('m4-zero1.jsonl') / s('m1.jsonl'); print(r); sys.exit(0 if abs(r - 0.25) < 0.01 else 1)"
+
+# Determinism: the same world size and job give bit-identical weights.
+expect_exit 0 "2 ranks again" -- mpi 2 "$COHORT_BIN" train job.yaml --no-progress --set data.batch_size=4 \
+  --set parallel.strategy=ddp --metrics again.jsonl
+crc() { grep -o '"param_crc32c": "[0-9a-f]*"' "$1"; }
+if [ "$(crc again.jsonl)" = "$(crc m2-ddp.jsonl)" ]; then pass "rerun is bit-identical"; else fail "rerun differs: $(crc again.jsonl) vs $(crc m2-ddp.jsonl)"; fi
+
+# SIGUSR1 to mpirun is forwarded to every rank: all stop after the same step, exit 138.
+"$MPIRUN" --oversubscribe -np 2 "$COHORT_BIN" train job.yaml --no-progress --set data.batch_size=4 --set train.steps=100000 \
+  --set train.log_interval=1 > usr1.log 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do grep -q "step .*3/100000 | loss" usr1.log && break; sleep 0.2; done
+kill -USR1 "$pid"
+code=0; wait "$pid" || code=$?
+if [ "$code" = 138 ]; then pass "SIGUSR1: exit 138"; else fail "SIGUSR1: exit $code"; tail -5 usr1.log >&2; fi
+stops=$( (grep -o "\[r[01]\] stopped by signal after [0-9]* of" usr1.log || true) | sed 's/.*after //' | sort -u | wc -l)
+n_stop=$(grep -c "stopped by signal after" usr1.log || true)
+if [ "$n_stop" = 2 ] && [ "$stops" = 1 ]; then pass "both ranks stopped after the same step"; else fail "ranks stopped apart:"; grep "stopped" usr1.log >&2; fi
+
+# SIGKILL of rank 1 mid-run: the job fails within the timeout and the failure names the rank.
+"$MPIRUN" --oversubscribe -np 3 "$COHORT_BIN" train job.yaml --no-progress --set data.batch_size=4 --set train.steps=100000 \
+  --set train.log_interval=1 > kill.log 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do grep -q "step .*3/100000 | loss" kill.log && break; sleep 0.2; done
+victim=""
+for child in $(ps --ppid "$pid" -o pid=); do
+  if tr '\0' '\n' < /proc/$child/environ 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1; then victim=$child; fi
+done
+if [ -z "$victim" ]; then fail "could not find rank 1 among mpirun's children"; kill -KILL "$pid"; fi
+start=$(date +%s)
+[ -n "$victim" ] && kill -KILL "$victim"
+code=0; wait "$pid" || code=$?
+elapsed=$(( $(date +%s) - start ))
+if [ "$code" = 0 ]; then fail "kill -9 of rank 1: the job succeeded"
+elif [ "$elapsed" -gt 25 ]; then fail "kill -9 of rank 1: the job took ${elapsed}s to fail"
+elif ! grep -qiE "rank 1 .*(signal 9|killed)" kill.log; then fail "kill -9 of rank 1: the failure does not name rank 1:"; tail -8 kill.log >&2
+else pass "kill -9 of rank 1: job failed in ${elapsed}s (exit $code), rank 1 named"; fi
+finish
