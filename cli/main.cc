@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   cohort::cli::AddConfigCommands(app, ctx);
   cohort::cli::AddDataCommands(app, ctx);
   cohort::cli::AddTrainCommand(app, ctx);
+  cohort::cli::AddLaunchCommand(app, ctx);
 
   try {
     app.parse(argc, argv);
