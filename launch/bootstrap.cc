@@ -80,7 +80,10 @@ bool HaveBackend(const std::string& backend) {
 #if defined(COHORT_HAVE_GLOO)
   if (backend == "gloo") return true;
 #endif
-  return false;  // nccl: no CUDA path in this version
+#if defined(COHORT_HAVE_NCCL)
+  if (backend == "nccl") return true;
+#endif
+  return false;
 }
 
 Result<std::string> ResolveBackend(const std::string& requested, const World& world) {
@@ -90,9 +93,13 @@ Result<std::string> ResolveBackend(const std::string& requested, const World& wo
         "parallel.backend: mpi needs an MPI-aware launcher (mpirun, or srun --mpi=pmix), but this "
         "process was started by " + world.launcher + "; use backend gloo or auto");
   }
-  if (requested == "nccl" && !HaveBackend("nccl")) {
-    return InvalidArgument("parallel.backend: nccl is not available in this build (no CUDA/NCCL "
-                           "path yet); use auto, mpi or gloo");
+  if (requested == "nccl") {
+    // The NCCL backend exists (collectives/nccl.h, when built with CUDA) but reduces device
+    // buffers, and this trainer keeps its gradients in host memory until the CUDA kernels land.
+    return InvalidArgument(std::string("parallel.backend: nccl is not available for training yet: ") +
+                           (HaveBackend("nccl") ? "the trainer keeps gradients in host memory (no CUDA kernels yet)"
+                                                : "this build has no CUDA") +
+                           "; use auto, mpi or gloo");
   }
   if (requested != "mpi" && requested != "gloo" && requested != "nccl") {
     return InvalidArgument("parallel.backend: unknown backend '" + requested + "'");

@@ -1,7 +1,7 @@
 // Process bootstrap: picks the collective backend for the discovered World and connects it.
 //
-// Backend `auto`: NCCL when this build has it and the node has GPUs (not yet: no CUDA kernels in
-// this version), else MPI when the launcher is MPI-aware (mpirun; srun/prun with PMIx), else
+// Backend `auto`: NCCL when the trainer runs on GPUs (not yet: the NCCL backend is built with
+// CUDA, but the trainer has no CUDA kernels in this version and reduces host memory), else MPI when the launcher is MPI-aware (mpirun; srun/prun with PMIx), else
 // Gloo over a rendezvous store. An explicit backend that cannot work here (mpi without an MPI
 // launcher, nccl in a CPU build, gloo without a store address) is InvalidArgument saying what to
 // do instead. A single-rank world needs no transport: it gets a trivial one-rank communicator
