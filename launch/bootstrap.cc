@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 #include "collectives/in_process.h"
@@ -144,7 +145,17 @@ Result<std::unique_ptr<Communicator>> Connect(const World& world, const Bootstra
     o.hostname = OneNode(world) || world.master_addr == "127.0.0.1" ? "127.0.0.1" : std::string();
     o.timeout = options.timeout;
     COHORT_LOG_DEBUG("gloo rendezvous through {} (prefix {})", o.store, o.prefix);
-    return collectives::CreateGlooCommunicator(o);
+    ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, collectives::CreateGlooCommunicator(o));
+    // A file store this function made up (not the user's COHORT_RENDEZVOUS) is private to this
+    // job: once every rank is connected (and has removed its keys), rank 0 removes the directory.
+    if (Env("COHORT_RENDEZVOUS").empty() && o.store.rfind("file://", 0) == 0) {
+      RETURN_IF_ERROR(comm->Barrier().WithContext("gloo rendezvous cleanup"));
+      if (world.rank == 0) {
+        std::error_code ec;
+        std::filesystem::remove_all(o.store.substr(7), ec);  // best effort: a leftover is harmless
+      }
+    }
+    return comm;
 #else
     return InvalidArgument("parallel.backend: gloo is not available in this build");
 #endif

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -461,7 +462,7 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
                       : std::string(),
                   comm_total > 0 ? fmt::format(", {:.0f}% of gradient communication hidden "
                                                "behind backward",
-                                               100.0 * (1.0 - exposed_total / comm_total))
+                                               std::max(0.0, 100.0 * (1.0 - exposed_total / comm_total)))
                                  : std::string());
   return summary;
 }

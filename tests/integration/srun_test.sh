@@ -54,6 +54,18 @@ b = [json.loads(l) for l in open('two.jsonl') if '\"step\"' in l]
 print(len(a) == len(b) == 12 and all(abs(x['loss'] - y['loss']) <= 2e-5 * x['loss'] for x, y in zip(a, b)))")
 [ "$same" = True ] && pass "srun -n 2 x batch 4 follows 1 x batch 8" || fail "loss trajectories differ (srun)"
 
+# Without PMIx (srun --mpi=none) MPI cannot find its peers: the ranks use Gloo, meeting through a
+# file store keyed by the Slurm job id (all ranks on one node), with the same trajectory.
+expect_exit 0 "train under srun --mpi=none -n 2" -- timeout "$SRUN_TIMEOUT" srun --mpi=none -n 2 \
+  "$COHORT_BIN" train job.yaml --no-progress --set data.batch_size=4 --metrics gloo.jsonl
+expect_output "\[r0\] .*rank 0 of 2 \(local 0 of 2\) under srun: gloo backend" "Slurm variables, Gloo backend"
+same=$(/usr/bin/python3 -c "
+import json
+a = [json.loads(l) for l in open('two.jsonl')]
+b = [json.loads(l) for l in open('gloo.jsonl')]
+print(a[-1]['param_crc32c'] == b[-1]['param_crc32c'] and len(a) == len(b))")
+[ "$same" = True ] && pass "srun + gloo ends bit-identical to srun + mpi" || fail "gloo and mpi runs under srun differ"
+
 # stop: every recorded daemon is gone (zombies not yet reaped by init count as gone); a second
 # stop and status are harmless.
 pids=$(slurm_pids)
