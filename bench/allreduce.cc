@@ -27,6 +27,7 @@
 
 #include "collectives/gloo.h"
 #include "collectives/mpi.h"
+#include "launch/bootstrap.h"
 
 namespace {
 
@@ -101,6 +102,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   int provided = 0;
+  // The allocator settings `cohort train` uses for multi-rank runs (launch/bootstrap.h), applied
+  // before anything is allocated so raw MPI and both backends run under the same conditions.
+  cohort::launch::TuneAllocatorForCollectives();
   if (MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS) Die("MPI_Init_thread");
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

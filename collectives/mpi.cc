@@ -3,6 +3,7 @@
 #include <mpi.h>
 
 #include <atomic>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -18,12 +19,52 @@ std::string MpiError(int code) {
 
 std::atomic<int> g_live_comms{0};  // MPI is finalized with the last communicator
 
+// Open MPI's non-blocking all-reduce (coll/libnbc) picks its algorithm from the control variable
+// coll_libnbc_iallreduce_algorithm, read at every call. Its default choice is ~1.5-2x slower than
+// the blocking MPI_Allreduce from a few KiB up; Rabenseifner's reduce-scatter + all-gather (3)
+// matches it there, while small buffers are fastest with the default. Measured with
+// bench/allreduce (bench/RESULTS.md). Set through MPI_T at run time, so no environment variable
+// is needed; with another MPI (no such variable) this is a no-op.
+class NbcAllreduceTuner {
+ public:
+  NbcAllreduceTuner() {
+    int provided = 0;
+    if (MPI_T_init_thread(MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS) return;
+    initialized_ = true;
+    int index = -1, count = 0;
+    if (MPI_T_cvar_get_index("coll_libnbc_iallreduce_algorithm", &index) != MPI_SUCCESS) return;
+    if (MPI_T_cvar_handle_alloc(index, nullptr, &handle_, &count) != MPI_SUCCESS || count != 1) return;
+    MPI_T_cvar_read(handle_, &current_);
+    usable_ = true;
+  }
+  ~NbcAllreduceTuner() {
+    if (usable_) MPI_T_cvar_handle_free(&handle_);
+    if (initialized_) MPI_T_finalize();
+  }
+  // Chooses the algorithm for an all-reduce of `bytes`.
+  void Before(size_t bytes) {
+    if (!usable_) return;
+    const int want = bytes > kSmallBytes ? kRabenseifner : kDefault;
+    if (want != current_ && MPI_T_cvar_write(handle_, &want) == MPI_SUCCESS) current_ = want;
+  }
+
+ private:
+  static constexpr size_t kSmallBytes = 2048;
+  static constexpr int kDefault = 0;
+  static constexpr int kRabenseifner = 3;
+  bool initialized_ = false;
+  bool usable_ = false;
+  MPI_T_cvar_handle handle_{};
+  int current_ = 0;
+};
+
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(MPI_Comm comm, int rank, int size, std::chrono::milliseconds timeout)
       : comm_(comm), rank_(rank), size_(size), timeout_(timeout) {}
 
   ~MpiCommunicator() override {
+    tuner_.reset();  // MPI_T handles go before MPI_Finalize
     if (!broken_) MPI_Comm_free(&comm_);
     int finalized = 0;
     MPI_Finalized(&finalized);
@@ -39,6 +80,7 @@ class MpiCommunicator final : public Communicator {
 
   Status AllReduce(void* buf, size_t count, DataType type, ReduceOp op) override {
     RETURN_IF_ERROR(CheckCount(count, "all-reduce"));
+    tuner_->Before(count * SizeOf(type));
     MPI_Request req;
     RETURN_IF_ERROR(Check(MPI_Iallreduce(MPI_IN_PLACE, buf, static_cast<int>(count), MPI_FLOAT,
                                          MPI_SUM, comm_, &req),
@@ -105,23 +147,37 @@ class MpiCommunicator final : public Communicator {
     return Status::Ok();
   }
 
-  // Polls the request until it completes or the deadline passes. Spins briefly, then yields and
-  // sleeps, so a waiting rank does not steal a core from compute threads for long.
+  // Polls the request until it completes or the deadline passes. Open MPI's non-blocking
+  // collectives progress only inside MPI calls, so polling must be frequent: a busy MPI_Test loop
+  // for the first 200 us, then MPI_Test + yield (which hands the core to a runnable compute
+  // thread, and otherwise returns at once) up to 10 ms, then 20 us sleeps, and 1 ms sleeps after
+  // 100 ms, so a rank waiting for a slow peer does not steal a core for long. Sleeping from
+  // 200 us on made 1 MiB all-reduces 2x slower than MPI_Allreduce (bench/allreduce).
   Status Wait(MPI_Request* req, const char* what) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout_;
-    for (int polls = 0;; ++polls) {
+    const auto start = std::chrono::steady_clock::now();
+    const auto deadline = start + timeout_;
+    const auto spin_until = start + std::chrono::microseconds(200);
+    const auto yield_until = start + std::chrono::milliseconds(10);
+    const auto slow_after = start + std::chrono::milliseconds(100);
+    for (;;) {
       int done = 0;
       MPI_Status st;
       RETURN_IF_ERROR(Check(MPI_Test(req, &done, &st), what));
       if (done) return Status::Ok();
-      if (std::chrono::steady_clock::now() > deadline) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now > deadline) {
         broken_ = true;
         return Status(Code::kDeadlineExceeded,
                       "rank " + std::to_string(rank_) + ": " + what + " timed out after " +
                           std::to_string(timeout_.count()) +
                           " ms (a peer is dead, stopped or not calling the same collective)");
       }
-      if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(polls > 100000 ? 1000 : 20));
+      if (now < spin_until) continue;
+      if (now < yield_until) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(now > slow_after ? 1000 : 20));
+      }
     }
   }
 
@@ -130,6 +186,7 @@ class MpiCommunicator final : public Communicator {
   const int size_;
   const std::chrono::milliseconds timeout_;
   bool broken_ = false;
+  std::unique_ptr<NbcAllreduceTuner> tuner_ = std::make_unique<NbcAllreduceTuner>();
 };
 
 }  // namespace

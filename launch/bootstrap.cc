@@ -1,5 +1,6 @@
 #include "launch/bootstrap.h"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -76,6 +77,11 @@ std::string GlooStore(const World& w) {
 
 }  // namespace
 
+void TuneAllocatorForCollectives() {
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
 bool HaveBackend(const std::string& backend) {
   if (backend == "mpi") return true;
 #if defined(COHORT_HAVE_GLOO)
@@ -113,6 +119,7 @@ Result<std::unique_ptr<Communicator>> Connect(const World& world, const Bootstra
     return std::unique_ptr<Communicator>(std::make_unique<SoloCommunicator>(options.timeout));
   }
   ASSIGN_OR_RETURN(std::string backend, ResolveBackend(options.backend, world));
+  TuneAllocatorForCollectives();
   if (backend == "mpi") {
     ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm,
                      collectives::CreateMpiCommunicator(options.timeout));

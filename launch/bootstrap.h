@@ -38,6 +38,14 @@ Result<std::string> ResolveBackend(const std::string& requested, const World& wo
 Result<std::unique_ptr<collectives::Communicator>> Connect(const World& world,
                                                            const BootstrapOptions& options);
 
+// Process-wide allocator settings for a rank that runs large collectives: glibc serves blocks
+// above its mmap threshold (dynamic, up to 32 MiB) with fresh mappings whose pages fault in on
+// every use, so the transport's temporary buffers for a large collective were re-faulted on every
+// call (a 64 MiB MPI all-reduce: 160 ms instead of 15 ms here). This keeps large blocks in the
+// heap (M_MMAP_MAX 0) and returns memory to the OS only above 1 GiB of free heap. Connect() calls
+// it for worlds of more than one rank; benchmarks call it to measure under the same conditions.
+void TuneAllocatorForCollectives();
+
 // Whether this binary was built with the backend ("mpi", "gloo", "nccl").
 bool HaveBackend(const std::string& backend);
 
