@@ -1,12 +1,29 @@
 #include "collectives/communicator.h"
 
+#include <cstdint>
+#include <vector>
+
+#include "collectives/float16.h"
+#include "common/check.h"
+
 namespace cohort::collectives {
 
 size_t SizeOf(DataType t) {
   switch (t) {
     case DataType::kFloat32: return 4;
+    case DataType::kBFloat16:
+    case DataType::kFloat16: return 2;
   }
   return 0;
+}
+
+std::string_view Name(DataType t) {
+  switch (t) {
+    case DataType::kFloat32: return "fp32";
+    case DataType::kBFloat16: return "bf16";
+    case DataType::kFloat16: return "fp16";
+  }
+  return "?";
 }
 
 std::string_view Name(ReduceOp op) { return op == ReduceOp::kSum ? "sum" : "avg"; }
@@ -15,6 +32,58 @@ void FinishReduce(float* x, size_t n, ReduceOp op, int world_size) {
   if (op != ReduceOp::kAvg) return;
   const float inv = 1.0f / static_cast<float>(world_size);
   for (size_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+namespace {
+
+void Widen(const void* in, float* out, size_t n, DataType t) {
+  const auto* h = static_cast<const uint16_t*>(in);
+  if (t == DataType::kBFloat16) {
+    for (size_t i = 0; i < n; ++i) out[i] = Bf16ToFloat(h[i]);
+  } else {
+    for (size_t i = 0; i < n; ++i) out[i] = HalfToFloat(h[i]);
+  }
+}
+
+void Narrow(const float* in, void* out, size_t n, DataType t) {
+  auto* h = static_cast<uint16_t*>(out);
+  if (t == DataType::kBFloat16) {
+    for (size_t i = 0; i < n; ++i) h[i] = FloatToBf16(in[i]);
+  } else {
+    for (size_t i = 0; i < n; ++i) h[i] = FloatToHalf(in[i]);
+  }
+}
+
+}  // namespace
+
+Status AllReduceWidened(Communicator& c, void* buf, size_t count, DataType type, ReduceOp op) {
+  COHORT_CHECK(type != DataType::kFloat32);
+  std::vector<float> wide(count);
+  Widen(buf, wide.data(), count, type);
+  RETURN_IF_ERROR(c.AllReduce(wide.data(), count, DataType::kFloat32, op));
+  Narrow(wide.data(), buf, count, type);
+  return Status::Ok();
+}
+
+Status ReduceScatterWidened(Communicator& c, const void* in, void* out, size_t count,
+                            DataType type, ReduceOp op) {
+  COHORT_CHECK(type != DataType::kFloat32);
+  std::vector<float> wide_in(count * static_cast<size_t>(c.size()));
+  std::vector<float> wide_out(count);
+  Widen(in, wide_in.data(), wide_in.size(), type);
+  RETURN_IF_ERROR(c.ReduceScatter(wide_in.data(), wide_out.data(), count, DataType::kFloat32, op));
+  Narrow(wide_out.data(), out, count, type);
+  return Status::Ok();
+}
+
+Status AllGatherWidened(Communicator& c, const void* in, void* out, size_t count, DataType type) {
+  COHORT_CHECK(type != DataType::kFloat32);
+  std::vector<float> wide_in(count);
+  std::vector<float> wide_out(count * static_cast<size_t>(c.size()));
+  Widen(in, wide_in.data(), count, type);
+  RETURN_IF_ERROR(c.AllGather(wide_in.data(), wide_out.data(), count, DataType::kFloat32));
+  Narrow(wide_out.data(), out, wide_out.size(), type);  // widening then narrowing is exact
+  return Status::Ok();
 }
 
 }  // namespace cohort::collectives

@@ -24,10 +24,14 @@
 
 namespace cohort::collectives {
 
-enum class DataType { kFloat32 };  // bf16/fp16 buffers come with the GPU path
+// Element types. 16-bit buffers: the NCCL backend reduces them natively; the host backends
+// (in-process, MPI, Gloo) widen to fp32, reduce there (so a sum is rounded once, identically on
+// every rank) and round back, at twice the bytes on the wire.
+enum class DataType { kFloat32, kBFloat16, kFloat16 };
 enum class ReduceOp { kSum, kAvg };
 
 size_t SizeOf(DataType t);
+std::string_view Name(DataType t);
 std::string_view Name(ReduceOp op);
 
 // For backends: turns the sum over `world_size` ranks in x[0, n) into the result of `op`
@@ -60,5 +64,12 @@ class Communicator {
 
   virtual Status Barrier() = 0;
 };
+
+// For host backends: the 16-bit collectives done on an fp32 copy through the same
+// communicator's kFloat32 path (widen, collective, round back). Buffers as in the interface.
+Status AllReduceWidened(Communicator& c, void* buf, size_t count, DataType type, ReduceOp op);
+Status ReduceScatterWidened(Communicator& c, const void* in, void* out, size_t count,
+                            DataType type, ReduceOp op);
+Status AllGatherWidened(Communicator& c, const void* in, void* out, size_t count, DataType type);
 
 }  // namespace cohort::collectives

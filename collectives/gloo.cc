@@ -228,6 +228,7 @@ class GlooCommunicator final : public Communicator {
   milliseconds timeout() const override { return timeout_; }
 
   Status AllReduce(void* buf, size_t count, DataType type, ReduceOp op) override {
+    if (type != DataType::kFloat32) return AllReduceWidened(*this, buf, count, type, op);
     (void)type;
     auto* x = static_cast<float*>(buf);
     return Run("all-reduce", count, [&](Clock::time_point deadline) {
@@ -246,6 +247,7 @@ class GlooCommunicator final : public Communicator {
   }
 
   Status ReduceScatter(const void* in, void* out, size_t count, DataType type, ReduceOp op) override {
+    if (type != DataType::kFloat32) return ReduceScatterWidened(*this, in, out, count, type, op);
     (void)type;
     const auto* src = static_cast<const float*>(in);
     auto* dst = static_cast<float*>(out);
@@ -263,6 +265,7 @@ class GlooCommunicator final : public Communicator {
   }
 
   Status AllGather(const void* in, void* out, size_t count, DataType type) override {
+    if (type != DataType::kFloat32) return AllGatherWidened(*this, in, out, count, type);
     (void)type;
     return Run("all-gather", count, [&](Clock::time_point deadline) {
       if (size_ == 1) {

@@ -61,6 +61,7 @@ class InProcessCommunicator final : public Communicator {
   std::chrono::milliseconds timeout() const override { return g_->timeout_; }
 
   Status AllReduce(void* buf, size_t count, DataType type, ReduceOp op) override {
+    if (type != DataType::kFloat32) return AllReduceWidened(*this, buf, count, type, op);
     Publish(buf, buf);
     RETURN_IF_ERROR(g_->Arrive(rank_));
     // This rank reduces one contiguous slice for everybody, in rank order.
@@ -82,6 +83,7 @@ class InProcessCommunicator final : public Communicator {
 
   Status ReduceScatter(const void* in, void* out, size_t count, DataType type,
                        ReduceOp op) override {
+    if (type != DataType::kFloat32) return ReduceScatterWidened(*this, in, out, count, type, op);
     Publish(in, out);
     RETURN_IF_ERROR(g_->Arrive(rank_));
     float* dst = static_cast<float*>(out);
@@ -97,6 +99,7 @@ class InProcessCommunicator final : public Communicator {
   }
 
   Status AllGather(const void* in, void* out, size_t count, DataType type) override {
+    if (type != DataType::kFloat32) return AllGatherWidened(*this, in, out, count, type);
     Publish(in, out);
     RETURN_IF_ERROR(g_->Arrive(rank_));
     const size_t bytes = count * SizeOf(type);

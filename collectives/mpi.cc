@@ -79,6 +79,7 @@ class MpiCommunicator final : public Communicator {
   std::chrono::milliseconds timeout() const override { return timeout_; }
 
   Status AllReduce(void* buf, size_t count, DataType type, ReduceOp op) override {
+    if (type != DataType::kFloat32) return AllReduceWidened(*this, buf, count, type, op);
     RETURN_IF_ERROR(CheckCount(count, "all-reduce"));
     tuner_->Before(count * SizeOf(type));
     MPI_Request req;
@@ -93,6 +94,7 @@ class MpiCommunicator final : public Communicator {
 
   Status ReduceScatter(const void* in, void* out, size_t count, DataType type,
                        ReduceOp op) override {
+    if (type != DataType::kFloat32) return ReduceScatterWidened(*this, in, out, count, type, op);
     RETURN_IF_ERROR(CheckCount(count * static_cast<size_t>(size_), "reduce-scatter"));
     MPI_Request req;
     RETURN_IF_ERROR(Check(MPI_Ireduce_scatter_block(in, out, static_cast<int>(count), MPI_FLOAT,
@@ -105,6 +107,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   Status AllGather(const void* in, void* out, size_t count, DataType type) override {
+    if (type != DataType::kFloat32) return AllGatherWidened(*this, in, out, count, type);
     RETURN_IF_ERROR(CheckCount(count * static_cast<size_t>(size_), "all-gather"));
     MPI_Request req;
     RETURN_IF_ERROR(Check(MPI_Iallgather(in, static_cast<int>(count), MPI_FLOAT, out,

@@ -18,6 +18,8 @@ std::string CudaError(cudaError_t e) { return std::string(cudaGetErrorName(e)) +
 ncclDataType_t NcclType(DataType t) {
   switch (t) {
     case DataType::kFloat32: return ncclFloat32;
+    case DataType::kBFloat16: return ncclBfloat16;
+    case DataType::kFloat16: return ncclFloat16;
   }
   COHORT_CHECK(false) << "unknown DataType";
   return ncclFloat32;

@@ -118,6 +118,7 @@ int Run() {
     check("all-reduce", count, conformance::AllReduceSumAndAvg(c, count));
     check("reduce-scatter/all-gather", count, conformance::ReduceScatterThenAllGather(c, count));
     check("broadcast", count, conformance::BroadcastFromEveryRoot(c, count));
+    check("bf16/fp16", count, conformance::SixteenBit(c, count));
   }
   check("barrier", 0, c.Barrier());
   if (c.rank() == 0) std::printf("nccl conformance on %d ranks: %d passed, %d failed\n", c.size(), passes, failures);

@@ -34,6 +34,7 @@ int Run() {
     check("all-reduce", count, conformance::AllReduceSumAndAvg(c, count));
     check("reduce-scatter/all-gather", count, conformance::ReduceScatterThenAllGather(c, count));
     check("broadcast", count, conformance::BroadcastFromEveryRoot(c, count));
+    check("bf16/fp16", count, conformance::SixteenBit(c, count));
   }
   // 64 MiB all-reduce: the size the gradient buckets reach.
   check("all-reduce 64MiB", size_t{16} << 20, conformance::AllReduceSumAndAvg(c, size_t{16} << 20));

@@ -4,10 +4,12 @@
 // mismatch as a Status naming the rank, the operation and the element.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "collectives/communicator.h"
+#include "collectives/float16.h"
 
 namespace cohort::collectives::conformance {
 
@@ -68,6 +70,47 @@ inline Status BroadcastFromEveryRoot(Communicator& c, size_t count) {
     }
   }
   return c.Barrier();
+}
+
+// 16-bit buffers (bf16 and fp16): all-reduce sum/avg, reduce-scatter, all-gather. Values are
+// small integers, so sums are exact in both formats; the average is the sum scaled by 1/N in
+// fp32 and rounded once (what the host backends do).
+inline float Value16(int rank, size_t i) { return static_cast<float>((rank + 1) * static_cast<int>(i % 7) - 3); }
+inline Status SixteenBit(Communicator& c, size_t count) {
+  const int n = c.size();
+  for (DataType t : {DataType::kBFloat16, DataType::kFloat16}) {
+    auto narrow = [t](float f) { return t == DataType::kBFloat16 ? FloatToBf16(f) : FloatToHalf(f); };
+    auto widen = [t](uint16_t h) { return t == DataType::kBFloat16 ? Bf16ToFloat(h) : HalfToFloat(h); };
+    auto sum = [n](size_t i) {
+      float s = 0;
+      for (int r = 0; r < n; ++r) s += Value16(r, i);
+      return s;
+    };
+    const std::string name(Name(t));
+    std::vector<uint16_t> buf(count);
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg}) {
+      for (size_t i = 0; i < count; ++i) buf[i] = narrow(Value16(c.rank(), i));
+      RETURN_IF_ERROR(c.AllReduce(buf.data(), count, t, op));
+      for (size_t i = 0; i < count; ++i) {
+        const float want = widen(narrow(op == ReduceOp::kSum ? sum(i) : sum(i) * (1.0f / static_cast<float>(n))));
+        if (buf[i] != narrow(want)) {
+          return Mismatch(c, (name + " all-reduce " + std::string(Name(op))).c_str(), i, widen(buf[i]), want);
+        }
+      }
+    }
+    std::vector<uint16_t> in(count * static_cast<size_t>(n)), shard(count), all(in.size());
+    for (size_t i = 0; i < in.size(); ++i) in[i] = narrow(Value16(c.rank(), i));
+    RETURN_IF_ERROR(c.ReduceScatter(in.data(), shard.data(), count, t, ReduceOp::kSum));
+    for (size_t i = 0; i < count; ++i) {
+      const float want = sum(static_cast<size_t>(c.rank()) * count + i);
+      if (widen(shard[i]) != want) return Mismatch(c, (name + " reduce-scatter").c_str(), i, widen(shard[i]), want);
+    }
+    RETURN_IF_ERROR(c.AllGather(shard.data(), all.data(), count, t));
+    for (size_t i = 0; i < all.size(); ++i) {
+      if (widen(all[i]) != sum(i)) return Mismatch(c, (name + " all-gather").c_str(), i, widen(all[i]), sum(i));
+    }
+  }
+  return Status::Ok();
 }
 
 // Sizes every backend is checked at: one element, odd sizes, and large buffers.

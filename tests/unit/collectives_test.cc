@@ -1,6 +1,11 @@
 // Conformance suite for the Communicator contract, run here on the in-process backend (N ranks as
 // threads). The MPI/Gloo backends will run the same checks under real launchers.
+#include <immintrin.h>
+
 #include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstdint>
 #include <chrono>
 #include <functional>
 #include <thread>
@@ -9,6 +14,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "collectives/float16.h"
 #include "collectives/in_process.h"
 #include "tests/unit/collectives_conformance.h"
 
@@ -49,6 +55,7 @@ TEST_P(CollectivesTest, ReduceScatterThenAllGather) {
   RunOnAllRanks(conformance::ReduceScatterThenAllGather);
 }
 TEST_P(CollectivesTest, BroadcastFromEveryRoot) { RunOnAllRanks(conformance::BroadcastFromEveryRoot); }
+TEST_P(CollectivesTest, SixteenBitBuffers) { RunOnAllRanks(conformance::SixteenBit); }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, CollectivesTest,
                          ::testing::Combine(::testing::Values(1, 2, 3, 4),
@@ -109,6 +116,52 @@ TEST(CollectivesFailureTest, ResultsAreIdenticalOnEveryRank) {
   for (auto& s : results) ASSERT_TRUE(s.ok()) << s.ToString();
   for (int r = 1; r < 4; ++r) EXPECT_EQ(out[0], out[static_cast<size_t>(r)]);
 }
+
+// ---- fp16 / bf16 conversions ----
+
+TEST(Float16Test, EveryHalfRoundTripsThroughFloat) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = HalfToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(HalfToFloat(FloatToHalf(f)))) << h;
+    } else {
+      EXPECT_EQ(FloatToHalf(f), h) << "half 0x" << std::hex << h;
+    }
+    const float b = Bf16ToFloat(static_cast<uint16_t>(h));
+    if (!std::isnan(b)) {
+      EXPECT_EQ(FloatToBf16(b), h) << "bf16 0x" << std::hex << h;
+    }
+  }
+}
+
+TEST(Float16Test, RoundsToNearestEvenAndSaturatesToInfinity) {
+  EXPECT_EQ(HalfToFloat(FloatToHalf(65504.0f)), 65504.0f);  // the largest half
+  EXPECT_EQ(HalfToFloat(FloatToHalf(65519.0f)), 65504.0f);
+  EXPECT_TRUE(std::isinf(HalfToFloat(FloatToHalf(65520.0f))));  // halfway to 65536: even = inf
+  EXPECT_EQ(HalfToFloat(FloatToHalf(1.0f + 0x1p-11f)), 1.0f);   // tie -> even mantissa
+  EXPECT_EQ(HalfToFloat(FloatToHalf(1.0f + 3 * 0x1p-11f)), 1.0f + 0x1p-9f);
+  EXPECT_EQ(HalfToFloat(FloatToHalf(0x1p-24f)), 0x1p-24f);      // smallest subnormal
+  EXPECT_EQ(HalfToFloat(FloatToHalf(0x1p-25f)), 0.0f);          // tie -> even (zero)
+  EXPECT_EQ(HalfToFloat(FloatToHalf(3 * 0x1p-25f)), 0x1p-23f);
+  EXPECT_EQ(FloatToHalf(-0.0f), 0x8000);
+  EXPECT_EQ(Bf16ToFloat(FloatToBf16(1.0f + 0x1p-8f)), 1.0f);    // tie -> even
+  EXPECT_EQ(Bf16ToFloat(FloatToBf16(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);
+  EXPECT_TRUE(std::isinf(Bf16ToFloat(FloatToBf16(3.4e38f))));
+  EXPECT_TRUE(std::isnan(Bf16ToFloat(FloatToBf16(std::nanf("")))));
+}
+
+#if defined(__F16C__)
+// Where the CPU converts in hardware, the portable code must agree with it bit for bit.
+TEST(Float16Test, MatchesF16CHardware) {
+  uint64_t state = 12345;
+  for (int i = 0; i < 2000000; ++i) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    const float f = std::bit_cast<float>(static_cast<uint32_t>(state >> 32));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(FloatToHalf(f), _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)) << f;
+  }
+}
+#endif
 
 }  // namespace
 }  // namespace cohort::collectives
