@@ -32,7 +32,7 @@ def main():
     torch.manual_seed(1)
     cfg = dict(vocab_size=a.vocab, context_length=a.ctx, n_layer=a.layers, n_head=a.heads,
                n_embd=a.embd)
-    model = DDP(GPT(cfg).float(), bucket_cap_mb=a.bucket_mb)
+    model = DDP(GPT(cfg).float().init_gpt2_(), bucket_cap_mb=a.bucket_mb)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     g = torch.Generator().manual_seed(42 + rank)
     x = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)

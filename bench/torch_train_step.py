@@ -26,7 +26,7 @@ def main():
     torch.manual_seed(1)
     cfg = dict(vocab_size=a.vocab, context_length=a.ctx, n_layer=a.layers, n_head=a.heads,
                n_embd=a.embd)
-    model = GPT(cfg).float()
+    model = GPT(cfg).float().init_gpt2_()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     g = torch.Generator().manual_seed(42)
     x = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)

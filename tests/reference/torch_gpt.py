@@ -88,6 +88,23 @@ class GPT(nn.Module):
         self.h = nn.ModuleList([Block(C, cfg["n_head"]) for _ in range(cfg["n_layer"])])
         self.ln_f = nn.LayerNorm(C)
 
+    def init_gpt2_(self, seed=1):
+        """GPT-2 initialization, as Cohort's Gpt::InitWeights (distribution, not values): weights
+        N(0, 0.02), the c_proj weights N(0, 0.02 / sqrt(2 * n_layer)), biases 0, LayerNorm 1/0.
+        The gradient test loads Cohort's own parameters instead; benchmarks use this so the peer
+        trains a sensibly initialized model (PyTorch's defaults give a loss in the hundreds)."""
+        g = torch.Generator().manual_seed(seed)
+        proj_std = 0.02 / math.sqrt(2 * len(self.h))
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("bias"):
+                    p.zero_()
+                elif ".ln_" in name or name.startswith("ln_"):
+                    p.fill_(1.0)
+                else:
+                    p.normal_(0.0, proj_std if name.endswith("c_proj.weight") else 0.02, generator=g)
+        return self
+
     def forward(self, idx, targets):
         B, T = idx.size()
         pos = torch.arange(T, dtype=torch.long)
