@@ -50,6 +50,7 @@ void AddTrainCommand(CLI::App& app, Context& ctx) {
     if (world->rank != 0 && lo.level < logging::Level::kWarn) lo.level = logging::Level::kWarn;
     logging::Init(lo);
 
+    if (!world->note.empty()) COHORT_LOG_WARN("{}", world->note);
     auto spec = config::LoadJobSpec(args->file, config::Limits(), args->overrides);
     if (!spec.ok()) return ReportError(spec.status(), ctx);
 

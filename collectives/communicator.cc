@@ -78,11 +78,15 @@ Status ReduceScatterWidened(Communicator& c, const void* in, void* out, size_t c
 
 Status AllGatherWidened(Communicator& c, const void* in, void* out, size_t count, DataType type) {
   COHORT_CHECK(type != DataType::kFloat32);
-  std::vector<float> wide_in(count);
-  std::vector<float> wide_out(count * static_cast<size_t>(c.size()));
-  Widen(in, wide_in.data(), count, type);
-  RETURN_IF_ERROR(c.AllGather(wide_in.data(), wide_out.data(), count, DataType::kFloat32));
-  Narrow(wide_out.data(), out, wide_out.size(), type);  // widening then narrowing is exact
+  // No arithmetic here: each 16-bit value rides in the low half of a 32-bit slot, so every bit
+  // pattern (NaN payloads included) arrives unchanged.
+  const auto* src = static_cast<const uint16_t*>(in);
+  auto* dst = static_cast<uint16_t*>(out);
+  std::vector<uint32_t> slots_in(count);
+  std::vector<uint32_t> slots_out(count * static_cast<size_t>(c.size()));
+  for (size_t i = 0; i < count; ++i) slots_in[i] = src[i];
+  RETURN_IF_ERROR(c.AllGather(slots_in.data(), slots_out.data(), count, DataType::kFloat32));
+  for (size_t i = 0; i < slots_out.size(); ++i) dst[i] = static_cast<uint16_t>(slots_out[i]);
   return Status::Ok();
 }
 

@@ -63,6 +63,14 @@ class Communicator {
   virtual Status Broadcast(void* buf, size_t bytes, int root) = 0;
 
   virtual Status Barrier() = 0;
+
+  // Tears the group down after a failure on this rank, so peers fail promptly instead of waiting
+  // for their deadline: their pending and future collectives return Unavailable (in-process,
+  // Gloo: connections closed). MPI cannot do that and ends the whole job instead (MPI_Abort with
+  // `exit_code`, after printing `why` with the rank on stderr), so this may not return. NCCL
+  // aborts its communicator; peers still wait for their own deadline. Idempotent; the
+  // communicator is unusable afterwards.
+  virtual void Abort(std::string_view why, int exit_code = 1) = 0;
 };
 
 // For host backends: the 16-bit collectives done on an fp32 copy through the same

@@ -301,6 +301,14 @@ class GlooCommunicator final : public Communicator {
     });
   }
 
+  void Abort(std::string_view why, int /*exit_code*/) override {
+    if (!broken_) {
+      broken_ = true;
+      first_error_ = "aborted: " + std::string(why);
+    }
+    CloseQuietly();  // peers blocked on this rank see their connections reset and fail now
+  }
+
  private:
   // Runs one collective: the deadline, SIGPIPE blocking, and every exception mapped to a Status.
   // After a failure all connections are closed so the peers fail fast instead of timing out.

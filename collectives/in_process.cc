@@ -60,6 +60,10 @@ class InProcessCommunicator final : public Communicator {
   std::string_view backend() const override { return "inprocess"; }
   std::chrono::milliseconds timeout() const override { return g_->timeout_; }
 
+  void Abort(std::string_view why, int /*exit_code*/) override {
+    g_->Abort("rank " + std::to_string(rank_) + " failed: " + std::string(why));
+  }
+
   Status AllReduce(void* buf, size_t count, DataType type, ReduceOp op) override {
     if (type != DataType::kFloat32) return AllReduceWidened(*this, buf, count, type, op);
     Publish(buf, buf);

@@ -3,6 +3,8 @@
 #include <mpi.h>
 
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -34,7 +36,6 @@ class NbcAllreduceTuner {
     int index = -1, count = 0;
     if (MPI_T_cvar_get_index("coll_libnbc_iallreduce_algorithm", &index) != MPI_SUCCESS) return;
     if (MPI_T_cvar_handle_alloc(index, nullptr, &handle_, &count) != MPI_SUCCESS || count != 1) return;
-    MPI_T_cvar_read(handle_, &current_);
     usable_ = true;
   }
   ~NbcAllreduceTuner() {
@@ -45,7 +46,10 @@ class NbcAllreduceTuner {
   void Before(size_t bytes) {
     if (!usable_) return;
     const int want = bytes > kSmallBytes ? kRabenseifner : kDefault;
-    if (want != current_ && MPI_T_cvar_write(handle_, &want) == MPI_SUCCESS) current_ = want;
+    // The variable is process-wide (another communicator may have changed it): read it back.
+    int current = -1;
+    MPI_T_cvar_read(handle_, &current);
+    if (want != current) MPI_T_cvar_write(handle_, &want);
   }
 
  private:
@@ -55,7 +59,6 @@ class NbcAllreduceTuner {
   bool initialized_ = false;
   bool usable_ = false;
   MPI_T_cvar_handle handle_{};
-  int current_ = 0;
 };
 
 class MpiCommunicator final : public Communicator {
@@ -77,6 +80,16 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   std::string_view backend() const override { return "mpi"; }
   std::chrono::milliseconds timeout() const override { return timeout_; }
+
+  // MPI (without the fault-tolerance extensions) has no way to make peers' collectives fail:
+  // ending the job is the only prompt way out. mpirun then reports the aborting rank.
+  void Abort(std::string_view why, int exit_code) override {
+    std::fprintf(stderr, "[r%d] error: %.*s; aborting the MPI job\n", rank_,
+                 static_cast<int>(why.size()), why.data());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    std::_Exit(exit_code);  // MPI_Abort does not return; be sure
+  }
 
   Status AllReduce(void* buf, size_t count, DataType type, ReduceOp op) override {
     if (type != DataType::kFloat32) return AllReduceWidened(*this, buf, count, type, op);

@@ -40,11 +40,8 @@ class NcclCommunicator final : public Communicator {
 
   ~NcclCommunicator() override {
     cudaSetDevice(device_);
-    if (broken_) {
-      ncclCommAbort(comm_);  // never wait for a collective that may never finish
-    } else {
-      ncclCommDestroy(comm_);
-    }
+    // A broken communicator was aborted (and freed) when it broke: never touch it again.
+    if (comm_ != nullptr) ncclCommDestroy(comm_);
     cudaFree(scratch_);
     cudaStreamDestroy(stream_);
   }
@@ -52,6 +49,7 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string_view backend() const override { return "nccl"; }
+  void Abort(std::string_view /*why*/, int /*exit_code*/) override { AbortComm(); }
   std::chrono::milliseconds timeout() const override { return timeout_; }
 
   Status AllReduce(void* buf, size_t count, DataType type, ReduceOp op) override {
@@ -94,17 +92,27 @@ class NcclCommunicator final : public Communicator {
   }
 
   Status Fail(Code code, const std::string& what) {
-    broken_ = true;
-    ncclCommAbort(comm_);
+    AbortComm();
     return Status(code, "rank " + std::to_string(rank_) + ": " + what);
+  }
+
+  // ncclCommAbort frees the communicator: do it once, never wait for in-flight work.
+  void AbortComm() {
+    broken_ = true;
+    if (comm_ != nullptr) {
+      cudaSetDevice(device_);
+      ncclCommAbort(comm_);
+      comm_ = nullptr;
+    }
   }
 
   // Waits for the operation just enqueued (or still being enqueued: non-blocking communicators
   // may return ncclInProgress) to finish on the stream, bounded by the timeout.
   Status Run(const char* what, ncclResult_t enqueued) {
     if (enqueued != ncclSuccess && enqueued != ncclInProgress) {
+      const std::string detail = ncclGetLastError(comm_);
       return Fail(Code::kUnavailable, std::string(what) + ": " + ncclGetErrorString(enqueued) +
-                                          " (" + ncclGetLastError(comm_) + ")");
+                                          " (" + detail + ")");
     }
     const Clock::time_point deadline = Clock::now() + timeout_;
     for (int polls = 0;; ++polls) {
@@ -165,7 +173,16 @@ Result<std::unique_ptr<Communicator>> CreateNcclCommunicator(Communicator& boots
     if (r != ncclSuccess) local = Status(Code::kUnavailable, std::string("ncclGetUniqueId: ") + ncclGetErrorString(r));
   }
   RETURN_IF_ERROR(bootstrap.Broadcast(&id, sizeof id, 0).WithContext("NCCL unique id broadcast"));
+  // Every rank learns whether all can go on, so none waits in ncclCommInitRank for a rank that
+  // already gave up (or for an id rank 0 could not create).
+  float failed = local.ok() ? 0.0f : 1.0f;
+  RETURN_IF_ERROR(bootstrap.AllReduce(&failed, 1, DataType::kFloat32, ReduceOp::kSum)
+                      .WithContext("NCCL bootstrap status"));
   RETURN_IF_ERROR(local);
+  if (failed > 0) {
+    return Status(Code::kUnavailable, std::to_string(static_cast<int>(failed)) +
+                                          " rank(s) could not start NCCL; see their errors");
+  }
 
   cudaError_t e = cudaSetDevice(device);
   if (e != cudaSuccess) return Status(Code::kUnavailable, "cudaSetDevice: " + CudaError(e));

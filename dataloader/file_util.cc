@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <utility>
@@ -179,10 +180,24 @@ Status WriteFileAtomically(const std::string& path, std::string_view data) {
 
 bool HasGlobMagic(std::string_view s) { return s.find_first_of("*?[") != std::string_view::npos; }
 
+namespace {
+// glob(3)'s error callback has no user pointer: the failing directory and errno of this thread's
+// current glob call go here.
+thread_local std::string t_glob_error_path;
+thread_local int t_glob_error_errno = 0;
+extern "C" int RecordGlobError(const char* path, int err) {
+  t_glob_error_path = path;
+  t_glob_error_errno = err;
+  return 1;  // stop (GLOB_ERR semantics)
+}
+}  // namespace
+
 Result<std::vector<std::string>> ExpandGlob(const std::string& pattern) {
   glob_t g;
   std::memset(&g, 0, sizeof(g));
-  int rc = ::glob(pattern.c_str(), GLOB_ERR, nullptr, &g);
+  t_glob_error_path.clear();
+  t_glob_error_errno = 0;
+  int rc = ::glob(pattern.c_str(), GLOB_ERR, RecordGlobError, &g);
   std::vector<std::string> out;
   if (rc == 0) {
     out.reserve(g.gl_pathc);
@@ -191,7 +206,13 @@ Result<std::vector<std::string>> ExpandGlob(const std::string& pattern) {
   ::globfree(&g);
   if (rc == GLOB_NOMATCH) return NotFound(pattern + ": no file matches this pattern");
   if (rc == GLOB_NOSPACE) return Internal(pattern + ": glob ran out of memory");
-  if (rc != 0) return IoError(pattern + ": glob failed (unreadable directory?)");
+  if (rc != 0) {
+    if (t_glob_error_errno == ENOENT || t_glob_error_errno == ENOTDIR) {
+      return NotFound(pattern + ": directory " + t_glob_error_path + " does not exist");
+    }
+    return IoError(pattern + ": cannot read directory " + t_glob_error_path + ": " +
+                   std::strerror(t_glob_error_errno));
+  }
   // glob sorts by the locale's collation; sort bytewise so the order is the same everywhere.
   std::sort(out.begin(), out.end());
   return out;

@@ -1,7 +1,14 @@
 #include "launch/bootstrap.h"
 
+#include <arpa/inet.h>
 #include <malloc.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <cstdlib>
 #include <filesystem>
@@ -44,6 +51,7 @@ class SoloCommunicator final : public Communicator {
     return comm_->Broadcast(buf, bytes, root);
   }
   Status Barrier() override { return comm_->Barrier(); }
+  void Abort(std::string_view, int) override {}  // no peers to release
 
  private:
   collectives::InProcessGroup group_;
@@ -73,6 +81,53 @@ std::string GlooStore(const World& w) {
     return "file://" + tmp + "/cohort-rendezvous-" + std::to_string(::getuid()) + "-" + w.job_id;
   }
   return "";
+}
+
+// The local address of the route to `host` (a UDP "connect" sends nothing; getsockname then tells
+// which interface the kernel would use). This is the address peers on other nodes can reach,
+// unlike the host name, which Debian maps to 127.0.1.1 in /etc/hosts. "" on failure.
+std::string RouteAddressTo(const std::string& host, int port) {
+  addrinfo hints = {};
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port > 0 ? port : 9).c_str(), &hints, &res) != 0) {
+    return "";
+  }
+  std::string out;
+  for (addrinfo* ai = res; ai != nullptr && out.empty(); ai = ai->ai_next) {
+    const int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    sockaddr_storage local = {};
+    socklen_t len = sizeof local;
+    char text[INET6_ADDRSTRLEN] = {};
+    if (::connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+        ::getnameinfo(reinterpret_cast<sockaddr*>(&local), len, text, sizeof text, nullptr, 0,
+                      NI_NUMERICHOST) == 0) {
+      out = text;
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(res);
+  return out;
+}
+
+// A job-private rendezvous directory in a shared /tmp must be ours: created 0700, never followed
+// through a symlink, refused when another user made it first (they could plant addresses).
+Status PrepareStoreDir(const std::string& dir) {
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return Status(Code::kUnavailable, "gloo rendezvous directory " + dir + ": " + std::strerror(errno));
+  }
+  struct stat st = {};
+  if (::lstat(dir.c_str(), &st) != 0) {
+    return Status(Code::kUnavailable, "gloo rendezvous directory " + dir + ": " + std::strerror(errno));
+  }
+  if (!S_ISDIR(st.st_mode) || st.st_uid != ::getuid()) {
+    return Status(Code::kUnavailable, "gloo rendezvous directory " + dir +
+                                          " exists but is not a directory owned by this user; "
+                                          "remove it or set COHORT_RENDEZVOUS");
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -148,14 +203,24 @@ Result<std::unique_ptr<Communicator>> Connect(const World& world, const Bootstra
     std::string restart = Env("SLURM_RESTART_COUNT");
     o.prefix = "cohort/" + (world.job_id.empty() ? std::string("job") : world.job_id) + "/" +
                (restart.empty() ? std::string("0") : restart);
-    // Loopback when every rank is on this node; otherwise the host's name, resolved by Gloo.
-    o.hostname = OneNode(world) || world.master_addr == "127.0.0.1" ? "127.0.0.1" : std::string();
+    // The address this rank's transport binds and advertises: COHORT_GLOO_HOSTNAME if set;
+    // loopback when every rank is on this node; else the local end of the route to MASTER_ADDR
+    // (reachable from the other nodes); else the host name, resolved by Gloo.
+    o.hostname = Env("COHORT_GLOO_HOSTNAME");
+    if (o.hostname.empty() && (OneNode(world) || world.master_addr == "127.0.0.1")) {
+      o.hostname = "127.0.0.1";
+    }
+    if (o.hostname.empty() && !world.master_addr.empty()) {
+      o.hostname = RouteAddressTo(world.master_addr, world.master_port);
+    }
+    const bool private_dir = Env("COHORT_RENDEZVOUS").empty() && o.store.rfind("file://", 0) == 0;
+    if (private_dir) RETURN_IF_ERROR(PrepareStoreDir(o.store.substr(7)));
     o.timeout = options.timeout;
     COHORT_LOG_DEBUG("gloo rendezvous through {} (prefix {})", o.store, o.prefix);
     ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, collectives::CreateGlooCommunicator(o));
     // A file store this function made up (not the user's COHORT_RENDEZVOUS) is private to this
     // job: once every rank is connected (and has removed its keys), rank 0 removes the directory.
-    if (Env("COHORT_RENDEZVOUS").empty() && o.store.rfind("file://", 0) == 0) {
+    if (private_dir) {
       RETURN_IF_ERROR(comm->Barrier().WithContext("gloo rendezvous cleanup"));
       if (world.rank == 0) {
         std::error_code ec;

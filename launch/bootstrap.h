@@ -11,7 +11,9 @@
 //   COHORT_RENDEZVOUS=file:///shared/dir or tcp://host:port (explicit),
 //   MASTER_ADDR + MASTER_PORT (torchrun style; rank 0 serves a TCP store there),
 //   all ranks on one node (Slurm says so, or a torchrun-style local world): a file store under
-//   $TMPDIR (or /tmp) keyed by the job id.
+//   $TMPDIR (or /tmp) keyed by the job id, created 0700 and refused if another user owns it.
+// Gloo's transport binds COHORT_GLOO_HOSTNAME if set, 127.0.0.1 on one node, else the local
+// address of the route to MASTER_ADDR (not the host name: Debian maps it to 127.0.1.1).
 // The store prefix carries the job id and Slurm's restart count, so a requeued job never reads
 // a previous attempt's keys.
 #pragma once

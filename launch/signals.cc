@@ -28,6 +28,9 @@ extern "C" void OnStopSignal(int sig) {
 void InstallStopHandlers() {
   struct sigaction sa = {};
   sa.sa_handler = OnStopSignal;
+  // Restart interrupted system calls: the signal may land on any thread (a transport's network
+  // thread included), and a stop request must not turn into an I/O error there.
+  sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   for (int sig : {SIGINT, SIGTERM, SIGUSR1}) sigaction(sig, &sa, nullptr);
 }

@@ -68,7 +68,20 @@ Result<World> DiscoverWorld(const Getenv& getenv) {
   World w;
   const char* rank_var = nullptr;
   const char* size_var = nullptr;
-  if (Has(getenv, "OMPI_COMM_WORLD_RANK") || Has(getenv, "OMPI_COMM_WORLD_SIZE")) {
+  // The innermost launcher wins: torchrun-style variables are set for each process by the
+  // launcher that started it (torchrun, Cohort's agents), which may itself run inside an
+  // mpirun or Slurm job whose variables it inherited.
+  if (Has(getenv, "RANK") || Has(getenv, "WORLD_SIZE")) {
+    if (!Has(getenv, "RANK") || !Has(getenv, "WORLD_SIZE")) {
+      return InvalidArgument("torchrun-style launch needs both RANK and WORLD_SIZE (only " +
+                             std::string(Has(getenv, "RANK") ? "RANK" : "WORLD_SIZE") + " is set)");
+    }
+    w.launcher = "torchrun";
+    rank_var = "RANK";
+    size_var = "WORLD_SIZE";
+    ASSIGN_OR_RETURN(w.local_rank, IntVar(getenv, "LOCAL_RANK", 0, 0, kMaxRanks));
+    ASSIGN_OR_RETURN(w.local_size, IntVar(getenv, "LOCAL_WORLD_SIZE", 1, 1, kMaxRanks));
+  } else if (Has(getenv, "OMPI_COMM_WORLD_RANK") || Has(getenv, "OMPI_COMM_WORLD_SIZE")) {
     w.launcher = "mpirun";
     w.mpi = true;
     rank_var = "OMPI_COMM_WORLD_RANK";
@@ -86,22 +99,17 @@ Result<World> DiscoverWorld(const Getenv& getenv) {
                              "SLURM_STEP_NUM_TASKS, SLURM_NTASKS)");
     }
     ASSIGN_OR_RETURN(w.local_rank, IntVar(getenv, "SLURM_LOCALID", 0, 0, kMaxRanks));
-  } else if (Has(getenv, "SLURM_PROCID") &&
-             FirstPresent(getenv, {"SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"}) != nullptr) {
+  } else if (Has(getenv, "SLURM_PROCID") && Has(getenv, "SLURM_STEP_NUM_TASKS")) {
+    // Only srun sets SLURM_STEP_NUM_TASKS; an sbatch script itself (the batch step) has
+    // SLURM_PROCID=0 and SLURM_NTASKS=N but is one process.
     w.launcher = "srun";
     rank_var = "SLURM_PROCID";
-    size_var = FirstPresent(getenv, {"SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"});
+    size_var = "SLURM_STEP_NUM_TASKS";
     ASSIGN_OR_RETURN(w.local_rank, IntVar(getenv, "SLURM_LOCALID", 0, 0, kMaxRanks));
-  } else if (Has(getenv, "RANK") || Has(getenv, "WORLD_SIZE")) {
-    if (!Has(getenv, "RANK") || !Has(getenv, "WORLD_SIZE")) {
-      return InvalidArgument("torchrun-style launch needs both RANK and WORLD_SIZE (only " +
-                             std::string(Has(getenv, "RANK") ? "RANK" : "WORLD_SIZE") + " is set)");
-    }
-    w.launcher = "torchrun";
-    rank_var = "RANK";
-    size_var = "WORLD_SIZE";
-    ASSIGN_OR_RETURN(w.local_rank, IntVar(getenv, "LOCAL_RANK", 0, 0, kMaxRanks));
-    ASSIGN_OR_RETURN(w.local_size, IntVar(getenv, "LOCAL_WORLD_SIZE", 1, 1, kMaxRanks));
+  } else if (Has(getenv, "SLURM_NTASKS") && std::string_view(getenv("SLURM_NTASKS")) != "1") {
+    w.note = "SLURM_NTASKS=" + Str(getenv, "SLURM_NTASKS") +
+             " but this process was not started by srun (it is the batch script itself): training "
+             "as a single process; start the ranks with `srun --mpi=pmix cohort train ...`";
   }
   if (rank_var != nullptr) {
     ASSIGN_OR_RETURN(w.size, IntVar(getenv, size_var, 1, 1, kMaxRanks));
@@ -112,7 +120,7 @@ Result<World> DiscoverWorld(const Getenv& getenv) {
                              std::to_string(w.size));
     }
   }
-  if (Has(getenv, "SLURM_JOB_ID") && w.launcher != "mpirun") {
+  if (Has(getenv, "SLURM_JOB_ID") && w.launcher == "srun") {
     w.job_id = Str(getenv, "SLURM_JOB_ID");
     if (Has(getenv, "SLURM_STEP_ID")) w.job_id += "." + Str(getenv, "SLURM_STEP_ID");
     const int per_node = UniformTasksPerNode(Str(getenv, "SLURM_STEP_TASKS_PER_NODE"));

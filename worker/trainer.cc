@@ -146,7 +146,9 @@ Status CheckSameJob(const config::JobSpec& spec, size_t num_params, const Ranks&
 
 }  // namespace
 
-Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& options) {
+namespace {
+
+Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOptions& options) {
   // Reserved section: refuse rather than silently train without what the user asked for.
   if (spec.checkpoint.interval > 0) {
     return InvalidArgument("checkpoint.interval: checkpointing is not implemented in this version; "
@@ -213,8 +215,14 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
     RETURN_IF_ERROR(CheckSameJob(spec, n, ranks));
     // Identical by construction (same seed), but rank 0's copy is authoritative: this also covers
     // nodes whose kernels round differently (another -march) and, later, loaded weights.
-    RETURN_IF_ERROR(ranks.comm->Broadcast(gpt->params(), n * sizeof(float), 0)
-                        .WithContext("initial parameter broadcast"));
+    // In 256 MiB pieces: transports count bytes in int (MPI) and big models exceed 2 GiB.
+    constexpr size_t kPiece = size_t{256} << 20;
+    const size_t bytes = n * sizeof(float);
+    auto* base = reinterpret_cast<uint8_t*>(gpt->params());
+    for (size_t off = 0; off < bytes; off += kPiece) {
+      RETURN_IF_ERROR(ranks.comm->Broadcast(base + off, std::min(kPiece, bytes - off), 0)
+                          .WithContext("initial parameter broadcast"));
+    }
     collectives::ReducerOptions ro;
     ro.mode = zero1 ? collectives::ReducerOptions::Mode::kReduceScatter
                     : collectives::ReducerOptions::Mode::kAllReduce;
@@ -465,6 +473,18 @@ Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& opti
                                                std::max(0.0, 100.0 * (1.0 - exposed_total / comm_total)))
                                  : std::string());
   return summary;
+}
+
+}  // namespace
+
+Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& options) {
+  Result<TrainSummary> result = TrainOnThisRank(spec, options);
+  if (!result.ok() && options.comm != nullptr && options.comm->size() > 1) {
+    // The peers may be waiting in a collective this rank will never join (a data file missing on
+    // this node, a bad token id in its shard...): release them now, not at their deadline.
+    options.comm->Abort(result.status().ToString());
+  }
+  return result;
 }
 
 }  // namespace cohort::worker

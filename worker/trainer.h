@@ -6,7 +6,10 @@
 // rank's flag is combined in the per-step reduction and all ranks stop together after the same
 // step, so no rank is left waiting in a collective. Expected failures (unreadable data,
 // tokenizer or vocabulary mismatch, a non-finite loss, a failed or timed-out peer) come back as
-// a Status naming the file, field or peer; nothing here calls exit().
+// a Status naming the file, field or peer; nothing here calls exit(). With several ranks, a
+// failure on this rank also aborts the communicator (Communicator::Abort) so the peers fail
+// promptly instead of waiting for the collective deadline; under MPI that ends the whole job
+// (mpirun exits non-zero) after printing the error with this rank's number.
 //
 // Data parallelism: rank r of N reads rows [r*B, (r+1)*B) of the global batch of N*B rows of
 // every micro-step and validation batch, and gradients are averaged, so N ranks with batch B

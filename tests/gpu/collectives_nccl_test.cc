@@ -56,6 +56,7 @@ class DeviceStaged final : public Communicator {
     return Copy(buf, d, bytes);
   }
   Status Barrier() override { return inner_->Barrier(); }
+  void Abort(std::string_view why, int code) override { inner_->Abort(why, code); }
 
   ~DeviceStaged() override {
     for (auto& b : bufs_) cudaFree(b.ptr);

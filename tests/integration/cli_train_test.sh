@@ -79,8 +79,11 @@ expect_exit 2 "rank outside the world" -- env OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_W
 expect_output "OMPI_COMM_WORLD_RANK=2 is not below the world size OMPI_COMM_WORLD_SIZE=2" "names the variables"
 expect_exit 2 "RANK without WORLD_SIZE" -- env RANK=1 "$COHORT_BIN" train job.yaml
 expect_output "needs both RANK and WORLD_SIZE" "names the missing variable"
-expect_exit 2 "non-numeric world size" -- env SLURM_PROCID=0 SLURM_NTASKS=two "$COHORT_BIN" train job.yaml
-expect_output "SLURM_NTASKS='two' is not an integer" "names the malformed variable"
+expect_exit 2 "non-numeric world size" -- env SLURM_PROCID=0 SLURM_STEP_NUM_TASKS=two "$COHORT_BIN" train job.yaml
+expect_output "SLURM_STEP_NUM_TASKS='two' is not an integer" "names the malformed variable"
+# An sbatch script that runs cohort without srun is one process, and is told so.
+expect_exit 0 "batch script without srun" -- env SLURM_JOB_ID=3 SLURM_PROCID=0 SLURM_NTASKS=4 "$COHORT_BIN" train job.yaml --set train.steps=2 --set schedule.warmup_steps=0
+expect_output "SLURM_NTASKS=4 but this process was not started by srun" "warns that srun is missing"
 expect_exit 2 "mpi backend without an MPI launcher" -- env RANK=0 WORLD_SIZE=2 "$COHORT_BIN" train job.yaml --set parallel.backend=mpi
 expect_output "backend: mpi needs an MPI-aware launcher" "says which launcher MPI needs"
 finish

@@ -73,6 +73,25 @@ else
 fi
 /usr/bin/python3 -c "import sys; sys.exit(0 if $elapsed < 10 else 1)" && pass "within the 10 s timeout" || fail "took ${elapsed}s"
 
+# Rank 1 fails by itself (missing data): rank 0 is released at once, not at the deadline.
+port=$(free_port)
+RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$COHORT_BIN" train job.yaml --no-progress \
+  --set data.batch_size=4 > rank0.log 2>&1 &
+p0=$!
+start=$(date +%s)
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "$COHORT_BIN" train job.yaml --no-progress \
+  --set data.batch_size=4 --set "data.train=$WORK/nowhere/*.bin" > rank1.log 2>&1 &
+p1=$!
+c0=0; wait "$p0" || c0=$?
+c1=0; wait "$p1" || c1=$?
+elapsed=$(( $(date +%s) - start ))
+if [ "$c1" = 2 ] && grep -q "nowhere" rank1.log; then pass "rank 1 reports its missing data (exit 2)"; else fail "rank 1: exit $c1"; tail -3 rank1.log >&2; fi
+if [ "$c0" = 1 ] && grep -q "UNAVAILABLE" rank0.log && [ "$elapsed" -lt 8 ]; then
+  pass "rank 0 released in ${elapsed}s (deadline 10 s): $(grep -oE 'UNAVAILABLE: .{0,90}' rank0.log | head -1)"
+else
+  fail "rank 0: exit $c0 after ${elapsed}s"; tail -3 rank0.log >&2
+fi
+
 # SIGSTOP of rank 1: rank 0 gives up at the 10 s collective deadline.
 start_ranks 2 "$(free_port)" --set data.batch_size=4 --set train.steps=100000 --set train.log_interval=1
 for _ in $(seq 1 150); do grep -q "step .*3/100000 | loss" rank0.log && break; sleep 0.2; done

@@ -90,6 +90,16 @@ stops=$( (grep -o "\[r[01]\] stopped by signal after [0-9]* of" usr1.log || true
 n_stop=$(grep -c "stopped by signal after" usr1.log || true)
 if [ "$n_stop" = 2 ] && [ "$stops" = 1 ]; then pass "both ranks stopped after the same step"; else fail "ranks stopped apart:"; grep "stopped" usr1.log >&2; fi
 
+# A rank that fails by itself (its data is missing): the job ends at once, not at the 20 s
+# collective deadline, with that rank's error (MPMD launch: rank 1 gets another data path).
+start=$(date +%s)
+expect_exit 1 "rank 1 fails alone" -- "$MPIRUN" --oversubscribe -np 1 "$COHORT_BIN" train job.yaml --no-progress \
+  --set data.batch_size=4 : -np 1 "$COHORT_BIN" train job.yaml --no-progress --set data.batch_size=4 \
+  --set "data.train=$WORK/nowhere/*.bin"
+elapsed=$(( $(date +%s) - start ))
+expect_output "\[r1\] error: .*nowhere.*aborting the MPI job" "the failing rank's error names the missing data"
+[ "$elapsed" -lt 15 ] && pass "the job ended in ${elapsed}s (deadline 20 s)" || fail "the job took ${elapsed}s to end"
+
 # SIGKILL of rank 1 mid-run: the job fails within the timeout and the failure names the rank.
 "$MPIRUN" --oversubscribe -np 3 "$COHORT_BIN" train job.yaml --no-progress --set data.batch_size=4 --set train.steps=100000 \
   --set train.log_interval=1 > kill.log 2>&1 &

@@ -26,8 +26,8 @@ TEST(WorldTest, NoLauncherIsASingleProcess) {
 TEST(WorldTest, OpenMpiMpirun) {
   auto w = DiscoverWorld(Env{{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "4"},
                              {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}, {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"},
-                             // torchrun-style variables a user left in the environment lose
-                             {"RANK", "0"}, {"WORLD_SIZE", "1"}});
+                             // an enclosing Slurm allocation's variables lose
+                             {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}, {"SLURM_JOB_ID", "5"}});
   ASSERT_TRUE(w.ok()) << w.status().ToString();
   EXPECT_EQ(w->rank, 3);
   EXPECT_EQ(w->size, 4);
@@ -57,7 +57,8 @@ TEST(WorldTest, SrunWithPmix) {
 
 TEST(WorldTest, SrunWithoutPmixUsesSlurmVariablesAndIsNotMpi) {
   auto w = DiscoverWorld(Env{{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "3"}, {"SLURM_LOCALID", "1"},
-                             {"SLURM_JOB_ID", "9"}, {"SLURM_NNODES", "1"},
+                             {"SLURM_STEP_NUM_TASKS", "3"}, {"SLURM_JOB_ID", "9"},
+                             {"SLURM_STEP_ID", "0"}, {"SLURM_NNODES", "1"},
                              {"SLURM_STEP_TASKS_PER_NODE", "3"}});
   ASSERT_TRUE(w.ok()) << w.status().ToString();
   EXPECT_EQ(w->rank, 1);
@@ -68,6 +69,32 @@ TEST(WorldTest, SrunWithoutPmixUsesSlurmVariablesAndIsNotMpi) {
   auto b = ResolveBackend("auto", *w);
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(*b, "gloo");
+}
+
+// What an sbatch script itself sees (measured on the project's Slurm): no SLURM_STEP_NUM_TASKS.
+// It is one process, not rank 0 of N waiting for peers that never come; the note says why.
+TEST(WorldTest, BatchScriptWithoutSrunIsOneProcessWithAWarning) {
+  auto w = DiscoverWorld(Env{{"SLURM_JOB_ID", "2"}, {"SLURM_LOCALID", "0"}, {"SLURM_NNODES", "1"},
+                             {"SLURM_NTASKS", "2"}, {"SLURM_PROCID", "0"}});
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  EXPECT_EQ(w->size, 1);
+  EXPECT_EQ(w->launcher, "single");
+  EXPECT_THAT(w->note, HasSubstr("not started by srun"));
+}
+
+// torchrun (or Cohort's agents) inside a Slurm or mpirun job: the innermost launcher wins.
+TEST(WorldTest, TorchrunInsideSlurmUsesTorchrunVariables) {
+  auto w = DiscoverWorld(Env{{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "3"},
+                             {"LOCAL_WORLD_SIZE", "4"}, {"MASTER_ADDR", "127.0.0.1"},
+                             {"MASTER_PORT", "29400"}, {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"},
+                             {"SLURM_STEP_NUM_TASKS", "1"}, {"PMIX_RANK", "0"}, {"SLURM_JOB_ID", "7"},
+                             {"SLURM_STEP_TASKS_PER_NODE", "1"}});
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  EXPECT_EQ(w->launcher, "torchrun");
+  EXPECT_EQ(w->rank, 3);
+  EXPECT_EQ(w->size, 4);
+  EXPECT_EQ(w->local_size, 4);
+  EXPECT_FALSE(w->mpi);
 }
 
 TEST(WorldTest, TorchrunStyle) {
@@ -99,6 +126,7 @@ TEST(WorldTest, MalformedValuesNameTheVariable) {
       {{{"RANK", "-1"}, {"WORLD_SIZE", "2"}}, "RANK=-1 is outside [0, "},
       {{{"WORLD_SIZE", "2"}}, "needs both RANK and WORLD_SIZE"},
       {{{"PMIX_RANK", "0"}}, "PMIX_RANK is set but the world size is not"},
+      {{{"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "two"}}, "SLURM_STEP_NUM_TASKS='two' is not an integer"},
       {{{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "70000"}}, "MASTER_PORT=70000 is outside"},
       {{{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "12ab"}}, "MASTER_PORT='12ab'"},
   };

@@ -349,6 +349,24 @@ TEST_F(TrainerTest, RankWithADifferentSpecFailsEveryRank) {
   }
 }
 
+// A rank that fails on its own (here: its data is missing) aborts the group, so the others do not
+// wait for the 60 s collective deadline.
+TEST_F(TrainerTest, RankThatFailsAloneReleasesThePeersPromptly) {
+  const auto start = std::chrono::steady_clock::now();
+  auto ranks = TrainRanks(3, Spec({"train.steps=5", "train.threads=1"}), std::chrono::seconds(60),
+                          [this](int r, config::JobSpec& s, TrainOptions&, auto&) {
+                            if (r == 2) s.data.train = dir_ + "/nowhere-*.bin";
+                          });
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
+  EXPECT_THAT(ranks[2].summary.status().message(), HasSubstr("nowhere"));
+  for (int r = 0; r < 2; ++r) {
+    const auto& res = ranks[static_cast<size_t>(r)].summary;
+    ASSERT_FALSE(res.ok());
+    EXPECT_EQ(res.status().code(), Code::kUnavailable) << res.status().ToString();
+    EXPECT_THAT(res.status().message(), HasSubstr("rank 2 failed"));
+  }
+}
+
 TEST_F(TrainerTest, DeadPeerFailsTheOthersPromptly) {
   const auto start = std::chrono::steady_clock::now();
   auto ranks = TrainRanks(3, Spec({"train.steps=200", "train.threads=1"}), std::chrono::seconds(60),
