@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <malloc.h>
+#include <sched.h>
 #include <netdb.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -13,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "collectives/in_process.h"
 #include "collectives/mpi.h"
@@ -132,6 +134,33 @@ Status PrepareStoreDir(const std::string& dir) {
 
 }  // namespace
 
+std::string BindToLocalShare(const World& world) {
+  if (Env("COHORT_BIND") == "0" || world.local_size <= 1) return "";
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (::sched_getaffinity(0, sizeof allowed, &allowed) != 0) return "";
+  const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
+  const int cores = CPU_COUNT(&allowed);
+  // Already restricted (mpirun --bind-to core, srun --cpu-bind, taskset, a cgroup cpuset):
+  // the launcher or the user decided; leave it.
+  if (online <= 0 || cores < online || cores < world.local_size) return "";
+  std::vector<int> ids;
+  for (int c = 0; c < CPU_SETSIZE && static_cast<int>(ids.size()) < cores; ++c) {
+    if (CPU_ISSET(c, &allowed)) ids.push_back(c);
+  }
+  const int share = cores / world.local_size;
+  const int first = world.local_rank * share;
+  const int last = world.local_rank == world.local_size - 1 ? cores : first + share;
+  cpu_set_t mine;
+  CPU_ZERO(&mine);
+  for (int i = first; i < last; ++i) CPU_SET(ids[static_cast<size_t>(i)], &mine);
+  if (::sched_setaffinity(0, sizeof mine, &mine) != 0) return "";
+  return "bound to core(s) " + std::to_string(ids[static_cast<size_t>(first)]) +
+         (last - first > 1 ? "-" + std::to_string(ids[static_cast<size_t>(last - 1)]) : std::string()) +
+         " (" + std::to_string(world.local_size) + " ranks share this node's " +
+         std::to_string(cores) + " cores; COHORT_BIND=0 to disable)";
+}
+
 void TuneAllocatorForCollectives() {
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
@@ -175,6 +204,8 @@ Result<std::unique_ptr<Communicator>> Connect(const World& world, const Bootstra
   }
   ASSIGN_OR_RETURN(std::string backend, ResolveBackend(options.backend, world));
   TuneAllocatorForCollectives();
+  const std::string bound = BindToLocalShare(world);
+  if (!bound.empty()) COHORT_LOG_INFO("{}", bound);
   if (backend == "mpi") {
     ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm,
                      collectives::CreateMpiCommunicator(options.timeout));

@@ -62,6 +62,15 @@ fi
 # SIGKILL of rank 1 mid-run: rank 0 must exit by itself with a clear error.
 start_ranks 2 "$(free_port)" --set data.batch_size=4 --set train.steps=100000 --set train.log_interval=1
 for _ in $(seq 1 150); do grep -q "step .*3/100000 | loss" rank0.log && break; sleep 0.2; done
+# Unbound ranks pin themselves to their share of the cores (launch/bootstrap.h BindToLocalShare).
+cores=$(nproc)
+if [ "$cores" -ge 2 ]; then
+  share=$((cores / 2))
+  want0="0"; [ "$share" -gt 1 ] && want0="0-$((share - 1))"
+  got0=$(awk '/Cpus_allowed_list/ {print $2}' /proc/${PIDS[0]}/status)
+  [ "$got0" = "$want0" ] && pass "rank 0 bound to cores $got0 of $cores" || fail "rank 0 allowed cores '$got0', want '$want0'"
+  grep -q "bound to core" rank0.log && pass "binding is logged" || fail "binding not logged"
+fi
 start=$(date +%s.%N)
 kill -KILL "${PIDS[1]}"
 wait_all
