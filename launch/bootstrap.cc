@@ -67,7 +67,7 @@ std::string Env(const char* name) {
 
 // Whether every rank runs on this node, as far as the launcher tells.
 bool OneNode(const World& w) {
-  return w.launcher == "srun" ? w.nodes == 1 : w.local_size == w.size;
+  return w.launcher == "srun" ? w.nodes == 1 : w.local_size_known && w.local_size == w.size;
 }
 
 // The rendezvous store for Gloo (see the header); "" when none can be derived.
@@ -135,7 +135,8 @@ Status PrepareStoreDir(const std::string& dir) {
 }  // namespace
 
 std::string BindToLocalShare(const World& world) {
-  if (Env("COHORT_BIND") == "0" || world.local_size <= 1) return "";
+  // Only with a node-local count every rank agrees on (else shares could overlap).
+  if (Env("COHORT_BIND") == "0" || !world.local_size_known || world.local_size <= 1) return "";
   cpu_set_t allowed;
   CPU_ZERO(&allowed);
   if (::sched_getaffinity(0, sizeof allowed, &allowed) != 0) return "";

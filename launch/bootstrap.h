@@ -55,7 +55,7 @@ void TuneAllocatorForCollectives();
 // migrate across each other's cores: on 2 cores with 2 ranks that made a step 9% slower and the
 // gradient all-reduce 7x slower (waiting for the other rank). Returns a description of what it
 // did ("" when it left the affinity alone: already bound, one rank per node, more ranks than
-// cores, or COHORT_BIND=0). Connect() calls it for multi-rank worlds.
+// cores, a launcher that does not say how many ranks share the node, or COHORT_BIND=0). Connect() calls it for multi-rank worlds.
 std::string BindToLocalShare(const World& world);
 
 // Whether this binary was built with the backend ("mpi", "gloo", "nccl").

@@ -81,6 +81,7 @@ Result<World> DiscoverWorld(const Getenv& getenv) {
     size_var = "WORLD_SIZE";
     ASSIGN_OR_RETURN(w.local_rank, IntVar(getenv, "LOCAL_RANK", 0, 0, kMaxRanks));
     ASSIGN_OR_RETURN(w.local_size, IntVar(getenv, "LOCAL_WORLD_SIZE", 1, 1, kMaxRanks));
+    w.local_size_known = Has(getenv, "LOCAL_WORLD_SIZE");
   } else if (Has(getenv, "OMPI_COMM_WORLD_RANK") || Has(getenv, "OMPI_COMM_WORLD_SIZE")) {
     w.launcher = "mpirun";
     w.mpi = true;
@@ -88,6 +89,7 @@ Result<World> DiscoverWorld(const Getenv& getenv) {
     size_var = "OMPI_COMM_WORLD_SIZE";
     ASSIGN_OR_RETURN(w.local_rank, IntVar(getenv, "OMPI_COMM_WORLD_LOCAL_RANK", 0, 0, kMaxRanks));
     ASSIGN_OR_RETURN(w.local_size, IntVar(getenv, "OMPI_COMM_WORLD_LOCAL_SIZE", 1, 1, kMaxRanks));
+    w.local_size_known = Has(getenv, "OMPI_COMM_WORLD_LOCAL_SIZE");
     w.job_id = Str(getenv, "OMPI_MCA_ess_base_jobid");
   } else if (Has(getenv, "PMIX_RANK")) {
     w.launcher = Has(getenv, "SLURM_JOB_ID") ? "srun" : "pmix";
@@ -124,13 +126,19 @@ Result<World> DiscoverWorld(const Getenv& getenv) {
     w.job_id = Str(getenv, "SLURM_JOB_ID");
     if (Has(getenv, "SLURM_STEP_ID")) w.job_id += "." + Str(getenv, "SLURM_STEP_ID");
     const int per_node = UniformTasksPerNode(Str(getenv, "SLURM_STEP_TASKS_PER_NODE"));
-    if (per_node > 0) w.local_size = per_node;
+    if (per_node > 0) {
+      w.local_size = per_node;
+      w.local_size_known = true;
+    }
     ASSIGN_OR_RETURN(w.nodes, IntVar(getenv, Has(getenv, "SLURM_STEP_NUM_NODES")
                                                  ? "SLURM_STEP_NUM_NODES"
                                                  : "SLURM_NNODES",
                                      1, 1, kMaxRanks));
   }
-  if (w.local_rank >= w.local_size) w.local_size = w.local_rank + 1;  // launcher did not say
+  if (w.local_rank >= w.local_size) {  // inconsistent or unknown: a lower bound, not to be relied on
+    w.local_size = w.local_rank + 1;
+    w.local_size_known = false;
+  }
   w.master_addr = Str(getenv, "MASTER_ADDR");
   ASSIGN_OR_RETURN(w.master_port, IntVar(getenv, "MASTER_PORT", 0, 1, 65535));
   return w;

@@ -32,7 +32,8 @@ struct World {
   int rank = 0;
   int size = 1;
   int local_rank = 0;  // index among the ranks on this node
-  int local_size = 1;  // ranks on this node (1 when the launcher does not say)
+  int local_size = 1;  // ranks on this node (a guess when !local_size_known)
+  bool local_size_known = false;  // the launcher said how many ranks share this node
   std::string launcher = "single";  // "mpirun", "srun", "pmix", "torchrun" or "single"
   bool mpi = false;    // MPI_Init will find the peers (mpirun, or srun/prun with PMIx)
   std::string master_addr;  // MASTER_ADDR, "" when unset

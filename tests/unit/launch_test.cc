@@ -50,6 +50,7 @@ TEST(WorldTest, SrunWithPmix) {
   EXPECT_EQ(w->local_rank, 0);
   EXPECT_EQ(w->local_size, 2);
   EXPECT_EQ(w->nodes, 2);
+  EXPECT_TRUE(w->local_size_known);
   EXPECT_EQ(w->launcher, "srun");
   EXPECT_TRUE(w->mpi);
   EXPECT_EQ(w->job_id, "77.0");
@@ -106,10 +107,21 @@ TEST(WorldTest, TorchrunStyle) {
   EXPECT_EQ(w->size, 8);
   EXPECT_EQ(w->local_rank, 1);
   EXPECT_EQ(w->local_size, 4);
+  EXPECT_TRUE(w->local_size_known);
   EXPECT_EQ(w->master_addr, "10.0.0.1");
   EXPECT_EQ(w->master_port, 29500);
   EXPECT_EQ(w->launcher, "torchrun");
   EXPECT_FALSE(w->mpi);
+}
+
+// Non-uniform tasks per node: the local count is unknown, so nothing may rely on it (binding).
+TEST(WorldTest, UnknownLocalSizeIsMarked) {
+  auto w = DiscoverWorld(Env{{"SLURM_PROCID", "2"}, {"SLURM_STEP_NUM_TASKS", "3"}, {"SLURM_LOCALID", "0"},
+                             {"SLURM_JOB_ID", "4"}, {"SLURM_STEP_NUM_NODES", "2"},
+                             {"SLURM_STEP_TASKS_PER_NODE", "2,1"}});
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  EXPECT_FALSE(w->local_size_known);
+  EXPECT_EQ(BindToLocalShare(*w), "");
 }
 
 TEST(WorldTest, MalformedValuesNameTheVariable) {
