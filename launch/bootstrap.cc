@@ -199,14 +199,31 @@ Result<std::string> ResolveBackend(const std::string& requested, const World& wo
   return requested;
 }
 
+namespace {
+Result<std::unique_ptr<Communicator>> ConnectBackend(const World& world,
+                                                     const BootstrapOptions& options);
+}  // namespace
+
 Result<std::unique_ptr<Communicator>> Connect(const World& world, const BootstrapOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, ConnectBackend(world, options));
+  // After the transport is up, so its own threads (Gloo's network thread) keep the whole node and
+  // can run beside the compute; the binding covers this thread and those it starts later (the
+  // OpenMP team, the gradient reducer's thread).
+  if (world.size > 1) {
+    const std::string bound = BindToLocalShare(world);
+    if (!bound.empty()) COHORT_LOG_INFO("{}", bound);
+  }
+  return comm;
+}
+
+namespace {
+Result<std::unique_ptr<Communicator>> ConnectBackend(const World& world,
+                                                     const BootstrapOptions& options) {
   if (world.size == 1) {
     return std::unique_ptr<Communicator>(std::make_unique<SoloCommunicator>(options.timeout));
   }
   ASSIGN_OR_RETURN(std::string backend, ResolveBackend(options.backend, world));
   TuneAllocatorForCollectives();
-  const std::string bound = BindToLocalShare(world);
-  if (!bound.empty()) COHORT_LOG_INFO("{}", bound);
   if (backend == "mpi") {
     ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm,
                      collectives::CreateMpiCommunicator(options.timeout));
@@ -266,5 +283,7 @@ Result<std::unique_ptr<Communicator>> Connect(const World& world, const Bootstra
   }
   return InvalidArgument("parallel.backend: " + backend + " is not available in this build");
 }
+
+}  // namespace
 
 }  // namespace cohort::launch

@@ -24,7 +24,22 @@ schedule: {warmup_steps: 3}
 train: {steps: 16, grad_accum: 2, eval_interval: 8, eval_batches: 2, log_interval: 4, threads: 1}
 parallel: {timeout_s: 10}
 YAML
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A port for rank 0's rendezvous store, below the ephemeral range (32768+): a port the kernel
+# handed out as "free" could be given to any other process's outgoing connection before rank 0
+# binds it (seen once under a parallel ctest run).
+free_port() {
+  /usr/bin/python3 -c '
+import random, socket
+for _ in range(200):
+    p = random.randint(30000, 32700)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()'
+}
 
 # start_ranks N PORT ARGS...: starts N ranks in the background; PIDS holds them in rank order.
 start_ranks() {
