@@ -91,6 +91,11 @@ GradientReducer::~GradientReducer() {
   thread_.join();
 }
 
+size_t GradientReducer::buckets_done() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_;
+}
+
 void GradientReducer::Begin() {
   COHORT_CHECK(!open_) << "GradientReducer::Begin while a window is open";
   std::lock_guard<std::mutex> lock(mu_);

@@ -94,6 +94,9 @@ class GradientReducer {
   size_t owned_elements() const { return owned_elements_; }
 
   const ReducerStats& last_stats() const { return stats_; }
+  // Buckets of the open window already reduced by the communication thread (thread-safe; for
+  // tests and diagnostics: progress made while backward still runs).
+  size_t buckets_done() const;
   size_t num_buckets() const { return buckets_.size(); }
   ElementRange bucket(size_t i) const { return {buckets_[i].offset, buckets_[i].size}; }
 
@@ -120,7 +123,7 @@ class GradientReducer {
   std::vector<float> chunk_;    // one chunk (reduce-scatter output / all-gather input), reused
 
   // Shared with the communication thread.
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<size_t> queue_;  // bucket indices ready to reduce
   size_t done_ = 0;           // buckets finished in this window

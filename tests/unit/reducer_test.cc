@@ -168,6 +168,31 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_tuple(3, size_t{12345}, size_t{1 << 20}),  // one bucket
                       std::make_tuple(4, size_t{4099}, size_t{512})));
 
+// The point of the reducer: a bucket handed over mid-backward is reduced while the caller goes on
+// (here the caller just waits, without calling Finish), not when backward ends.
+TEST(ReducerTest, BucketsAreReducedBeforeFinish) {
+  InProcessGroup group(2, std::chrono::seconds(30));
+  std::atomic<int> early{0};
+  RunRanks(group, [&](int rank, Communicator& comm) {
+    std::vector<float> g(1000, static_cast<float>(rank));
+    ReducerOptions o;
+    o.bucket_bytes = 250 * sizeof(float);
+    auto red = GradientReducer::Create(&comm, g.data(), g.size(), o);
+    ASSERT_TRUE(red.ok());
+    (*red)->Begin();
+    (*red)->MarkFinalFrom(500);  // "backward" has finished the top half: buckets 0 and 1
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while ((*red)->buckets_done() < 2 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if ((*red)->buckets_done() == 2) ++early;  // reduced while "backward" was still running
+    ASSERT_TRUE((*red)->Finish().ok());
+    EXPECT_EQ(g[0], 0.5f);
+    EXPECT_EQ(g[999], 0.5f);
+  });
+  EXPECT_EQ(early.load(), 2);
+}
+
 TEST(ReducerTest, AbortedGroupFailsFinishPromptly) {
   InProcessGroup group(2, 30s);
   std::vector<Status> results(2);
