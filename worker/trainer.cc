@@ -351,14 +351,14 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     if (ranks.distributed()) {
       // One small all-reduce per step carries the loss, ZeRO's partial squared norms and the stop
       // votes, so every rank takes the same decisions from the same numbers.
-      float sumsq = 0;
+      double sumsq = 0;
       if (zero1) {
         for (const collectives::ElementRange& r : owned) {
-          const float part = model::ClipGradNorm(gpt->grads() + r.offset, r.size, 0.0f);
-          sumsq += part * part;
+          sumsq += kernels::SumOfSquares(gpt->grads() + r.offset, r.size);
         }
       }
-      float shared[3] = {static_cast<float>(loss), sumsq, StopRequested(options) ? 1.0f : 0.0f};
+      float shared[3] = {static_cast<float>(loss), static_cast<float>(sumsq),
+                         StopRequested(options) ? 1.0f : 0.0f};
       RETURN_IF_ERROR(ranks.comm->AllReduce(shared, 3, collectives::DataType::kFloat32,
                                             collectives::ReduceOp::kSum)
                           .WithContext("step " + std::to_string(step + 1) + " metrics all-reduce"));
@@ -370,8 +370,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
         const float coef = max_norm / (norm + 1e-6f);
         if (max_norm > 0 && coef < 1.0f && std::isfinite(norm)) {
           for (const collectives::ElementRange& r : owned) {
-            float* g = gpt->grads() + r.offset;
-            for (size_t i = 0; i < r.size; ++i) g[i] *= coef;
+            kernels::Scale(gpt->grads() + r.offset, r.size, coef);
           }
         }
       }
@@ -455,9 +454,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     if (v.ok()) summary.final_val_loss = *v;
     else summary.interrupted = true;
   }
-  double l2 = 0;
-  for (size_t i = 0; i < n; ++i) l2 += static_cast<double>(gpt->params()[i]) * gpt->params()[i];
-  summary.param_l2 = std::sqrt(l2);
+  summary.param_l2 = std::sqrt(kernels::SumOfSquares(gpt->params(), n));
   summary.param_crc32c = Crc32c(gpt->params(), n * sizeof(float));
   if (options.final_params != nullptr) {
     options.final_params->assign(gpt->params(), gpt->params() + n);

@@ -106,24 +106,11 @@ int Run() {
     return 1;
   }
   DeviceStaged c(std::move(*nccl));
-  int failures = 0, passes = 0;
-  auto check = [&](const char* name, size_t count, Status s) {
-    if (s.ok()) {
-      ++passes;
-    } else {
-      ++failures;
-      std::fprintf(stderr, "FAIL rank %d: %s count=%zu: %s\n", c.rank(), name, count, s.ToString().c_str());
-    }
-  };
-  for (size_t count : conformance::Sizes()) {
-    check("all-reduce", count, conformance::AllReduceSumAndAvg(c, count));
-    check("reduce-scatter/all-gather", count, conformance::ReduceScatterThenAllGather(c, count));
-    check("broadcast", count, conformance::BroadcastFromEveryRoot(c, count));
-    check("bf16/fp16", count, conformance::SixteenBit(c, count));
-  }
-  check("barrier", 0, c.Barrier());
-  if (c.rank() == 0) std::printf("nccl conformance on %d ranks: %d passed, %d failed\n", c.size(), passes, failures);
-  return failures == 0 ? 0 : 1;
+  conformance::Tally t;
+  conformance::RunSuite(c, t, /*large=*/false);
+  t.Check(c, "barrier", 0, c.Barrier());
+  if (c.rank() == 0) std::printf("nccl conformance on %d ranks: %d passed, %d failed\n", c.size(), t.passes, t.failures);
+  return t.failures == 0 ? 0 : 1;
 }
 
 }  // namespace

@@ -117,32 +117,17 @@ int Conformance(const GlooOptions& o) {
     return 1;
   }
   Communicator& c = **comm;
-  int failures = 0, passes = 0;
-  auto check = [&](const char* name, size_t count, Status s) {
-    if (s.ok()) {
-      ++passes;
-    } else {
-      ++failures;
-      std::fprintf(stderr, "FAIL rank %d: %s count=%zu: %s\n", c.rank(), name, count, s.ToString().c_str());
-    }
-  };
+  conformance::Tally t;
   const auto start = Clock::now();
-  for (size_t count : conformance::Sizes()) {
-    check("all-reduce", count, conformance::AllReduceSumAndAvg(c, count));
-    check("reduce-scatter/all-gather", count, conformance::ReduceScatterThenAllGather(c, count));
-    check("broadcast", count, conformance::BroadcastFromEveryRoot(c, count));
-    check("bf16/fp16", count, conformance::SixteenBit(c, count));
-  }
-  // 64 MiB all-reduce: the size the gradient buckets reach.
-  check("all-reduce 64MiB", size_t{16} << 20, conformance::AllReduceSumAndAvg(c, size_t{16} << 20));
+  conformance::RunSuite(c, t, /*large=*/true);
   for (size_t count : {size_t{1}, size_t{2}, size_t{3}, size_t{1000}, size_t{262147}, (size_t{3} << 20) + 1}) {
-    check("bit-identical", count, BitIdentical(c, count));
+    t.Check(c, "bit-identical", count, BitIdentical(c, count));
   }
-  check("barrier", 0, c.Barrier());
+  t.Check(c, "barrier", 0, c.Barrier());
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
   std::printf("rank %d: gloo conformance on %d ranks via %s: %d passed, %d failed (%.1f s)\n", c.rank(), c.size(),
-              o.store.substr(0, 6).c_str(), passes, failures, secs);
-  return failures == 0 ? 0 : 1;
+              o.store.substr(0, 6).c_str(), t.passes, t.failures, secs);
+  return t.failures == 0 ? 0 : 1;
 }
 
 // The failure modes. Rank 1 misbehaves; every other rank reports what its collective returned

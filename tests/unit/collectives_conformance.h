@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -116,6 +117,36 @@ inline Status SixteenBit(Communicator& c, size_t count) {
 // Sizes every backend is checked at: one element, odd sizes, and large buffers.
 inline std::vector<size_t> Sizes() {
   return {1, 7, 1000, 65537, (size_t{1} << 20) + 3};
+}
+
+// For the process-per-rank runners (MPI, Gloo, NCCL): counts checks, printing each failure.
+struct Tally {
+  int passes = 0;
+  int failures = 0;
+  void Check(const Communicator& c, const char* name, size_t count, const Status& s) {
+    if (s.ok()) {
+      ++passes;
+    } else {
+      ++failures;
+      std::fprintf(stderr, "FAIL rank %d: %s count=%zu: %s\n", c.rank(), name, count,
+                   s.ToString().c_str());
+    }
+  }
+};
+
+// Every shared check at every Sizes() count; with `large`, also a 64 MiB all-reduce (the size the
+// gradient buckets reach).
+inline void RunSuite(Communicator& c, Tally& t, bool large) {
+  for (size_t count : Sizes()) {
+    t.Check(c, "all-reduce", count, AllReduceSumAndAvg(c, count));
+    t.Check(c, "reduce-scatter/all-gather", count, ReduceScatterThenAllGather(c, count));
+    t.Check(c, "broadcast", count, BroadcastFromEveryRoot(c, count));
+    t.Check(c, "bf16/fp16", count, SixteenBit(c, count));
+  }
+  if (large) {
+    const size_t n = size_t{16} << 20;
+    t.Check(c, "all-reduce 64MiB", n, AllReduceSumAndAvg(c, n));
+  }
 }
 
 }  // namespace cohort::collectives::conformance
