@@ -29,12 +29,7 @@ done
 
 # Data-parallel training under srun: with PMIx the ranks use MPI and find each other through
 # it; the 2-rank run with batch 4 matches the 1-rank run with batch 8 at every logged step.
-mkdir text
-for i in $(seq 1 8); do
-  for j in $(seq 1 30); do echo "Doc $i line $j: sphinx of black quartz, judge my vow."; done > text/d$i.txt
-done
-expect_exit 0 "data prepare" -- "$COHORT_BIN" data prepare --format text --input "$WORK/text/*.txt" \
-  --tokenizer byte --output "$WORK/shards" --val-fraction 0.2
+make_shards 8 30
 cat > job.yaml <<YAML
 name: srun-dp
 model: {n_layer: 2, n_head: 2, n_embd: 32, context_length: 32}
@@ -47,12 +42,7 @@ expect_exit 0 "train, 1 process" -- "$COHORT_BIN" train job.yaml --no-progress -
 expect_exit 0 "train under srun --mpi=pmix -n 2" -- srun_mpi 2 "$COHORT_BIN" train job.yaml --no-progress \
   --set data.batch_size=4 --metrics two.jsonl
 expect_output "\[r0\] .*rank 0 of 2 \(local 0 of 2\) under srun: mpi backend" "ranks found through PMIx, MPI backend"
-same=$(/usr/bin/python3 -c "
-import json
-a = [json.loads(l) for l in open('one.jsonl') if '\"step\"' in l]
-b = [json.loads(l) for l in open('two.jsonl') if '\"step\"' in l]
-print(len(a) == len(b) == 12 and all(abs(x['loss'] - y['loss']) <= 2e-5 * x['loss'] for x, y in zip(a, b)))")
-[ "$same" = True ] && pass "srun -n 2 x batch 4 follows 1 x batch 8" || fail "loss trajectories differ (srun)"
+expect_exit 0 "srun -n 2 x batch 4 follows 1 x batch 8" -- same_trajectory one.jsonl two.jsonl 12
 
 # Without PMIx (srun --mpi=none) MPI cannot find its peers: the ranks use Gloo, meeting through a
 # file store keyed by the Slurm job id (all ranks on one node), with the same trajectory.

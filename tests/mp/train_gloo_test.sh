@@ -9,12 +9,7 @@
 source "$(dirname "$0")/../integration/lib.sh"
 cd "$WORK"
 
-mkdir text
-for i in $(seq 1 10); do
-  for j in $(seq 1 40); do echo "Doc $i line $j: how vexingly quick daft zebras jump, said the $j-th one."; done > text/d$i.txt
-done
-expect_exit 0 "data prepare" -- "$COHORT_BIN" data prepare --format text --input "$WORK/text/*.txt" \
-  --tokenizer byte --output "$WORK/shards" --val-fraction 0.2
+make_shards 10 40
 cat > job.yaml <<YAML
 name: gloo-dp
 model: {n_layer: 2, n_head: 2, n_embd: 48, context_length: 32}
@@ -59,12 +54,7 @@ for strategy in ddp zero1; do
   wait_all
   if [ "${CODES[*]}" = "0 0" ]; then pass "2 gloo ranks ($strategy) trained"; else fail "2 gloo ranks ($strategy): exit codes ${CODES[*]}"; tail -5 rank0.log rank1.log >&2; fi
   grep -q "data parallel: 2 ranks over gloo, strategy $strategy" rank0.log && pass "rank 0 reports the gloo backend" || fail "no gloo setup line"
-  same=$(/usr/bin/python3 -c "
-import json
-a = [json.loads(l) for l in open('one.jsonl') if '\"step\"' in l]
-b = [json.loads(l) for l in open('two-$strategy.jsonl') if '\"step\"' in l]
-print(len(a) == len(b) == 16 and all(abs(x[k] - y[k]) <= 2e-5 * abs(x[k]) for x, y in zip(a, b) for k in ('loss', 'grad_norm')))")
-  [ "$same" = True ] && pass "gloo 2 x batch 4 ($strategy) follows 1 x batch 8" || fail "trajectories differ ($strategy)"
+  expect_exit 0 "gloo 2 x batch 4 ($strategy) follows 1 x batch 8" -- same_trajectory one.jsonl two-$strategy.jsonl 16
 done
 if [ -n "${MPIRUN:-}" ]; then
   expect_exit 0 "the same run over MPI" -- "$MPIRUN" --oversubscribe -np 2 "$COHORT_BIN" train job.yaml --no-progress \

@@ -14,12 +14,7 @@ source "$(dirname "$0")/../integration/lib.sh"
 : "${MPIRUN:?}"
 cd "$WORK"
 
-mkdir text
-for i in $(seq 1 12); do
-  for j in $(seq 1 40); do echo "Document $i line $j: pack my box with five dozen liquor jugs, said the $j-th fox."; done > text/doc$i.txt
-done
-expect_exit 0 "data prepare" -- "$COHORT_BIN" data prepare --format text --input "$WORK/text/*.txt" \
-  --tokenizer byte --output "$WORK/shards" --val-fraction 0.2
+make_shards 12 40
 
 cat > job.yaml <<YAML
 name: mp-equivalence
@@ -43,28 +38,8 @@ for strategy in ddp zero1; do
     --set data.batch_size=2 --set parallel.strategy=$strategy --metrics m4-$strategy.jsonl
 done
 
-# Compares every step's loss and grad norm, the final val loss and parameter norm.
-compare() {
-  /usr/bin/python3 - "$@" <<'PY'
-import json, sys
-def load(p):
-    rows = [json.loads(l) for l in open(p)]
-    return [r for r in rows if "step" in r], next(r for r in rows if r.get("summary"))
-ref_steps, ref_sum = load(sys.argv[1])
-got_steps, got_sum = load(sys.argv[2])
-bad = []
-if len(ref_steps) != len(got_steps): bad.append(f"{len(got_steps)} steps vs {len(ref_steps)}")
-for a, b in zip(ref_steps, got_steps):
-    for k in ("loss", "grad_norm"):
-        if abs(a[k] - b[k]) > 2e-5 * abs(a[k]): bad.append(f"step {a['step']} {k}: {b[k]} vs {a[k]}")
-for k in ("final_val_loss", "param_l2"):
-    if abs(ref_sum[k] - got_sum[k]) > 2e-5 * abs(ref_sum[k]): bad.append(f"{k}: {got_sum[k]} vs {ref_sum[k]}")
-print("; ".join(bad[:5]) if bad else f"{len(got_steps)} steps match")
-sys.exit(1 if bad else 0)
-PY
-}
 for f in m2-ddp m4-ddp m2-zero1 m4-zero1; do
-  expect_exit 0 "$f matches 1 rank with the whole batch" -- compare m1.jsonl $f.jsonl
+  expect_exit 0 "$f matches 1 rank with the whole batch" -- same_trajectory m1.jsonl $f.jsonl 24
 done
 # ZeRO-1 keeps ~1/N of the optimizer state per rank.
 expect_exit 0 "zero1 optimizer state is ~1/4 per rank at N=4" -- /usr/bin/python3 -c "
