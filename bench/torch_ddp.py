@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 import torch.distributed as dist
@@ -17,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
 from torch_gpt import GPT  # noqa: E402
+from torch_train_step import timed_steps  # noqa: E402  (this script's directory is on sys.path)
 
 
 def main():
@@ -37,19 +37,7 @@ def main():
     g = torch.Generator().manual_seed(42 + rank)
     x = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
     y = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
-    times = []
-    for s in range(a.warmup + a.steps):
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        _, loss = model(x, y)
-        loss.backward()  # DDP all-reduces gradient buckets during backward
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        dt = time.perf_counter() - t0
-        if s >= a.warmup:
-            times.append(dt)
-    times.sort()
-    median = times[len(times) // 2]
+    median, _ = timed_steps(model, opt, x, y, a.warmup, a.steps)
     if rank == 0:
         print(json.dumps({"impl": "pytorch-ddp-gloo", "ranks": world,
                           "tokens_per_s": round(world * a.batch * a.seq / median, 1),

@@ -15,6 +15,26 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from torch_gpt import GPT  # noqa: E402
 
 
+def timed_steps(model, opt, x, y, warmup, steps):
+    """Runs warmup + steps full training steps (zero_grad, forward, backward, clip_grad_norm_ 1.0,
+    AdamW) on one batch; returns (median seconds of the timed steps, last loss). Also bench/ddp's
+    per-rank loop (torch_ddp.py), where backward all-reduces DDP's gradient buckets."""
+    times = []
+    loss = None
+    for s in range(warmup + steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        dt = time.perf_counter() - t0
+        if s >= warmup:
+            times.append(dt)
+    times.sort()
+    return times[len(times) // 2], loss
+
+
 def main():
     ap = argparse.ArgumentParser()
     for name, default in [("vocab", 50257), ("ctx", 1024), ("layers", 12), ("heads", 12),
@@ -31,20 +51,7 @@ def main():
     g = torch.Generator().manual_seed(42)
     x = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
     y = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
-    times = []
-    loss = None
-    for s in range(a.warmup + a.steps):
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        dt = time.perf_counter() - t0
-        if s >= a.warmup:
-            times.append(dt)
-    times.sort()
-    median = times[len(times) // 2]
+    median, loss = timed_steps(model, opt, x, y, a.warmup, a.steps)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"impl": "pytorch", "tokens_per_s": round(a.batch * a.seq / median, 1),
                       "ms_per_step": round(1e3 * median, 3), "peak_rss_mb": round(rss, 1),
