@@ -1,6 +1,8 @@
 #include "collectives/communicator.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "collectives/float16.h"
@@ -32,6 +34,23 @@ void FinishReduce(float* x, size_t n, ReduceOp op, int world_size) {
   if (op != ReduceOp::kAvg) return;
   const float inv = 1.0f / static_cast<float>(world_size);
   for (size_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void SumInRankOrder(const float* const* in, int n_in, float* out, size_t len, ReduceOp op,
+                    int world_size) {
+  // Each block is summed in a local accumulator before it is stored, since out may alias an input.
+  constexpr size_t kBlock = 1024;
+  alignas(64) float acc[kBlock];
+  for (size_t base = 0; base < len; base += kBlock) {
+    const size_t m = std::min(kBlock, len - base);
+    for (size_t i = 0; i < m; ++i) acc[i] = 0.0f + in[0][base + i];
+    for (int r = 1; r < n_in; ++r) {
+      const float* x = in[r] + base;
+      for (size_t i = 0; i < m; ++i) acc[i] += x[i];
+    }
+    FinishReduce(acc, m, op, world_size);
+    std::memcpy(out + base, acc, m * sizeof(float));
+  }
 }
 
 namespace {

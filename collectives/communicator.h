@@ -38,6 +38,13 @@ std::string_view Name(ReduceOp op);
 // (a no-op for kSum; multiplies by 1/world_size for kAvg, the same on every rank).
 void FinishReduce(float* x, size_t n, ReduceOp op, int world_size);
 
+// For backends that reduce on the host: out[i] = (((0 + in[0][i]) + in[1][i]) + ... +
+// in[n_in-1][i]), then FinishReduce over `world_size`. Summing the same inputs in rank order gives
+// bit-identical results on every rank and in every backend that uses it (MPI's small all-reduce,
+// Gloo). `out` may alias any input.
+void SumInRankOrder(const float* const* in, int n_in, float* out, size_t len, ReduceOp op,
+                    int world_size);
+
 class Communicator {
  public:
   virtual ~Communicator() = default;

@@ -448,7 +448,7 @@ class GlooCommunicator final : public Communicator {
       for (int p : peers) WaitRecv(*recv_raw[p * depth + k % depth], p, deadline);
       const size_t len = seg_len(own, k);
       for (int r = 0; r < n; ++r) inputs[r] = r == rank_ ? src + own.off + k * seg : scratch_at(r, k);
-      SumInRankOrder(inputs, dst + k * seg, len, op);
+      SumInRankOrder(inputs.data(), n, dst + k * seg, len, op, n);
       if (gather != nullptr) {
         for (int p : peers) {
           Send(*send_red[p], p, red_slot, k * seg * sizeof(float), len * sizeof(float));
@@ -491,24 +491,7 @@ class GlooCommunicator final : public Communicator {
     peer_ = -1;
     std::vector<const float*> inputs(n);
     for (int r = 0; r < n; ++r) inputs[r] = r == rank_ ? x : scratch_.data() + static_cast<size_t>(r) * count;
-    SumInRankOrder(inputs, x, count, op);
-  }
-
-  // out[i] = (((0 + in[0][i]) + in[1][i]) + ... + in[n-1][i]), then FinishReduce. `out` may alias
-  // one of the inputs, so each block is summed in a local accumulator before it is stored.
-  void SumInRankOrder(const std::vector<const float*>& in, float* out, size_t len, ReduceOp op) const {
-    constexpr size_t kBlock = 1024;
-    alignas(64) float acc[kBlock];
-    for (size_t base = 0; base < len; base += kBlock) {
-      const size_t m = std::min(kBlock, len - base);
-      for (size_t i = 0; i < m; ++i) acc[i] = 0.0f + in[0][base + i];
-      for (size_t r = 1; r < in.size(); ++r) {
-        const float* x = in[r] + base;
-        for (size_t i = 0; i < m; ++i) acc[i] += x[i];
-      }
-      FinishReduce(acc, m, op, size_);
-      std::memcpy(out + base, acc, m * sizeof(float));
-    }
+    SumInRankOrder(inputs.data(), n, x, count, op, n);
   }
 
   const int rank_;

@@ -2,12 +2,14 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace cohort::collectives {
 namespace {
@@ -61,6 +63,20 @@ class NbcAllreduceTuner {
   MPI_T_cvar_handle handle_{};
 };
 
+// Small all-reduces skip libnbc: every rank sends its whole buffer to every peer with plain
+// non-blocking sends and sums the N buffers itself, in rank order (so every rank, and the Gloo
+// backend, computes bit-identical sums). One exchange instead of libnbc's schedule, whose per-call
+// cost (~1.3 us) halved the rate at 1 KiB. Used while the bytes each rank sends, (size-1) * buffer,
+// stay within kOneShotBytes: on 2 ranks one-shot measured 1.2-2.5x raw MPI_Allreduce from 4 to 64
+// KiB, and 0.77x at 128 KiB, where libnbc's Rabenseifner (~0.98x) takes over (bench/RESULTS.md).
+constexpr size_t kOneShotBytes = size_t{64} << 10;
+// Messages are cut into fragments that fit Open MPI's shared-memory eager limit (btl_vader_eager_limit,
+// 4096 bytes including ob1's header): a larger message takes the rendezvous protocol, which made a
+// 4 KiB exchange 3x slower (7.1 vs 2.4 us; 16 KiB 12.9 vs 8.8 us). Between nodes the TCP and UCX
+// eager limits are larger, so the fragments are eager there too.
+constexpr size_t kFragmentFloats = 992;  // 3968 bytes
+constexpr int kOneShotTag = 0x0c0a;      // point-to-point context of our private communicator
+
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(MPI_Comm comm, int rank, int size, std::chrono::milliseconds timeout)
@@ -94,12 +110,15 @@ class MpiCommunicator final : public Communicator {
   Status AllReduce(void* buf, size_t count, DataType type, ReduceOp op) override {
     if (type != DataType::kFloat32) return AllReduceWidened(*this, buf, count, type, op);
     RETURN_IF_ERROR(CheckCount(count, "all-reduce"));
+    if (size_ > 1 && count * sizeof(float) * static_cast<size_t>(size_ - 1) <= kOneShotBytes) {
+      return OneShotAllReduce(static_cast<float*>(buf), count, op);
+    }
     tuner_->Before(count * SizeOf(type));
     MPI_Request req;
     RETURN_IF_ERROR(Check(MPI_Iallreduce(MPI_IN_PLACE, buf, static_cast<int>(count), MPI_FLOAT,
                                          MPI_SUM, comm_, &req),
                           "MPI_Iallreduce"));
-    RETURN_IF_ERROR(Wait(&req, "all-reduce"));
+    RETURN_IF_ERROR(Wait(&req, 1, "all-reduce"));
     FinishReduce(static_cast<float*>(buf), count, op, size_);
     (void)type;
     return Status::Ok();
@@ -113,7 +132,7 @@ class MpiCommunicator final : public Communicator {
     RETURN_IF_ERROR(Check(MPI_Ireduce_scatter_block(in, out, static_cast<int>(count), MPI_FLOAT,
                                                     MPI_SUM, comm_, &req),
                           "MPI_Ireduce_scatter_block"));
-    RETURN_IF_ERROR(Wait(&req, "reduce-scatter"));
+    RETURN_IF_ERROR(Wait(&req, 1, "reduce-scatter"));
     FinishReduce(static_cast<float*>(out), count, op, size_);
     (void)type;
     return Status::Ok();
@@ -127,7 +146,7 @@ class MpiCommunicator final : public Communicator {
                                          static_cast<int>(count), MPI_FLOAT, comm_, &req),
                           "MPI_Iallgather"));
     (void)type;
-    return Wait(&req, "all-gather");
+    return Wait(&req, 1, "all-gather");
   }
 
   Status Broadcast(void* buf, size_t bytes, int root) override {
@@ -136,16 +155,47 @@ class MpiCommunicator final : public Communicator {
     MPI_Request req;
     RETURN_IF_ERROR(Check(MPI_Ibcast(buf, static_cast<int>(bytes), MPI_BYTE, root, comm_, &req),
                           "MPI_Ibcast"));
-    return Wait(&req, "broadcast");
+    return Wait(&req, 1, "broadcast");
   }
 
   Status Barrier() override {
     MPI_Request req;
     RETURN_IF_ERROR(Check(MPI_Ibarrier(comm_, &req), "MPI_Ibarrier"));
-    return Wait(&req, "barrier");
+    return Wait(&req, 1, "barrier");
   }
 
  private:
+  Status OneShotAllReduce(float* x, size_t count, ReduceOp op) {
+    const size_t n = static_cast<size_t>(size_);
+    if (scratch_.size() < n * count) scratch_.resize(n * count);
+    requests_.clear();
+    const auto post = [&](bool send) -> Status {
+      for (int i = 1; i < size_; ++i) {
+        const int peer = (rank_ + i) % size_;  // spread the first fragments over the peers
+        for (size_t off = 0; off < count; off += kFragmentFloats) {
+          const int len = static_cast<int>(std::min(kFragmentFloats, count - off));
+          MPI_Request req;
+          const int rc = send ? MPI_Isend(x + off, len, MPI_FLOAT, peer, kOneShotTag, comm_, &req)
+                              : MPI_Irecv(scratch_.data() + static_cast<size_t>(peer) * count + off,
+                                          len, MPI_FLOAT, peer, kOneShotTag, comm_, &req);
+          RETURN_IF_ERROR(Check(rc, send ? "MPI_Isend (all-reduce)" : "MPI_Irecv (all-reduce)"));
+          requests_.push_back(req);
+        }
+      }
+      return Status::Ok();
+    };
+    RETURN_IF_ERROR(post(false));  // receives first, so arriving fragments land in place
+    RETURN_IF_ERROR(post(true));
+    // Sends from x complete here too, before x is overwritten by the sum.
+    RETURN_IF_ERROR(Wait(requests_.data(), static_cast<int>(requests_.size()), "all-reduce"));
+    inputs_.resize(n);
+    for (size_t r = 0; r < n; ++r) {
+      inputs_[r] = static_cast<int>(r) == rank_ ? x : scratch_.data() + r * count;
+    }
+    SumInRankOrder(inputs_.data(), size_, x, count, op, size_);
+    return Status::Ok();
+  }
+
   Status Check(int rc, const char* what) {
     if (rc == MPI_SUCCESS) return Status::Ok();
     broken_ = true;
@@ -163,13 +213,13 @@ class MpiCommunicator final : public Communicator {
     return Status::Ok();
   }
 
-  // Polls the request until it completes or the deadline passes. Open MPI's non-blocking
+  // Polls the requests until all complete or the deadline passes. Open MPI's non-blocking
   // collectives progress only inside MPI calls, so polling must be frequent: a busy MPI_Test loop
   // for the first 200 us, then MPI_Test + yield (which hands the core to a runnable compute
   // thread, and otherwise returns at once) up to 10 ms, then 20 us sleeps, and 1 ms sleeps after
   // 100 ms, so a rank waiting for a slow peer does not steal a core for long. Sleeping from
   // 200 us on made 1 MiB all-reduces 2x slower than MPI_Allreduce (bench/allreduce).
-  Status Wait(MPI_Request* req, const char* what) {
+  Status Wait(MPI_Request* reqs, int n, const char* what) {
     const auto start = std::chrono::steady_clock::now();
     const auto deadline = start + timeout_;
     const auto spin_until = start + std::chrono::microseconds(200);
@@ -177,8 +227,7 @@ class MpiCommunicator final : public Communicator {
     const auto slow_after = start + std::chrono::milliseconds(100);
     for (;;) {
       int done = 0;
-      MPI_Status st;
-      RETURN_IF_ERROR(Check(MPI_Test(req, &done, &st), what));
+      RETURN_IF_ERROR(Check(MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE), what));
       if (done) return Status::Ok();
       const auto now = std::chrono::steady_clock::now();
       if (now > deadline) {
@@ -203,6 +252,10 @@ class MpiCommunicator final : public Communicator {
   const std::chrono::milliseconds timeout_;
   bool broken_ = false;
   std::unique_ptr<NbcAllreduceTuner> tuner_ = std::make_unique<NbcAllreduceTuner>();
+  // Reused by OneShotAllReduce (fresh pages cost ~10 us each to touch).
+  std::vector<float> scratch_;
+  std::vector<MPI_Request> requests_;
+  std::vector<const float*> inputs_;
 };
 
 }  // namespace

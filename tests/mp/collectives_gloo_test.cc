@@ -57,50 +57,15 @@ GlooOptions Options(std::map<std::string, std::string>& a) {
   return o;
 }
 
-// Rank r's random inputs: inexact floats whose sum depends on the summation order.
-std::vector<float> RandomInput(int rank, size_t n) {
-  std::mt19937 gen(1234 + static_cast<unsigned>(rank));
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(gen) * 1000.0f;
-  return v;
-}
-
-// Sum over ranks 0..n-1 in rank order starting from +0.0f: the in-process backend's definition.
-std::vector<float> RankOrderSum(int n, size_t count) {
-  std::vector<float> sum(count, 0.0f);
-  for (int r = 0; r < n; ++r) {
-    std::vector<float> x = RandomInput(r, count);
-    for (size_t i = 0; i < count; ++i) sum[i] += x[i];
-  }
-  return sum;
-}
-
 Status BitIdentical(Communicator& c, size_t count) {
   const int n = c.size();
-  // All-reduce: every rank must hold exactly the rank-order sum.
-  std::vector<float> buf = RandomInput(c.rank(), count);
-  RETURN_IF_ERROR(c.AllReduce(buf.data(), count, DataType::kFloat32, ReduceOp::kSum));
-  const std::vector<float> want = RankOrderSum(n, count);
-  if (std::memcmp(buf.data(), want.data(), count * sizeof(float)) != 0) {
-    for (size_t i = 0; i < count; ++i) {
-      if (std::memcmp(&buf[i], &want[i], sizeof(float)) != 0) {
-        return conformance::Mismatch(c, "bit-identical all-reduce", i, buf[i], want[i]);
-      }
-    }
-  }
-  // And every rank holds the same bits as rank 0 (checked through a broadcast of rank 0's).
-  std::vector<float> zero = buf;
-  RETURN_IF_ERROR(c.Broadcast(zero.data(), count * sizeof(float), 0));
-  if (std::memcmp(zero.data(), buf.data(), count * sizeof(float)) != 0) {
-    return cohort::Internal("rank " + std::to_string(c.rank()) + ": all-reduce differs from rank 0's");
-  }
+  RETURN_IF_ERROR(conformance::AllReduceInRankOrder(c, count));
   // Reduce-scatter of the same data: this rank's shard of the rank-order sum.
   const size_t shard = count / static_cast<size_t>(n);
   if (shard > 0) {
-    std::vector<float> in = RandomInput(c.rank(), shard * static_cast<size_t>(n)), out(shard);
+    std::vector<float> in = conformance::RandomInput(c.rank(), shard * static_cast<size_t>(n)), out(shard);
     RETURN_IF_ERROR(c.ReduceScatter(in.data(), out.data(), shard, DataType::kFloat32, ReduceOp::kAvg));
-    const std::vector<float> full = RankOrderSum(n, shard * static_cast<size_t>(n));
+    const std::vector<float> full = conformance::RankOrderSum(n, shard * static_cast<size_t>(n));
     for (size_t i = 0; i < shard; ++i) {
       float w = full[static_cast<size_t>(c.rank()) * shard + i];
       cohort::collectives::FinishReduce(&w, 1, ReduceOp::kAvg, n);

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -43,6 +45,51 @@ inline Status AllReduceSumAndAvg(Communicator& c, size_t count) {
     if (buf[i] != want) return Mismatch(c, "all-reduce avg", i, buf[i], want);
   }
   return Status::Ok();
+}
+
+// Rank r's random inputs: inexact floats whose sum depends on the summation order.
+inline std::vector<float> RandomInput(int rank, size_t n) {
+  std::mt19937 gen(1234 + static_cast<unsigned>(rank));
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(gen) * 1000.0f;
+  return v;
+}
+
+// The sum over ranks 0..n-1 of RandomInput, added in rank order starting from +0.0f.
+inline std::vector<float> RankOrderSum(int n, size_t count) {
+  std::vector<float> sum(count, 0.0f);
+  for (int r = 0; r < n; ++r) {
+    const std::vector<float> x = RandomInput(r, count);
+    for (size_t i = 0; i < count; ++i) sum[i] += x[i];
+  }
+  return sum;
+}
+
+inline Status FirstDifference(const Communicator& c, const char* op, const std::vector<float>& got,
+                              const std::vector<float>& want) {
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) return Mismatch(c, op, i, got[i], want[i]);
+  }
+  return Status::Ok();
+}
+
+// Data-parallel replicas stay in sync only if every rank gets the same bits from an all-reduce,
+// whatever the summation order: rank 0's result is broadcast and compared bit for bit.
+inline Status AllReduceIdenticalEverywhere(Communicator& c, size_t count) {
+  std::vector<float> buf = RandomInput(c.rank(), count);
+  RETURN_IF_ERROR(c.AllReduce(buf.data(), count, DataType::kFloat32, ReduceOp::kSum));
+  std::vector<float> zero = buf;
+  RETURN_IF_ERROR(c.Broadcast(zero.data(), count * sizeof(float), 0));
+  return FirstDifference(c, "all-reduce differs from rank 0's", buf, zero);
+}
+
+// For backends that promise it (Gloo; MPI's one-shot path for small buffers): every rank holds
+// exactly the rank-order sum, so those backends agree bit for bit with each other.
+inline Status AllReduceInRankOrder(Communicator& c, size_t count) {
+  std::vector<float> buf = RandomInput(c.rank(), count);
+  RETURN_IF_ERROR(c.AllReduce(buf.data(), count, DataType::kFloat32, ReduceOp::kSum));
+  return FirstDifference(c, "all-reduce (rank order)", buf, RankOrderSum(c.size(), count));
 }
 
 inline Status ReduceScatterThenAllGather(Communicator& c, size_t count) {
@@ -116,7 +163,7 @@ inline Status SixteenBit(Communicator& c, size_t count) {
 
 // Sizes every backend is checked at: one element, odd sizes, and large buffers.
 inline std::vector<size_t> Sizes() {
-  return {1, 7, 1000, 65537, (size_t{1} << 20) + 3};
+  return {1, 7, 1000, 8191, 65537, (size_t{1} << 20) + 3};
 }
 
 // For the process-per-rank runners (MPI, Gloo, NCCL): counts checks, printing each failure.
@@ -139,6 +186,7 @@ struct Tally {
 inline void RunSuite(Communicator& c, Tally& t, bool large) {
   for (size_t count : Sizes()) {
     t.Check(c, "all-reduce", count, AllReduceSumAndAvg(c, count));
+    t.Check(c, "all-reduce identical on every rank", count, AllReduceIdenticalEverywhere(c, count));
     t.Check(c, "reduce-scatter/all-gather", count, ReduceScatterThenAllGather(c, count));
     t.Check(c, "broadcast", count, BroadcastFromEveryRoot(c, count));
     t.Check(c, "bf16/fp16", count, SixteenBit(c, count));

@@ -51,6 +51,9 @@ class CollectivesTest : public ::testing::TestWithParam<std::tuple<int, size_t>>
 };
 
 TEST_P(CollectivesTest, AllReduceSumAndAvg) { RunOnAllRanks(conformance::AllReduceSumAndAvg); }
+TEST_P(CollectivesTest, AllReduceIdenticalEverywhere) {
+  RunOnAllRanks(conformance::AllReduceIdenticalEverywhere);
+}
 TEST_P(CollectivesTest, ReduceScatterThenAllGather) {
   RunOnAllRanks(conformance::ReduceScatterThenAllGather);
 }
