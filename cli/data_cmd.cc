@@ -31,9 +31,9 @@
 #include "cli/commands.h"
 #include "common/logging.h"
 #include "dataloader/corpus.h"
-#include "dataloader/file_util.h"
 #include "dataloader/token_shard.h"
 #include "dataloader/tokenizer.h"
+#include "storage/file_util.h"
 
 namespace cohort::cli {
 namespace {
@@ -80,7 +80,7 @@ bool IsShardName(std::string_view name) {
 class StagingDir {
  public:
   static Result<std::unique_ptr<StagingDir>> Create(const std::string& out) {
-    ASSIGN_OR_RETURN(std::string path, data::MakeTempDirectory(out, ".cohort-prepare."));
+    ASSIGN_OR_RETURN(std::string path, storage::MakeTempDirectory(out, ".cohort-prepare."));
     return std::unique_ptr<StagingDir>(new StagingDir(out, std::move(path)));
   }
   StagingDir(const StagingDir&) = delete;
@@ -88,7 +88,7 @@ class StagingDir {
 
   ~StagingDir() {
     if (path_.empty()) return;
-    auto names = data::ListDirectory(path_);
+    auto names = storage::ListDirectory(path_);
     if (names.ok()) {
       for (const std::string& name : *names) ::unlink((path_ + "/" + name).c_str());
     }
@@ -103,7 +103,7 @@ class StagingDir {
   // `names` there. Removing first means that a crash in between leaves too few shards, never a
   // mix of two runs; the window is a few metadata operations long.
   Status Commit(const std::vector<std::string>& names) {
-    ASSIGN_OR_RETURN(std::vector<std::string> existing, data::ListDirectory(out_));
+    ASSIGN_OR_RETURN(std::vector<std::string> existing, storage::ListDirectory(out_));
     for (const std::string& name : existing) {
       if (!IsShardName(name)) continue;
       const std::string path = out_ + "/" + name;
@@ -117,7 +117,7 @@ class StagingDir {
     }
     if (::rmdir(path_.c_str()) != 0) return ErrnoError(path_ + ": remove staging directory", errno);
     path_.clear();
-    return data::SyncDirectory(out_);
+    return storage::SyncDirectory(out_);
   }
 
  private:
@@ -231,7 +231,7 @@ Status RunPrepare(const PrepareArgs& args) {
   }
 
   // Pass 2: tokenize into the staging directory, then replace the previous shards.
-  RETURN_IF_ERROR(data::MakeDirectories(args.output));
+  RETURN_IF_ERROR(storage::MakeDirectories(args.output));
   ASSIGN_OR_RETURN(std::unique_ptr<StagingDir> staging, StagingDir::Create(args.output));
   SplitWriter train(staging->path(), "train", args.shard_tokens, *tok);
   SplitWriter val(staging->path(), "val", args.shard_tokens, *tok);

@@ -327,6 +327,7 @@ Status Validate(const JobSpec& s, std::string_view source, const Reader& r) {
                                    std::to_string(s.model.context_length) + ")");
   }
   if (s.data.train.empty()) return err("data.train", "required: path or glob of training shards");
+  if (s.data.hdf5_dataset.empty()) return err("data.hdf5_dataset", "must not be empty");
   const int64_t tokens = int64_t{s.data.batch_size} * s.effective_seq_len();
   if (tokens > kMaxBatchTokens) {
     return err("data.batch_size", "batch_size * seq_len = " + std::to_string(tokens) +
@@ -492,6 +493,11 @@ Result<JobSpec> ParseJobSpec(std::string_view yaml, std::string_view source, con
            {"batch_size", [&](auto& v, auto& q) { r.Int(v, q, &s.data.batch_size, 1, 1 << 20); }},
            {"seq_len", [&](auto& v, auto& q) { r.Int(v, q, &s.data.seq_len, 0, 1 << 16); }},
            {"tokenizer", [&](auto& v, auto& q) { r.Enum(v, q, &s.data.tokenizer, {"byte", "gpt2"}); }},
+           {"format", [&](auto& v, auto& q) { r.Enum(v, q, &s.data.format, {"auto", "shards", "hdf5"}); }},
+           {"hdf5_dataset", [&](auto& v, auto& q) { r.String(v, q, &s.data.hdf5_dataset, 1024); }},
+           {"prefetch", [&](auto& v, auto& q) { r.Int(v, q, &s.data.prefetch, 1, 256); }},
+           {"loader_threads", [&](auto& v, auto& q) { r.Int(v, q, &s.data.loader_threads, 1, 64); }},
+           {"verify", [&](auto& v, auto& q) { r.Enum(v, q, &s.data.verify, {"full", "header"}); }},
          });
        }},
       {"optimizer", [&](const YAML::Node& n, const std::string& p) {
@@ -601,7 +607,12 @@ std::string ToYaml(const JobSpec& s) {
     << YAML::Key << "val" << YAML::Value << YAML::DoubleQuoted << s.data.val
     << YAML::Key << "batch_size" << YAML::Value << s.data.batch_size
     << YAML::Key << "seq_len" << YAML::Value << s.data.seq_len
-    << YAML::Key << "tokenizer" << YAML::Value << s.data.tokenizer << YAML::EndMap;
+    << YAML::Key << "tokenizer" << YAML::Value << s.data.tokenizer
+    << YAML::Key << "format" << YAML::Value << s.data.format
+    << YAML::Key << "hdf5_dataset" << YAML::Value << YAML::DoubleQuoted << s.data.hdf5_dataset
+    << YAML::Key << "prefetch" << YAML::Value << s.data.prefetch
+    << YAML::Key << "loader_threads" << YAML::Value << s.data.loader_threads
+    << YAML::Key << "verify" << YAML::Value << s.data.verify << YAML::EndMap;
   e << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap
     << YAML::Key << "name" << YAML::Value << s.optimizer.name
     << YAML::Key << "lr" << YAML::Value << ShortestDouble(s.optimizer.lr)

@@ -33,6 +33,11 @@ struct DataSpec {
   int batch_size = 8;            // sequences per micro-batch per rank
   int seq_len = 0;               // tokens per sequence; 0 = model.context_length
   std::string tokenizer = "byte";  // byte | gpt2: must match the shards
+  std::string format = "auto";     // auto | shards | hdf5 (auto: *.h5 / *.hdf5 are HDF5)
+  std::string hdf5_dataset = "tokens";  // dataset name inside HDF5 files
+  int prefetch = 4;                // batches read ahead by the loader
+  int loader_threads = 2;          // reader threads of the loader
+  std::string verify = "full";     // full: check shard payload checksums at start | header
 };
 
 struct OptimizerSpec {

@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "dataloader/file_util.h"
+#include "storage/file_util.h"
 
 namespace cohort::data {
 namespace {
@@ -96,11 +96,11 @@ Result<std::vector<std::string>> ExpandCorpusInputs(const std::vector<std::strin
   if (inputs.empty()) return InvalidArgument("no input files given");
   std::vector<std::string> files;
   for (const std::string& input : inputs) {
-    if (IsDirectory(input)) {
+    if (storage::IsDirectory(input)) {
       // List the directory and match the names, rather than globbing "<input>/*.txt": the
       // directory's name may itself contain glob metacharacters.
       const char* pattern = format == CorpusFormat::kBrown ? "c[a-r][0-9][0-9]" : "*.txt";
-      ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirectory(input));
+      ASSIGN_OR_RETURN(std::vector<std::string> names, storage::ListDirectory(input));
       size_t matched = 0;
       for (const std::string& name : names) {
         if (::fnmatch(pattern, name.c_str(), FNM_PERIOD) != 0) continue;
@@ -111,8 +111,8 @@ Result<std::vector<std::string>> ExpandCorpusInputs(const std::vector<std::strin
         return NotFound(input + ": directory has no " +
                         (format == CorpusFormat::kBrown ? "Brown corpus files (ca01 .. cr09)" : "*.txt files"));
       }
-    } else if (HasGlobMagic(input)) {
-      ASSIGN_OR_RETURN(std::vector<std::string> matches, ExpandGlob(input));
+    } else if (storage::HasGlobMagic(input)) {
+      ASSIGN_OR_RETURN(std::vector<std::string> matches, storage::ExpandGlob(input));
       files.insert(files.end(), matches.begin(), matches.end());
     } else {
       files.push_back(input);  // existence is checked when it is read, with a precise error
@@ -173,7 +173,7 @@ Result<std::string> BrownToText(std::string_view tagged, const std::string& sour
 Result<Document> ReadDocument(const std::string& path, CorpusFormat format) {
   Document doc;
   doc.source = path;
-  ASSIGN_OR_RETURN(std::string raw, ReadFileToString(path));
+  ASSIGN_OR_RETURN(std::string raw, storage::ReadFileToString(path));
   if (format == CorpusFormat::kText) {
     doc.text = std::move(raw);
   } else {
@@ -185,7 +185,7 @@ Result<Document> ReadDocument(const std::string& path, CorpusFormat format) {
 Result<bool> DocumentIsEmpty(const std::string& path, CorpusFormat format) {
   if (format == CorpusFormat::kText) {
     uint64_t size = 0;
-    ASSIGN_OR_RETURN(ScopedFd fd, OpenRegularFile(path, &size));
+    ASSIGN_OR_RETURN(storage::ScopedFd fd, storage::OpenRegularFile(path, &size));
     return size == 0;
   }
   ASSIGN_OR_RETURN(Document doc, ReadDocument(path, format));

@@ -9,7 +9,7 @@
 
 #include "common/crc32c.h"
 #include "common/hash.h"
-#include "dataloader/file_util.h"
+#include "storage/file_util.h"
 
 namespace cohort::data {
 namespace {
@@ -62,8 +62,10 @@ void EncodeTokens(const uint32_t* tokens, size_t n, uint32_t width, std::vector<
   }
 }
 
-// Validates the 64 header bytes of `path`, whose total size is `file_size`.
-Result<TokenShardHeader> ParseHeader(const std::string& path, const unsigned char* h, uint64_t file_size) {
+}  // namespace
+
+Result<TokenShardHeader> ParseTokenShardHeader(const std::string& path, const unsigned char* h,
+                                               uint64_t file_size) {
   if (std::memcmp(h + kOffMagic, kTokenShardMagic, sizeof(kTokenShardMagic)) != 0) {
     return DataLoss(At(path, kOffMagic, "magic") + "not a Cohort token shard (expected \"COHORTTK\")");
   }
@@ -122,8 +124,6 @@ Result<TokenShardHeader> ParseHeader(const std::string& path, const unsigned cha
   return hdr;
 }
 
-}  // namespace
-
 uint32_t TokenWidthForVocab(uint32_t vocab_size) { return vocab_size <= 65536 ? 2 : 4; }
 
 Status WriteTokenShard(const std::string& path, std::span<const uint32_t> tokens, uint32_t vocab_size,
@@ -167,7 +167,7 @@ Status WriteTokenShard(const std::string& path, std::span<const uint32_t> tokens
   PutU32(h + kOffHeaderCrc, Crc32c(h, kOffHeaderCrc));
 
   // Pass 2: write.
-  ASSIGN_OR_RETURN(AtomicFileWriter writer, AtomicFileWriter::Create(path));
+  ASSIGN_OR_RETURN(storage::AtomicFileWriter writer, storage::AtomicFileWriter::Create(path));
   RETURN_IF_ERROR(writer.Append(h, sizeof(h)));
   for (size_t i = 0; i < tokens.size(); i += kChunk) {
     size_t n = std::min(kChunk, tokens.size() - i);
@@ -179,7 +179,7 @@ Status WriteTokenShard(const std::string& path, std::span<const uint32_t> tokens
 
 Result<TokenShardHeader> ReadTokenShardHeader(const std::string& path) {
   uint64_t file_size = 0;
-  ASSIGN_OR_RETURN(ScopedFd fd, OpenRegularFile(path, &file_size));
+  ASSIGN_OR_RETURN(storage::ScopedFd fd, storage::OpenRegularFile(path, &file_size));
   unsigned char h[kTokenShardHeaderSize];
   size_t got = 0;
   while (got < sizeof(h)) {  // pread may return less than asked (signals, network file systems)
@@ -195,18 +195,18 @@ Result<TokenShardHeader> ReadTokenShardHeader(const std::string& path) {
     return DataLoss(path + ": file is " + std::to_string(got) + " bytes, shorter than the " +
                     std::to_string(kTokenShardHeaderSize) + "-byte header (truncated?)");
   }
-  return ParseHeader(path, h, file_size);
+  return ParseTokenShardHeader(path, h, file_size);
 }
 
 Result<TokenShard> ReadTokenShard(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string data, ReadFileToString(path));
+  ASSIGN_OR_RETURN(std::string data, storage::ReadFileToString(path));
   if (data.size() < kTokenShardHeaderSize) {
     return DataLoss(path + ": file is " + std::to_string(data.size()) + " bytes, shorter than the " +
                     std::to_string(kTokenShardHeaderSize) + "-byte header (truncated?)");
   }
   const auto* bytes = reinterpret_cast<const unsigned char*>(data.data());
   TokenShard shard;
-  ASSIGN_OR_RETURN(shard.header, ParseHeader(path, bytes, data.size()));
+  ASSIGN_OR_RETURN(shard.header, ParseTokenShardHeader(path, bytes, data.size()));
   const TokenShardHeader& hdr = shard.header;
   const unsigned char* payload = bytes + kTokenShardHeaderSize;
   const size_t payload_size = data.size() - kTokenShardHeaderSize;
@@ -237,8 +237,8 @@ Result<TokenDataset> TokenDataset::Open(const std::vector<std::string>& inputs) 
   if (inputs.empty()) return InvalidArgument("no token shard paths given");
   TokenDataset ds;
   for (const std::string& input : inputs) {
-    if (HasGlobMagic(input)) {
-      ASSIGN_OR_RETURN(std::vector<std::string> matches, ExpandGlob(input));
+    if (storage::HasGlobMagic(input)) {
+      ASSIGN_OR_RETURN(std::vector<std::string> matches, storage::ExpandGlob(input));
       ds.files_.insert(ds.files_.end(), matches.begin(), matches.end());
     } else {
       ds.files_.push_back(input);

@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "dataloader/file_util.h"
+#include "storage/file_util.h"
 
 namespace cohort::data {
 namespace {
@@ -328,8 +328,8 @@ bool ByteLevelToRaw(std::string_view s, const std::unordered_map<char32_t, unsig
 Result<std::unique_ptr<Tokenizer>> Gpt2Tokenizer::Load(const std::string& dir) {
   const std::string encoder_path = dir + "/encoder.json";
   const std::string bpe_path = dir + "/vocab.bpe";
-  ASSIGN_OR_RETURN(std::string encoder_text, ReadFileToString(encoder_path));
-  ASSIGN_OR_RETURN(std::string bpe_text, ReadFileToString(bpe_path));
+  ASSIGN_OR_RETURN(std::string encoder_text, storage::ReadFileToString(encoder_path));
+  ASSIGN_OR_RETURN(std::string bpe_text, storage::ReadFileToString(bpe_path));
 
   const std::array<char32_t, 256> byte_to_char = BytesToUnicode();
   std::unordered_map<char32_t, unsigned char> char_to_byte;
@@ -512,6 +512,12 @@ Result<std::unique_ptr<Tokenizer>> MakeTokenizer(std::string_view name, const st
     }
     return Gpt2Tokenizer::Load(assets_dir);
   }
+  return InvalidArgument("unknown tokenizer \"" + std::string(name) + "\" (known: byte, gpt2)");
+}
+
+Result<uint32_t> TokenizerVocabSize(std::string_view name) {
+  if (name == "byte") return uint32_t{257};
+  if (name == "gpt2") return uint32_t{50257};
   return InvalidArgument("unknown tokenizer \"" + std::string(name) + "\" (known: byte, gpt2)");
 }
 

@@ -69,6 +69,10 @@ inline constexpr std::string_view kTokenizerNames[] = {"byte", "gpt2"};
 // NotFound when an asset file is missing.
 Result<std::unique_ptr<Tokenizer>> MakeTokenizer(std::string_view name, const std::string& assets_dir);
 
+// The vocabulary size of the tokenizer called `name` without loading it (257 for byte, 50257 for
+// gpt2); InvalidArgument for an unknown name.
+Result<uint32_t> TokenizerVocabSize(std::string_view name);
+
 // The GPT-2 pre-tokenizer on its own: splits `text` into the pieces matched, in order, by
 // /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu
 // (with the invalid-UTF-8 rule above). The pieces are views into `text` and concatenate to it.

@@ -15,7 +15,9 @@
 #include "common/crc32c.h"
 #include "common/hash.h"
 #include "common/logging.h"
-#include "dataloader/token_shard.h"
+#include "dataloader/loader.h"
+#include "dataloader/source.h"
+#include "dataloader/tokenizer.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "model/gpt.h"
 #include "model/optimizer.h"
@@ -90,20 +92,23 @@ struct Ranks {
   bool distributed() const { return comm != nullptr; }
 };
 
-// Mean loss over the first `batches` validation batches of N*B rows (the same ones every time);
-// this rank reads rows [rank*B, (rank+1)*B) of each and the ranks average. Alone, a stop request
-// cancels it midway; with several ranks it runs to the end (all ranks must make the same calls).
-Result<double> Evaluate(model::Gpt& gpt, const data::TokenDataset& val, int batches, int B, int T,
+// Mean loss over the first `batches` validation batches of N*B samples in file order (the same
+// ones every time); this rank reads rows [rank*B, (rank+1)*B) of each and the ranks average. Alone,
+// a stop request cancels it midway; with several ranks it runs to the end (all ranks must make the
+// same calls).
+Result<double> Evaluate(model::Gpt& gpt, const data::SampleSource& val, int batches, int B, int T,
                         const Ranks& ranks, std::vector<int32_t>& inputs,
                         std::vector<int32_t>& targets, const TrainOptions& options) {
+  const data::GlobalSampler in_order(val.num_samples(), 0, /*shuffle=*/false);
   double sum = 0;
   for (int i = 0; i < batches; ++i) {
     if (!ranks.distributed() && StopRequested(options)) {
       return Cancelled("evaluation stopped by signal");
     }
-    const uint64_t first = (static_cast<uint64_t>(i) * static_cast<uint64_t>(ranks.world) +
-                            static_cast<uint64_t>(ranks.rank)) * static_cast<uint64_t>(B);
-    RETURN_IF_ERROR(val.FillWindows(first, B, T, inputs, targets));
+    const uint64_t start = static_cast<uint64_t>(i) * static_cast<uint64_t>(ranks.world) *
+                           static_cast<uint64_t>(B);
+    RETURN_IF_ERROR(data::ReadRows(val, in_order, start, ranks.world, ranks.rank, inputs, targets)
+                        .WithContext("data.val"));
     ASSIGN_OR_RETURN(float loss, gpt.Forward(inputs.data(), targets.data(), B, T));
     sum += loss;
   }
@@ -121,11 +126,12 @@ Result<double> Evaluate(model::Gpt& gpt, const data::TokenDataset& val, int batc
 // Every rank must train the same job: a rank started with other overrides or other files would
 // silently corrupt the average. Compares a hash of the resolved spec (minus per-rank knobs) and
 // the model size with rank 0's; all ranks learn the verdict together, so none is left waiting.
-Status CheckSameJob(const config::JobSpec& spec, size_t num_params, const Ranks& ranks) {
+Status CheckSameJob(const config::JobSpec& spec, size_t num_params, uint64_t data_fingerprint,
+                    const Ranks& ranks) {
   config::JobSpec canonical = spec;
   canonical.train.threads = 0;  // numerics do not depend on the thread count
   const std::string yaml = config::ToYaml(canonical);
-  uint64_t mine = HashCombine(Crc32c(yaml.data(), yaml.size()), num_params);
+  uint64_t mine = HashCombine(HashCombine(Crc32c(yaml.data(), yaml.size()), num_params), data_fingerprint);
   uint64_t root = mine;
   RETURN_IF_ERROR(ranks.comm->Broadcast(&root, sizeof root, 0).WithContext("job spec check"));
   float differ = root != mine ? 1.0f : 0.0f;
@@ -134,8 +140,8 @@ Status CheckSameJob(const config::JobSpec& spec, size_t num_params, const Ranks&
                       .WithContext("job spec check"));
   if (root != mine) {
     return InvalidArgument("rank " + std::to_string(ranks.rank) +
-                           ": the resolved job spec or model size differs from rank 0's (different "
-                           "job file, --set overrides or data on this node?)");
+                           ": the resolved job spec, model size or data files (names, sizes) differ "
+                           "from rank 0's (different job file, --set overrides or data on this node?)");
   }
   if (differ > 0) {
     return InvalidArgument(std::to_string(static_cast<int>(differ)) +
@@ -167,41 +173,36 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   const int threads = kernels::NumThreads();
 
   // ---- data ----
-  ASSIGN_OR_RETURN(data::TokenDataset train_data, data::TokenDataset::Open(spec.data.train));
-  std::unique_ptr<data::TokenDataset> val_data;
-  if (!spec.data.val.empty()) {
-    ASSIGN_OR_RETURN(data::TokenDataset v, data::TokenDataset::Open(spec.data.val));
-    val_data = std::make_unique<data::TokenDataset>(std::move(v));
-  }
-  for (const data::TokenDataset* ds : {&train_data, val_data.get()}) {
-    if (ds == nullptr) continue;
-    if (!ds->tokenizer().empty() && ds->tokenizer() != spec.data.tokenizer) {
-      return InvalidArgument("data.tokenizer is '" + spec.data.tokenizer + "' but " +
-                             ds->files().front() + " was made with '" + ds->tokenizer() + "'");
-    }
-  }
-  if (val_data && val_data->vocab_size() != train_data.vocab_size()) {
-    return InvalidArgument("validation shards (" + val_data->files().front() + ") have vocab size " +
-                           std::to_string(val_data->vocab_size()) + " but training shards (" +
-                           train_data.files().front() + ") have " +
-                           std::to_string(train_data.vocab_size()));
-  }
-
   const int B = spec.data.batch_size;
   const int T = spec.effective_seq_len();
-  RETURN_IF_ERROR(train_data.CheckWindow(T).WithContext("data.train"));
-  if (val_data) RETURN_IF_ERROR(val_data->CheckWindow(T).WithContext("data.val"));
+  ASSIGN_OR_RETURN(const uint32_t tokenizer_vocab, data::TokenizerVocabSize(spec.data.tokenizer));
+  const uint32_t vocab = spec.model.vocab_size > 0 ? static_cast<uint32_t>(spec.model.vocab_size)
+                                                   : tokenizer_vocab;
+  data::SourceOptions so;
+  so.seq_len = T;
+  so.format = spec.data.format;
+  so.hdf5_dataset = spec.data.hdf5_dataset;
+  so.vocab_size = vocab;
+  so.tokenizer = spec.data.tokenizer;
+  so.verify_checksums = spec.data.verify == "full";
+  so.patterns = {spec.data.train};
+  std::shared_ptr<const data::SampleSource> train_data;
+  {
+    auto opened = data::OpenSampleSource(so);
+    if (!opened.ok()) return opened.status().WithContext("data.train");
+    train_data = std::move(*opened);
+  }
+  std::unique_ptr<data::SampleSource> val_data;
+  if (!spec.data.val.empty()) {
+    so.patterns = {spec.data.val};
+    auto opened = data::OpenSampleSource(so);
+    if (!opened.ok()) return opened.status().WithContext("data.val");
+    val_data = std::move(*opened);
+  }
 
   // ---- model and optimizer ----
   model::GptConfig mc;
-  mc.vocab_size = spec.model.vocab_size > 0 ? spec.model.vocab_size
-                                            : static_cast<int>(train_data.vocab_size());
-  if (static_cast<uint32_t>(mc.vocab_size) < train_data.vocab_size()) {
-    return InvalidArgument("model.vocab_size (" + std::to_string(mc.vocab_size) +
-                           ") is smaller than the shards' vocabulary (" +
-                           std::to_string(train_data.vocab_size()) + ", " +
-                           train_data.files().front() + ")");
-  }
+  mc.vocab_size = static_cast<int>(vocab);
   mc.context_length = spec.model.context_length;
   mc.n_layer = spec.model.n_layer;
   mc.n_head = spec.model.n_head;
@@ -212,7 +213,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
 
   std::unique_ptr<collectives::GradientReducer> reducer;
   if (ranks.distributed()) {
-    RETURN_IF_ERROR(CheckSameJob(spec, n, ranks));
+    RETURN_IF_ERROR(CheckSameJob(spec, n, train_data->Fingerprint(), ranks));
     // Identical by construction (same seed), but rank 0's copy is authoritative: this also covers
     // nodes whose kernels round differently (another -march) and, later, loaded weights.
     // In 256 MiB pieces: transports count bytes in int (MPI) and big models exceed 2 GiB.
@@ -268,11 +269,10 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   const double tokens_per_step = static_cast<double>(B) * T * accum * ranks.world;
   COHORT_LOG_INFO("job '{}': resolved spec:\n{}", spec.name, config::ToYaml(spec));
   COHORT_LOG_INFO(
-      "model: {} parameters (L={} H={} C={} V={} ctx={}); data: {} train tokens in {} file(s){}; "
-      "{} tokens/step (B={} T={} accum={} ranks={}); {} thread(s) per rank",
-      n, mc.n_layer, mc.n_head, mc.n_embd, mc.vocab_size, mc.context_length, train_data.size(),
-      train_data.files().size(),
-      val_data ? ", " + std::to_string(val_data->size()) + " val tokens" : std::string(),
+      "model: {} parameters (L={} H={} C={} V={} ctx={}); train data: {}{}; {} tokens/step (B={} "
+      "T={} accum={} ranks={}); {} thread(s) per rank",
+      n, mc.n_layer, mc.n_head, mc.n_embd, mc.vocab_size, mc.context_length, train_data->Describe(),
+      val_data ? "; val data: " + val_data->Describe() : std::string(),
       static_cast<int64_t>(tokens_per_step), B, T, accum, ranks.world, threads);
   if (ranks.distributed()) {
     COHORT_LOG_INFO("data parallel: {} ranks over {}, strategy {}, {} gradient bucket(s) of <= {} "
@@ -289,8 +289,15 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   std::vector<int32_t> inputs(static_cast<size_t>(B) * T);
   std::vector<int32_t> targets(inputs.size());
   ProgressLine progress(options.progress && ranks.rank == 0);
-  // This rank's rows of every global batch of N*B rows.
-  const uint64_t first_row = static_cast<uint64_t>(ranks.rank) * static_cast<uint64_t>(B);
+  // This rank's rows of every global batch of N*B samples, read ahead by the loader's threads.
+  data::LoaderOptions lo;
+  lo.batch_size = B;
+  lo.rank = ranks.rank;
+  lo.world = ranks.world;
+  lo.start = {spec.train.seed, 0, 0};
+  lo.depth = spec.data.prefetch;
+  lo.threads = spec.data.loader_threads;
+  ASSIGN_OR_RETURN(std::unique_ptr<data::DataLoader> loader, data::DataLoader::Create(train_data, lo));
 
   auto run_eval = [&](int64_t step) -> Result<double> {
     ASSIGN_OR_RETURN(double v, Evaluate(*gpt, *val_data, spec.train.eval_batches, B, T, ranks,
@@ -327,15 +334,13 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
         stopped = true;
         break;
       }
-      const Clock::time_point d0 = Clock::now();
-      RETURN_IF_ERROR(train_data.FillRandom(spec.train.seed, static_cast<uint64_t>(step),
-                                            static_cast<uint64_t>(micro), B, T, inputs, targets,
-                                            first_row));
-      data_seconds += Seconds(d0, Clock::now());
+      auto batch = loader->Next();
+      if (!batch.ok()) return batch.status().WithContext("data.train");
+      data_seconds += loader->last_wait_seconds();
       // Only the last micro-step's backward reduces: earlier ones just accumulate locally.
       const bool reduce = reducer && micro == accum - 1;
       if (reduce) reducer->Begin();
-      auto loss = gpt->ForwardBackward(inputs.data(), targets.data(), B, T,
+      auto loss = gpt->ForwardBackward(batch->inputs.data(), batch->targets.data(), B, T,
                                        1.0f / static_cast<float>(accum));
       if (reduce) {
         Status st = reducer->Finish();
@@ -443,6 +448,9 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   }
   summary.steps = step;
   summary.interrupted = step < spec.train.steps;
+  summary.data_state = loader->state();
+  summary.data_wait_seconds = loader->total_wait_seconds();
+  loader.reset();  // stop the readers before the (possibly long) final evaluation
   summary.tokens_per_second = timed_seconds > 0 ? timed_tokens / timed_seconds : 0;
   progress.Clear();
 
@@ -459,8 +467,12 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   if (options.final_params != nullptr) {
     options.final_params->assign(gpt->params(), gpt->params() + n);
   }
-  COHORT_LOG_INFO("done: {} steps in {:.1f} s, {:.0f} tok/s{}{}", step,
-                  Seconds(start, Clock::now()), summary.tokens_per_second,
+  const double wall = Seconds(start, Clock::now());
+  COHORT_LOG_INFO("done: {} steps in {:.1f} s, {:.0f} tok/s, data wait {:.2f} s ({:.2f}%), data "
+                  "state {}{}{}",
+                  step, wall, summary.tokens_per_second, summary.data_wait_seconds,
+                  wall > 0 ? 100.0 * summary.data_wait_seconds / wall : 0.0,
+                  data::ToString(summary.data_state),
                   val_data && !summary.interrupted
                       ? fmt::format(", val loss {:.4f} -> {:.4f}", summary.initial_val_loss,
                                     summary.final_val_loss)

@@ -11,8 +11,9 @@
 // promptly instead of waiting for the collective deadline; under MPI that ends the whole job
 // (mpirun exits non-zero) after printing the error with this rank's number.
 //
-// Data parallelism: rank r of N reads rows [r*B, (r+1)*B) of the global batch of N*B rows of
-// every micro-step and validation batch, and gradients are averaged, so N ranks with batch B
+// Data: the samples of data.train in the order of the global sampler (dataloader/sampler.h), read
+// ahead by the prefetching loader; rank r of N reads rows [r*B, (r+1)*B) of the global batch of N*B
+// samples of every micro-step and validation batch, and gradients are averaged, so N ranks with batch B
 // follow the trajectory of one rank with batch N*B up to fp32 summation order. One Train() per
 // thread; several threads may train at once as ranks of an in-process group (tests).
 #pragma once
@@ -27,6 +28,7 @@
 #include "collectives/communicator.h"
 #include "common/config.h"
 #include "common/status.h"
+#include "dataloader/sampler.h"
 
 namespace cohort::worker {
 
@@ -67,6 +69,8 @@ struct TrainSummary {
   double param_l2 = 0;        // L2 norm of the final parameters (identical on every rank)
   uint32_t param_crc32c = 0;  // CRC32C of the final parameter bytes (bit-exactness checks)
   size_t optimizer_state_floats = 0;  // AdamW m + v held by this rank (ZeRO-1: ~1/N)
+  data::DataState data_state;        // after the last step: where a resume continues
+  double data_wait_seconds = 0;      // time this rank waited for batches, over the whole run
 };
 
 Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& options);

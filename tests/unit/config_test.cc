@@ -51,6 +51,11 @@ data:
   batch_size: 4
   seq_len: 16
   tokenizer: gpt2
+  format: hdf5
+  hdf5_dataset: input_ids
+  prefetch: 8
+  loader_threads: 3
+  verify: header
 optimizer: {lr: 1e-3, beta1: 0.8, beta2: 0.99, eps: 1.0e-6, weight_decay: 0, grad_clip: 0.5}
 schedule: {decay: constant, warmup_steps: 10, min_lr: 0.0001}
 train: {steps: 100, grad_accum: 2, seed: 18446744073709551615, eval_interval: 10, eval_batches: 3, log_interval: 5, threads: 2}
@@ -62,6 +67,11 @@ parallel: {strategy: zero1, backend: gloo}
   EXPECT_EQ(r->model.vocab_size, 300);
   EXPECT_EQ(r->effective_seq_len(), 16);
   EXPECT_EQ(r->data.tokenizer, "gpt2");
+  EXPECT_EQ(r->data.format, "hdf5");
+  EXPECT_EQ(r->data.hdf5_dataset, "input_ids");
+  EXPECT_EQ(r->data.prefetch, 8);
+  EXPECT_EQ(r->data.loader_threads, 3);
+  EXPECT_EQ(r->data.verify, "header");
   EXPECT_DOUBLE_EQ(r->optimizer.lr, 1e-3);
   EXPECT_DOUBLE_EQ(r->optimizer.eps, 1e-6);
   EXPECT_DOUBLE_EQ(r->optimizer.grad_clip, 0.5);
@@ -114,6 +124,12 @@ TEST(ConfigTest, OutOfRangeValuesNameTheRange) {
   EXPECT_THAT(s.message(), HasSubstr("train.grad_accum: value -1 is out of range"));
   s = ParseError(std::string(kMinimal) + "train:\n  seed: -1\n");
   EXPECT_THAT(s.message(), HasSubstr("train.seed"));
+  s = ParseError("data:\n  train: t.bin\n  prefetch: 0\n");
+  EXPECT_THAT(s.message(), HasSubstr("data.prefetch: value 0 is out of range [1, 256]"));
+  s = ParseError("data:\n  train: t.bin\n  format: parquet\n");
+  EXPECT_THAT(s.message(), HasSubstr("data.format"));
+  s = ParseError("data:\n  train: t.bin\n  hdf5_dataset: ''\n");
+  EXPECT_THAT(s.message(), HasSubstr("data.hdf5_dataset"));
   s = ParseError(std::string(kMinimal) + "model:\n  n_layer: 99999999999999999999\n");
   EXPECT_THAT(s.message(), HasSubstr("model.n_layer"));
 }

@@ -1,5 +1,5 @@
 // Token shard format (write/read, corruption detection), the file helpers under it
-// (dataloader/file_util.h) and TokenDataset (globbing, samplers).
+// (storage/file_util.h) and TokenDataset (globbing, samplers).
 #include "dataloader/token_shard.h"
 
 #include <errno.h>
@@ -20,12 +20,20 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "dataloader/file_util.h"
+#include "storage/file_util.h"
 #include "tests/unit/test_util.h"
 
 namespace cohort::data {
 namespace {
 
+using storage::IsDirectory;
+using storage::ListDirectory;
+using storage::MakeDirectories;
+using storage::MakeTempDirectory;
+using storage::OpenRegularFile;
+using storage::ReadFileToString;
+using storage::ScopedFd;
+using storage::SyncDirectory;
 using testing::ReadFile;
 using testing::TempDir;
 using testing::WriteFile;

@@ -1,6 +1,9 @@
-// Small POSIX file helpers shared by the dataloader module (internal to dataloader/; other modules
-// should use storage/ once it exists). All functions are thread-safe (no shared state) and report
-// failures as Status values whose message names the path.
+// POSIX file helpers: the layer under storage's POSIX backend (storage/posix.cc), also used
+// directly by dataloader/ and cli/ code that still works on local paths (data preparation, token
+// shards, tokenizer files). New code that reads or writes datasets or checkpoints should go through
+// storage::Storage (storage/storage.h) so it works on every backend. All functions are thread-safe
+// (no shared mutable state; ExpandGlob keeps its glob(3) error report in thread-local variables)
+// and report failures as Status values whose message names the path.
 #pragma once
 
 #include <cstddef>
@@ -12,7 +15,7 @@
 
 #include "common/status.h"
 
-namespace cohort::data {
+namespace cohort::storage {
 
 // Owns a file descriptor and closes it on destruction (RAII). Move-only; -1 means "none".
 class ScopedFd {
@@ -40,6 +43,10 @@ class ScopedFd {
 // Errors name the path: NotFound if it does not exist, InvalidArgument if it is not a regular
 // file (directory, FIFO, device, socket), Io for other failures.
 Result<ScopedFd> OpenRegularFile(const std::string& path, uint64_t* size = nullptr);
+
+// The size of the regular file at `path` (following symlinks). Never opens it, so it cannot block
+// on a FIFO. Errors name the path, with the same codes and wording as OpenRegularFile.
+Result<uint64_t> RegularFileSize(const std::string& path);
 
 // Reads the whole regular file at `path`. Errors as OpenRegularFile, plus Io for read failures.
 Result<std::string> ReadFileToString(const std::string& path);
@@ -96,10 +103,14 @@ Result<std::string> MakeTempDirectory(const std::string& parent, std::string_vie
 // fsyncs directory `dir`, making renames and removals of its entries durable.
 Status SyncDirectory(const std::string& dir);
 
+// The directory part of `path`, for paths without a trailing slash: "a/b" -> "a", "/a" -> "/",
+// "a" -> ".". Purely textual (no file system access).
+std::string ParentDirectory(const std::string& path);
+
 // True if `path` names an existing directory (following symlinks).
 bool IsDirectory(const std::string& path);
 
 // Creates `path` and missing parents (like mkdir -p). Io error naming the path on failure.
 Status MakeDirectories(const std::string& path);
 
-}  // namespace cohort::data
+}  // namespace cohort::storage

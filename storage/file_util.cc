@@ -1,4 +1,4 @@
-#include "dataloader/file_util.h"
+#include "storage/file_util.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -14,7 +14,7 @@
 #include <memory>
 #include <utility>
 
-namespace cohort::data {
+namespace cohort::storage {
 namespace {
 
 // What a non-regular file is, for error messages.
@@ -27,19 +27,19 @@ const char* FileTypeName(mode_t mode) {
   return "unknown file type";
 }
 
-std::string DirName(const std::string& path) {
-  size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
 std::string BaseName(const std::string& path) {
   size_t slash = path.find_last_of('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
 }  // namespace
+
+std::string ParentDirectory(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
 
 ScopedFd& ScopedFd::operator=(ScopedFd&& other) noexcept {
   if (this != &other) {
@@ -78,6 +78,19 @@ Result<ScopedFd> OpenRegularFile(const std::string& path, uint64_t* size) {
   return fd;
 }
 
+Result<uint64_t> RegularFileSize(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    int err = errno;
+    if (err == ENOENT) return NotFound(path + ": no such file");
+    return ErrnoError(path + ": stat", err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return InvalidArgument(path + ": not a regular file (" + FileTypeName(st.st_mode) + ")");
+  }
+  return static_cast<uint64_t>(st.st_size);
+}
+
 Result<std::string> ReadFileToString(const std::string& path) {
   uint64_t size = 0;
   ASSIGN_OR_RETURN(ScopedFd fd, OpenRegularFile(path, &size));
@@ -102,11 +115,11 @@ Result<std::string> ReadFileToString(const std::string& path) {
 Result<AtomicFileWriter> AtomicFileWriter::Create(const std::string& path) {
   // A hidden, unique name in the same directory so rename(2) is atomic (same filesystem) and a
   // crashed run leaves an obviously-temporary file rather than a half-written shard.
-  std::string tmpl = DirName(path) + "/." + BaseName(path) + ".tmp.XXXXXX";
+  std::string tmpl = ParentDirectory(path) + "/." + BaseName(path) + ".tmp.XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
   int fd = ::mkostemp(buf.data(), O_CLOEXEC);
-  if (fd < 0) return ErrnoError(path + ": create temporary file in " + DirName(path), errno);
+  if (fd < 0) return ErrnoError(path + ": create temporary file in " + ParentDirectory(path), errno);
   // mkostemp creates mode 0600; data files are meant to be shared like any other output.
   if (::fchmod(fd, 0644) != 0) {
     int err = errno;
@@ -169,7 +182,7 @@ Status AtomicFileWriter::Commit() {
     return ErrnoError(path_ + ": rename from " + tmp_path_, err);
   }
   // The rename is durable only once the directory entry is on disk.
-  return SyncDirectory(DirName(path_));
+  return SyncDirectory(ParentDirectory(path_));
 }
 
 Status WriteFileAtomically(const std::string& path, std::string_view data) {
@@ -272,4 +285,4 @@ Status MakeDirectories(const std::string& path) {
   return Status::Ok();
 }
 
-}  // namespace cohort::data
+}  // namespace cohort::storage

@@ -1,0 +1,235 @@
+// bench_dataloader: the dataloader's figures for bench/dataloader (which runs the peers: dd/cat
+// for raw read bandwidth). Each mode prints one JSON object on stdout.
+//
+//   --mode make      --out DIR --mib M --files F      random gpt2-vocab token shards (M MiB total)
+//   --mode read      --data GLOB --seq T --batch B --threads K --depth D
+//                    one epoch through the loader (every sample once, shuffled), 1 rank
+//   --mode train     --data GLOB [quickstart model flags]
+//                    training steps fed by the loader vs by batches held in memory (differential)
+//   --mode resume    --data GLOB --seq T --batch B
+//                    time from creating a loader at a saved position to its first batch
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "dataloader/loader.h"
+#include "dataloader/source.h"
+#include "dataloader/token_shard.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "model/gpt.h"
+#include "model/optimizer.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace cohort;
+
+double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+int Fail(const Status& s) {
+  std::fprintf(stderr, "bench_dataloader: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+std::shared_ptr<const data::SampleSource> Open(const std::string& glob, int T, uint32_t vocab, bool verify,
+                                               Status* err) {
+  data::SourceOptions o;
+  o.patterns = {glob};
+  o.seq_len = T;
+  o.vocab_size = vocab;
+  o.verify_checksums = verify;
+  auto r = data::OpenSampleSource(o);
+  if (!r.ok()) {
+    *err = r.status();
+    return nullptr;
+  }
+  return std::shared_ptr<const data::SampleSource>(std::move(*r));
+}
+
+int Make(const std::string& out, int mib, int files) {
+  const uint64_t tokens_per_file = (static_cast<uint64_t>(mib) << 20) / 2 / static_cast<uint64_t>(files);
+  std::mt19937_64 rng(7);
+  std::vector<uint32_t> tokens(tokens_per_file);
+  for (int f = 0; f < files; ++f) {
+    for (auto& t : tokens) t = static_cast<uint32_t>(rng() % 50257);
+    char name[64];
+    std::snprintf(name, sizeof name, "/bench-%05d.bin", f);
+    Status s = data::WriteTokenShard(out + name, tokens, 50257, "gpt2");
+    if (!s.ok()) return Fail(s);
+  }
+  std::printf("{\"files\": %d, \"tokens\": %llu}\n", files,
+              static_cast<unsigned long long>(tokens_per_file * static_cast<uint64_t>(files)));
+  return 0;
+}
+
+int Read(const std::string& glob, int T, int B, int threads, int depth, bool verify) {
+  Status err;
+  const auto t_open = Clock::now();
+  auto src = Open(glob, T, 50257, verify, &err);
+  if (!src) return Fail(err);
+  const double open_s = Since(t_open);
+  data::LoaderOptions o;
+  o.batch_size = B;
+  o.threads = threads;
+  o.depth = depth;
+  o.start = {1, 0, 0};
+  const uint64_t batches = src->num_samples() / static_cast<uint64_t>(B);
+  const auto t0 = Clock::now();
+  auto loader = data::DataLoader::Create(src, o);
+  if (!loader.ok()) return Fail(loader.status());
+  uint64_t checksum = 0;
+  for (uint64_t k = 0; k < batches; ++k) {
+    auto b = (*loader)->Next();
+    if (!b.ok()) return Fail(b.status());
+    checksum += static_cast<uint64_t>(b->inputs[0]);
+  }
+  const double secs = Since(t0);
+  // Dataset bytes consumed: each sample advances T tokens of its file (windows overlap by one).
+  const double tokens = static_cast<double>(batches) * B * T;
+  uint64_t file_bytes = 0;
+  for (const auto& f : src->files()) file_bytes += f.tokens * 2 + 64;
+  std::printf(
+      "{\"samples\": %llu, \"seconds\": %.3f, \"tokens_per_s\": %.0f, \"bytes_per_s\": %.0f, "
+      "\"open_seconds\": %.3f, \"file_bytes\": %llu, \"wait_seconds\": %.3f, \"check\": %llu}\n",
+      static_cast<unsigned long long>(batches * static_cast<uint64_t>(B)), secs, tokens / secs,
+      tokens * 2 / secs, open_s, static_cast<unsigned long long>(file_bytes),
+      (*loader)->total_wait_seconds(), static_cast<unsigned long long>(checksum));
+  return 0;
+}
+
+int Train(const std::string& glob, const model::GptConfig& c, int B, int steps, int threads) {
+  const int T = c.context_length;
+  Status err;
+  auto src = Open(glob, T, static_cast<uint32_t>(c.vocab_size), true, &err);
+  if (!src) return Fail(err);
+  kernels::SetNumThreads(threads);
+  auto gpt = model::Gpt::Create(c);
+  if (!gpt.ok()) return Fail(gpt.status());
+  model::AdamWConfig oc;
+  oc.lr = 1e-4f;
+  auto adamw = model::AdamW::Create(oc, (*gpt)->tensors());
+  if (!adamw.ok()) return Fail(adamw.status());
+  // Synthetic: the first `kHeld` batches of the same stream, read beforehand and cycled.
+  constexpr int kHeld = 8;
+  const data::GlobalSampler sampler(src->num_samples(), 1, true);
+  std::vector<std::vector<int32_t>> held_in(kHeld, std::vector<int32_t>(static_cast<size_t>(B) * T)), held_tg = held_in;
+  for (int k = 0; k < kHeld; ++k) {
+    Status s = data::ReadRows(*src, sampler, static_cast<uint64_t>(k) * B, 1, 0, held_in[k], held_tg[k]);
+    if (!s.ok()) return Fail(s);
+  }
+  auto step = [&](const int32_t* in, const int32_t* tg) -> Status {
+    (*gpt)->ZeroGrad();
+    auto l = (*gpt)->ForwardBackward(in, tg, B, T, 1.0f);
+    if (!l.ok()) return l.status();
+    model::ClipGradNorm((*gpt)->grads(), (*gpt)->num_parameters(), 1.0f);
+    (*adamw)->Step((*gpt)->params(), (*gpt)->grads(), oc.lr);
+    return Status::Ok();
+  };
+  // Alternate blocks of steps with each feed, so drift in this machine's speed hits both alike.
+  constexpr int kBlock = 10;
+  data::LoaderOptions o;
+  o.batch_size = B;
+  o.start = {1, 0, 0};
+  auto loader = data::DataLoader::Create(src, o);
+  if (!loader.ok()) return Fail(loader.status());
+  std::vector<double> with_loader, synthetic;
+  for (int s = 0; s < 2; ++s) {  // warm-up
+    auto b = (*loader)->Next();
+    if (!b.ok()) return Fail(b.status());
+    if (Status st = step(b->inputs.data(), b->targets.data()); !st.ok()) return Fail(st);
+  }
+  const double wait0 = (*loader)->total_wait_seconds();
+  for (int done = 0; done < steps; done += kBlock) {
+    for (int s = 0; s < kBlock; ++s) {
+      const auto t0 = Clock::now();
+      auto b = (*loader)->Next();
+      if (!b.ok()) return Fail(b.status());
+      if (Status st = step(b->inputs.data(), b->targets.data()); !st.ok()) return Fail(st);
+      with_loader.push_back(Since(t0));
+    }
+    for (int s = 0; s < kBlock; ++s) {
+      const auto t0 = Clock::now();
+      const int k = (done + s) % kHeld;
+      if (Status st = step(held_in[k].data(), held_tg[k].data()); !st.ok()) return Fail(st);
+      synthetic.push_back(Since(t0));
+    }
+  }
+  auto mean = [](const std::vector<double>& v) {
+    double s = 0;
+    for (double x : v) s += x;
+    return s / static_cast<double>(v.size());
+  };
+  const double a = mean(with_loader), b = mean(synthetic);
+  const double waited = (*loader)->total_wait_seconds() - wait0;
+  std::printf(
+      "{\"steps\": %zu, \"loader_ms\": %.3f, \"synthetic_ms\": %.3f, \"differential_fraction\": %.5f, "
+      "\"measured_wait_fraction\": %.6f}\n",
+      with_loader.size(), 1e3 * a, 1e3 * b, (a - b) / a, waited / (a * static_cast<double>(with_loader.size())));
+  return 0;
+}
+
+int Resume(const std::string& glob, int T, int B) {
+  Status err;
+  auto src = Open(glob, T, 50257, false, &err);
+  if (!src) return Fail(err);
+  const data::GlobalSampler sampler(src->num_samples(), 1, true);
+  std::printf("{\"num_samples\": %llu, \"resume\": [", static_cast<unsigned long long>(src->num_samples()));
+  const uint64_t positions[] = {0, 1000, 1000000, 1000000000, 1000000000000ull};
+  for (size_t i = 0; i < std::size(positions); ++i) {
+    // Best of 5: the first touch of a file region may be a cold read, which is I/O, not seeking.
+    double best = 1e9;
+    for (int rep = 0; rep < 5; ++rep) {
+      data::LoaderOptions o;
+      o.batch_size = B;
+      o.start = sampler.StateAt(positions[i]);
+      const auto t0 = Clock::now();
+      auto loader = data::DataLoader::Create(src, o);
+      if (!loader.ok()) return Fail(loader.status());
+      auto b = (*loader)->Next();
+      if (!b.ok()) return Fail(b.status());
+      best = std::min(best, Since(t0));
+    }
+    std::printf("%s{\"position\": %llu, \"ms\": %.3f}", i ? ", " : "",
+                static_cast<unsigned long long>(positions[i]), 1e3 * best);
+  }
+  std::printf("]}\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Cohort dataloader benchmark"};
+  std::string mode, data, out;
+  int mib = 512, files = 8, T = 1024, B = 8, threads = 2, depth = 4, steps = 40, compute_threads = 1;
+  bool verify = false;
+  model::GptConfig c{257, 128, 4, 4, 128};
+  app.add_option("--mode", mode)->required()->check(CLI::IsMember({"make", "read", "train", "resume"}));
+  app.add_option("--data", data);
+  app.add_option("--out", out);
+  app.add_option("--mib", mib);
+  app.add_option("--files", files);
+  app.add_option("--seq", T);
+  app.add_option("--batch", B);
+  app.add_option("--threads", threads, "loader threads");
+  app.add_option("--depth", depth);
+  app.add_option("--verify", verify, "check payload checksums when opening");
+  app.add_option("--steps", steps);
+  app.add_option("--compute-threads", compute_threads);
+  app.add_option("--layers", c.n_layer);
+  app.add_option("--embd", c.n_embd);
+  app.add_option("--heads", c.n_head);
+  app.add_option("--ctx", c.context_length);
+  app.add_option("--vocab", c.vocab_size);
+  CLI11_PARSE(app, argc, argv);
+  if (mode == "make") return Make(out, mib, files);
+  if (mode == "read") return Read(data, T, B, threads, depth, verify);
+  if (mode == "train") return Train(data, c, B, steps, compute_threads);
+  return Resume(data, T, B);
+}

@@ -1,0 +1,112 @@
+// The training dataloader of one rank: background threads read this rank's slice of the next
+// global batches (sampler.h) from a SampleSource into a bounded ring of reusable buffers, so the
+// trainer finds its batch ready.
+//
+// Batches are delivered strictly in stream order. Each micro-step's batch is the next global batch
+// of world * batch_size positions; this rank's rows are positions [start + rank*B, start +
+// (rank+1)*B). Memory is fixed at Create: `depth` buffers of 2 * B * T int32 (inputs and targets)
+// plus one sample of scratch per thread; nothing is allocated per batch.
+//
+// Errors: the first read error (naming the file, offset or element) stops the readers and is
+// returned by Next() for the batch that failed — the trainer gets it as soon as it needs that
+// batch (at most `depth` batches after the failure happened), never a hang and never a skipped
+// sample. Stop() (or destruction) ends the readers promptly even when they are blocked waiting for
+// a free buffer; a thread inside a storage read finishes that one read first.
+//
+// Thread safety: Next(), state(), and the statistics are for one consumer thread; Stop() may be
+// called from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "common/status.h"
+#include "dataloader/sampler.h"
+#include "dataloader/source.h"
+
+namespace cohort::data {
+
+struct LoaderOptions {
+  int batch_size = 1;  // B: rows per micro-batch on this rank
+  int rank = 0;
+  int world = 1;
+  DataState start;     // where the stream starts (resume); start.seed keys the order
+  bool shuffle = true;
+  int depth = 4;       // batches read ahead (buffers in the ring), >= 1
+  int threads = 2;     // reader threads, >= 1
+};
+
+// One rank's rows of one global batch. Valid until the next Next() call.
+struct Batch {
+  std::span<const int32_t> inputs;   // B * T, row-major
+  std::span<const int32_t> targets;  // B * T: inputs shifted left by one token
+  uint64_t position = 0;             // global stream position of the global batch's first row
+};
+
+// Reads the rows [first_row, first_row + B) of the global batch starting at `start` (B = rows in
+// inputs / T) synchronously, for validation and tests. Same errors as the loader.
+Status ReadRows(const SampleSource& source, const GlobalSampler& sampler, uint64_t start,
+                int world, int rank, std::span<int32_t> inputs, std::span<int32_t> targets);
+
+class DataLoader {
+ public:
+  // InvalidArgument for options out of range (naming the field). The source must outlive the
+  // loader. Starts the reader threads.
+  static Result<std::unique_ptr<DataLoader>> Create(std::shared_ptr<const SampleSource> source,
+                                                    const LoaderOptions& options);
+  ~DataLoader();
+  DataLoader(const DataLoader&) = delete;
+  DataLoader& operator=(const DataLoader&) = delete;
+
+  // The next batch, waiting for it if needed (the wait is timed). The previous batch's buffer is
+  // handed back to the readers first. A read error is returned once and then again by every later
+  // call; Cancelled after Stop().
+  Result<Batch> Next();
+
+  // The data state after the last batch Next() returned (Create's start before the first): what a
+  // checkpoint taken now must store. The same value on every rank.
+  DataState state() const;
+
+  // Ends the readers; Next() then returns Cancelled. Idempotent; safe from any thread.
+  void Stop();
+
+  // Seconds the consumer spent blocked in Next(): in the last call, and in total.
+  double last_wait_seconds() const { return last_wait_; }
+  double total_wait_seconds() const { return total_wait_; }
+  uint64_t batches_delivered() const { return delivered_; }
+
+ private:
+  struct Slot;
+  DataLoader(std::shared_ptr<const SampleSource> source, const LoaderOptions& options);
+  void ReaderLoop(int thread_index);
+
+  const std::shared_ptr<const SampleSource> source_;
+  const LoaderOptions options_;
+  const GlobalSampler sampler_;
+  const int T_;
+  const uint64_t global_batch_;  // world * batch_size positions per batch
+  const uint64_t first_position_;
+
+  std::mutex mu_;
+  std::condition_variable ready_cv_;  // a slot became ready (or failed)
+  std::condition_variable free_cv_;   // a slot was handed back, or stop
+  std::vector<std::unique_ptr<Slot>> slots_;
+  uint64_t next_to_claim_ = 0;  // batch sequence number the next idle reader takes
+  uint64_t next_to_deliver_ = 0;
+  bool holding_ = false;        // the consumer holds batch next_to_deliver_ - 1
+  bool stop_ = false;
+  Status error_;                // the first read error (sticky)
+  uint64_t error_batch_ = UINT64_MAX;
+  std::vector<std::thread> threads_;
+
+  double last_wait_ = 0;
+  double total_wait_ = 0;
+  uint64_t delivered_ = 0;
+};
+
+}  // namespace cohort::data

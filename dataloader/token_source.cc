@@ -1,0 +1,165 @@
+// Token shards (token_shard.h) as a SampleSource, read through storage/ with one ranged read per
+// sample, so the same code serves local files and object stores.
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "common/crc32c.h"
+#include "dataloader/source.h"
+#include "dataloader/token_shard.h"
+#include "storage/storage.h"
+
+namespace cohort::data {
+namespace {
+
+struct Shard {
+  std::unique_ptr<storage::ReadableObject> object;
+  TokenShardHeader header;
+};
+
+// The payload CRC32C of one shard, read in large ranged reads (one sequential pass).
+Status VerifyPayload(const Shard& s) {
+  constexpr size_t kChunk = size_t{8} << 20;
+  std::vector<unsigned char> buf(std::min<uint64_t>(kChunk, s.object->size()));
+  uint32_t crc = 0;
+  for (uint64_t off = kTokenShardHeaderSize; off < s.object->size(); off += kChunk) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, s.object->size() - off));
+    RETURN_IF_ERROR(s.object->ReadAt(off, buf.data(), n));
+    crc = Crc32cExtend(crc, buf.data(), n);
+  }
+  if (crc != s.header.payload_crc32c) {
+    char detail[80];
+    std::snprintf(detail, sizeof detail, "stored 0x%08x, computed 0x%08x", s.header.payload_crc32c, crc);
+    return DataLoss(s.object->uri() + ": token payload checksum mismatch (" + detail +
+                    "): the file is corrupt; re-create it with `cohort data prepare`");
+  }
+  return Status::Ok();
+}
+
+// Verifies every shard's payload, several files at a time (reads of different files overlap, and
+// the CRC runs at memory speed).
+Status VerifyAll(const std::vector<Shard>& shards) {
+  const size_t workers = std::min<size_t>(shards.size(), std::max(2u, std::thread::hardware_concurrency()));
+  std::vector<Status> results(shards.size());
+  std::atomic<size_t> next{0};
+  std::vector<std::thread> threads;
+  for (size_t w = 0; w < workers; ++w) {
+    threads.emplace_back([&] {
+      for (size_t i = next++; i < shards.size(); i = next++) results[i] = VerifyPayload(shards[i]);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const Status& s : results) RETURN_IF_ERROR(s);
+  return Status::Ok();
+}
+
+class TokenShardSource final : public SampleSource {
+ public:
+  TokenShardSource(std::vector<Shard> shards, std::vector<SourceFileInfo> infos,
+                   std::vector<uint64_t> first_sample, int T, uint32_t vocab)
+      : shards_(std::move(shards)),
+        infos_(std::move(infos)),
+        first_sample_(std::move(first_sample)),
+        T_(T),
+        vocab_(vocab) {}
+
+  int seq_len() const override { return T_; }
+  uint64_t num_samples() const override { return first_sample_.back(); }
+  uint32_t vocab_size() const override { return vocab_; }
+  const std::vector<SourceFileInfo>& files() const override { return infos_; }
+  std::string kind() const override { return "token shards"; }
+
+  Status Read(uint64_t index, int32_t* out) const override {
+    if (index >= num_samples()) {
+      return OutOfRange("sample " + std::to_string(index) + " of " + std::to_string(num_samples()));
+    }
+    // The file holding the sample: the last one whose first sample is <= index.
+    const size_t f = static_cast<size_t>(
+        std::upper_bound(first_sample_.begin(), first_sample_.end(), index) - first_sample_.begin() - 1);
+    const Shard& s = shards_[f];
+    const uint32_t width = s.header.token_width;
+    const size_t n = static_cast<size_t>(T_) + 1;
+    const uint64_t first_token = (index - first_sample_[f]) * static_cast<uint64_t>(T_);
+    const uint64_t offset = kTokenShardHeaderSize + first_token * width;
+    // Read straight into `out` (n * 4 bytes); 2-byte tokens are widened in place from the back, so
+    // no token is overwritten before it is read.
+    auto* bytes = reinterpret_cast<unsigned char*>(out);
+    RETURN_IF_ERROR(s.object->ReadAt(offset, bytes, n * width));
+    const uint32_t limit = std::min(vocab_, s.header.vocab_size);
+    for (size_t k = n; k-- > 0;) {
+      const unsigned char* p = bytes + k * width;
+      uint32_t v = static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8;
+      if (width == 4) v |= static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
+      if (v >= limit) {
+        return DataLoss(s.object->uri() + ": byte offset " + std::to_string(offset + k * width) +
+                        ": token " + std::to_string(v) + " >= vocab size " + std::to_string(limit));
+      }
+      out[k] = static_cast<int32_t>(v);
+    }
+    return Status::Ok();
+  }
+
+ private:
+  std::vector<Shard> shards_;
+  std::vector<SourceFileInfo> infos_;
+  std::vector<uint64_t> first_sample_;  // first_sample_[f] = samples in files < f; back() = total
+  int T_;
+  uint32_t vocab_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<SampleSource>> OpenTokenShardSource(const std::vector<std::string>& files,
+                                                           const SourceOptions& options) {
+  if (options.seq_len < 1) return InvalidArgument("sequence length must be >= 1");
+  if (options.vocab_size == 0) return InvalidArgument("vocab size must be > 0");
+  if (files.empty()) return InvalidArgument("no token shards given");
+  const uint64_t T = static_cast<uint64_t>(options.seq_len);
+  std::vector<Shard> shards;
+  std::vector<SourceFileInfo> infos;
+  std::vector<uint64_t> first{0};
+  for (const std::string& uri : files) {
+    ASSIGN_OR_RETURN(storage::Storage * store, storage::StorageFor(uri));
+    Shard s;
+    ASSIGN_OR_RETURN(s.object, store->OpenForRead(uri));
+    unsigned char h[kTokenShardHeaderSize];
+    if (s.object->size() < kTokenShardHeaderSize) {
+      return DataLoss(uri + ": " + std::to_string(s.object->size()) +
+                      " bytes, shorter than a token shard header (64 bytes): truncated or not a shard");
+    }
+    RETURN_IF_ERROR(s.object->ReadAt(0, h, sizeof h));
+    ASSIGN_OR_RETURN(s.header, ParseTokenShardHeader(uri, h, s.object->size()));
+    if (s.header.vocab_size > options.vocab_size) {
+      return InvalidArgument(uri + ": shard vocab size " + std::to_string(s.header.vocab_size) +
+                             " exceeds the model's " + std::to_string(options.vocab_size) +
+                             " (data.tokenizer does not match the shards?)");
+    }
+    if (!options.tokenizer.empty() && !s.header.tokenizer.empty() && s.header.tokenizer != options.tokenizer) {
+      return InvalidArgument(uri + ": made with tokenizer '" + s.header.tokenizer +
+                             "', but data.tokenizer is '" + options.tokenizer + "'");
+    }
+    if (!shards.empty() && shards.front().header.tokenizer != s.header.tokenizer) {
+      return InvalidArgument(uri + ": tokenizer \"" + s.header.tokenizer + "\" differs from " +
+                             files.front() + " (\"" + shards.front().header.tokenizer + "\")");
+    }
+    const uint64_t count = s.header.token_count;
+    const uint64_t samples = count >= T + 1 ? (count - 1) / T : 0;
+    infos.push_back({uri, count, samples});
+    first.push_back(first.back() + samples);
+    shards.push_back(std::move(s));
+  }
+  if (first.back() == 0) {
+    return InvalidArgument(std::to_string(files.size()) + " token shard(s) (" + files.front() +
+                           (files.size() > 1 ? " .." : "") + ") hold no sample of " +
+                           std::to_string(T + 1) + " tokens (seq_len + 1); use a shorter seq_len");
+  }
+  if (options.verify_checksums) RETURN_IF_ERROR(VerifyAll(shards));
+  return std::unique_ptr<SampleSource>(std::make_unique<TokenShardSource>(
+      std::move(shards), std::move(infos), std::move(first), options.seq_len, options.vocab_size));
+}
+
+}  // namespace cohort::data

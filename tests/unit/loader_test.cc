@@ -1,0 +1,413 @@
+// The prefetching loader (ordering, bounded read-ahead, errors, shutdown, resume at another world
+// size) and the token-shard sample source over real shard files.
+#include "dataloader/loader.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "dataloader/source.h"
+#include "dataloader/token_shard.h"
+#include "storage/file_util.h"
+#include "tests/unit/test_util.h"
+
+namespace cohort::data {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A source of n samples whose tokens encode their index: sample i is [i, i+1, ..., i+T] (mod
+// vocab). It can fail at one index and hold reads at another until released, and counts reads.
+class ScriptedSource final : public SampleSource {
+ public:
+  ScriptedSource(uint64_t n, int T) : n_(n), T_(T), files_{{"mem://scripted", n + T, n}} {}
+  int seq_len() const override { return T_; }
+  uint64_t num_samples() const override { return n_; }
+  uint32_t vocab_size() const override { return 1u << 30; }
+  const std::vector<SourceFileInfo>& files() const override { return files_; }
+  std::string kind() const override { return "scripted samples"; }
+
+  Status Read(uint64_t index, int32_t* out) const override {
+    reads_++;
+    if (index == hold_at_) {
+      std::unique_lock<std::mutex> lk(mu_);
+      held_ = true;
+      cv_.notify_all();
+      cv_.wait(lk, [&] { return released_; });
+    }
+    if (index == fail_at_) return DataLoss("scripted.bin: byte offset 4242: injected failure at sample " + std::to_string(index));
+    for (int k = 0; k <= T_; ++k) out[k] = static_cast<int32_t>(index + static_cast<uint64_t>(k));
+    return Status::Ok();
+  }
+
+  void FailAt(uint64_t i) { fail_at_ = i; }
+  void HoldAt(uint64_t i) { hold_at_ = i; }
+  void WaitHeld() {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, [&] { return held_; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lk(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+  uint64_t reads() const { return reads_; }
+
+ private:
+  uint64_t n_;
+  int T_;
+  std::vector<SourceFileInfo> files_;
+  uint64_t fail_at_ = UINT64_MAX;
+  uint64_t hold_at_ = UINT64_MAX;
+  mutable std::atomic<uint64_t> reads_{0};
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  mutable bool held_ = false;
+  bool released_ = false;
+};
+
+LoaderOptions Options(int B, int rank, int world, uint64_t seed = 11) {
+  LoaderOptions o;
+  o.batch_size = B;
+  o.rank = rank;
+  o.world = world;
+  o.start = {seed, 0, 0};
+  o.depth = 3;
+  o.threads = 4;
+  return o;
+}
+
+TEST(DataLoaderTest, DeliversThisRanksRowsOfEachGlobalBatchInOrder) {
+  const int T = 5, B = 4, world = 3, rank = 1;
+  auto src = std::make_shared<ScriptedSource>(1001, T);
+  auto loader = DataLoader::Create(src, Options(B, rank, world));
+  ASSERT_TRUE(loader.ok()) << loader.status().ToString();
+  const GlobalSampler sampler(1001, 11, true);
+  for (int k = 0; k < 200; ++k) {  // 200 * 12 positions: more than two epochs
+    auto batch = (*loader)->Next();
+    ASSERT_TRUE(batch.ok()) << batch.status().ToString();
+    ASSERT_EQ(batch->position, static_cast<uint64_t>(k) * world * B);
+    std::vector<uint64_t> want(B);
+    sampler.RankSlice(batch->position, world, rank, want);
+    for (int b = 0; b < B; ++b) {
+      for (int t = 0; t < T; ++t) {
+        ASSERT_EQ(batch->inputs[static_cast<size_t>(b * T + t)], static_cast<int32_t>(want[b] + t));
+        ASSERT_EQ(batch->targets[static_cast<size_t>(b * T + t)], static_cast<int32_t>(want[b] + t + 1));
+      }
+    }
+    const DataState s = (*loader)->state();
+    EXPECT_EQ(sampler.Position(s), static_cast<uint64_t>(k + 1) * world * B);
+  }
+  EXPECT_EQ((*loader)->batches_delivered(), 200u);
+}
+
+TEST(DataLoaderTest, ReadsAtMostDepthBatchesAhead) {
+  const int B = 6;
+  auto src = std::make_shared<ScriptedSource>(100000, 3);
+  auto o = Options(B, 0, 1);
+  o.depth = 5;
+  auto loader = DataLoader::Create(src, o);
+  ASSERT_TRUE(loader.ok());
+  std::this_thread::sleep_for(200ms);  // the readers fill every buffer, then must stop
+  EXPECT_EQ(src->reads(), 5u * B);
+  ASSERT_TRUE((*loader)->Next().ok());  // holds batch 0: nothing is freed yet
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(src->reads(), 5u * B);
+  ASSERT_TRUE((*loader)->Next().ok());  // hands batch 0's buffer back: one more batch is read
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(src->reads(), 6u * B);
+}
+
+TEST(DataLoaderTest, AReadErrorReachesTheTrainerAtItsBatchAndStays) {
+  const int B = 4;
+  auto src = std::make_shared<ScriptedSource>(500, 3);
+  // Unshuffled: batch k holds samples [4k, 4k+4); sample 22 is in batch 5.
+  auto o = Options(B, 0, 1);
+  o.shuffle = false;
+  src->FailAt(22);
+  auto loader = DataLoader::Create(src, o);
+  ASSERT_TRUE(loader.ok());
+  for (int k = 0; k < 5; ++k) ASSERT_TRUE((*loader)->Next().ok()) << k;
+  for (int again = 0; again < 2; ++again) {
+    auto bad = (*loader)->Next();
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.status().code(), Code::kDataLoss);
+    EXPECT_NE(bad.status().message().find("scripted.bin: byte offset 4242"), std::string::npos)
+        << bad.status().ToString();
+  }
+  // Nothing after the failed batch was read (no silent skipping past it).
+  EXPECT_LE(src->reads(), 6u * B + 3u * B);
+}
+
+TEST(DataLoaderTest, DestroyingWhileReadersWaitForBuffersIsPrompt) {
+  auto src = std::make_shared<ScriptedSource>(1000, 3);
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    auto loader = DataLoader::Create(src, Options(2, 0, 1));
+    ASSERT_TRUE(loader.ok());
+    std::this_thread::sleep_for(50ms);  // every reader is now blocked on a full ring
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+}
+
+TEST(DataLoaderTest, StopUnblocksATrainerWaitingForAStalledRead) {
+  auto src = std::make_shared<ScriptedSource>(1000, 3);
+  auto o = Options(2, 0, 1);
+  o.shuffle = false;
+  src->HoldAt(0);  // the very first read never finishes on its own
+  auto loader = DataLoader::Create(src, o);
+  ASSERT_TRUE(loader.ok());
+  src->WaitHeld();
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(100ms);
+    (*loader)->Stop();
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = (*loader)->Next();
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kCancelled);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+  stopper.join();
+  src->Release();  // the reader finishes its one read, sees the stop and exits
+  loader->reset();
+}
+
+TEST(DataLoaderTest, MeasuresTheTrainersWaitTime) {
+  auto src = std::make_shared<ScriptedSource>(1000, 3);
+  auto o = Options(2, 0, 1);
+  o.shuffle = false;
+  src->HoldAt(0);
+  auto loader = DataLoader::Create(src, o);
+  ASSERT_TRUE(loader.ok());
+  std::thread releaser([&] {
+    src->WaitHeld();
+    std::this_thread::sleep_for(150ms);
+    src->Release();
+  });
+  ASSERT_TRUE((*loader)->Next().ok());
+  releaser.join();
+  EXPECT_GE((*loader)->last_wait_seconds(), 0.1);
+  EXPECT_GE((*loader)->total_wait_seconds(), (*loader)->last_wait_seconds());
+}
+
+TEST(DataLoaderTest, ResumingAtAnotherWorldSizeContinuesTheStream) {
+  const int T = 2;
+  const uint64_t n = 211;
+  auto src = std::make_shared<ScriptedSource>(n, T);
+  // Uninterrupted: 1 rank, global batches of 12, 40 batches.
+  std::vector<int32_t> want;
+  {
+    auto l = DataLoader::Create(src, Options(12, 0, 1, 99));
+    ASSERT_TRUE(l.ok());
+    for (int k = 0; k < 40; ++k) {
+      auto b = (*l)->Next();
+      ASSERT_TRUE(b.ok());
+      for (int r = 0; r < 12; ++r) want.push_back(b->inputs[static_cast<size_t>(r * T)]);
+    }
+  }
+  // 2 ranks x 6 rows for 15 batches, then 3 ranks x 4 rows for 10, then 4 ranks x 3 for 15.
+  std::vector<int32_t> got;
+  DataState state{99, 0, 0};
+  for (auto [world, B, batches] : {std::tuple{2, 6, 15}, std::tuple{3, 4, 10}, std::tuple{4, 3, 15}}) {
+    std::vector<std::unique_ptr<DataLoader>> ranks;
+    for (int r = 0; r < world; ++r) {
+      auto o = Options(B, r, world);
+      o.start = state;
+      auto l = DataLoader::Create(src, o);
+      ASSERT_TRUE(l.ok());
+      ranks.push_back(std::move(*l));
+    }
+    for (int k = 0; k < batches; ++k) {
+      for (auto& l : ranks) {
+        auto b = l->Next();
+        ASSERT_TRUE(b.ok());
+        for (int r = 0; r < B; ++r) got.push_back(b->inputs[static_cast<size_t>(r * T)]);
+      }
+    }
+    state = ranks[0]->state();
+    for (auto& l : ranks) EXPECT_EQ(l->state(), state);  // the same on every rank
+  }
+  EXPECT_EQ(got, want);
+}
+
+TEST(DataLoaderTest, RejectsBadOptions) {
+  auto src = std::make_shared<ScriptedSource>(10, 3);
+  auto o = Options(2, 0, 1);
+  o.depth = 0;
+  EXPECT_FALSE(DataLoader::Create(src, o).ok());
+  o = Options(2, 2, 2);
+  EXPECT_FALSE(DataLoader::Create(src, o).ok());
+  o = Options(2, 0, 1);
+  o.start.cursor = 10;
+  auto r = DataLoader::Create(src, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("cursor 10"), std::string::npos);
+}
+
+// ---- token shards as a sample source -----------------------------------------------------------
+
+class TokenShardSourceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = tmp_.path(); }
+
+  // Writes a shard of `n` tokens t_k = (base + k) % 251 and returns its path.
+  std::string Write(const std::string& name, uint32_t base, size_t n, uint32_t vocab = 257) {
+    std::vector<uint32_t> tokens(n);
+    for (size_t k = 0; k < n; ++k) tokens[k] = (base + static_cast<uint32_t>(k)) % 251;
+    const std::string path = dir_ + "/" + name;
+    EXPECT_TRUE(WriteTokenShard(path, tokens, vocab, "byte").ok());
+    return path;
+  }
+  SourceOptions Opts(int T) {
+    SourceOptions o;
+    o.patterns = {dir_ + "/train-*.bin"};
+    o.seq_len = T;
+    o.vocab_size = 257;
+    o.tokenizer = "byte";
+    return o;
+  }
+  void FlipByte(const std::string& path, long offset) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(offset);
+    char c = 0;
+    f.get(c);
+    f.seekp(offset);
+    f.put(static_cast<char>(c ^ 0x5a));
+  }
+  ::cohort::testing::TempDir tmp_;
+  std::string dir_;
+};
+
+TEST_F(TokenShardSourceTest, WindowsAtStrideTWithinEachFileInSortedOrder) {
+  const int T = 8;
+  Write("train-002.bin", 100, 30);  // 3 samples (29 / 8)
+  Write("train-000.bin", 0, 17);    // 2 samples: [0,9), [8,17)
+  Write("train-001.bin", 50, 8);    // shorter than T+1: none
+  auto src = OpenSampleSource(Opts(T));
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  EXPECT_EQ((*src)->num_samples(), 5u);
+  ASSERT_EQ((*src)->files().size(), 3u);
+  EXPECT_NE((*src)->files()[0].uri.find("train-000.bin"), std::string::npos);
+  EXPECT_EQ((*src)->files()[1].samples, 0u);
+  std::vector<int32_t> s(T + 1);
+  const std::pair<uint64_t, int32_t> first_token[] = {{0, 0}, {1, 8}, {2, 100}, {3, 108}, {4, 116}};
+  for (auto [i, t0] : first_token) {
+    ASSERT_TRUE((*src)->Read(i, s.data()).ok());
+    for (int k = 0; k <= T; ++k) EXPECT_EQ(s[static_cast<size_t>(k)], t0 + k) << "sample " << i;
+  }
+  EXPECT_FALSE((*src)->Read(5, s.data()).ok());
+  EXPECT_NE((*src)->Describe().find("5 samples of 9 tokens"), std::string::npos) << (*src)->Describe();
+}
+
+TEST_F(TokenShardSourceTest, FingerprintChangesWithTheData) {
+  Write("train-000.bin", 0, 100);
+  auto a = OpenSampleSource(Opts(8));
+  ASSERT_TRUE(a.ok());
+  auto same = OpenSampleSource(Opts(8));
+  auto other_t = OpenSampleSource(Opts(9));
+  EXPECT_EQ((*a)->Fingerprint(), (*same)->Fingerprint());
+  EXPECT_NE((*a)->Fingerprint(), (*other_t)->Fingerprint());
+  Write("train-001.bin", 0, 100);
+  auto more = OpenSampleSource(Opts(8));
+  EXPECT_NE((*a)->Fingerprint(), (*more)->Fingerprint());
+}
+
+TEST_F(TokenShardSourceTest, CorruptPayloadIsRefusedAtOpenNamingTheFile) {
+  const std::string p = Write("train-000.bin", 0, 1000);
+  FlipByte(p, 64 + 700);
+  auto src = OpenSampleSource(Opts(8));
+  ASSERT_FALSE(src.ok());
+  EXPECT_EQ(src.status().code(), Code::kDataLoss);
+  EXPECT_NE(src.status().message().find(p), std::string::npos) << src.status().ToString();
+  EXPECT_NE(src.status().message().find("checksum"), std::string::npos);
+}
+
+TEST_F(TokenShardSourceTest, OutOfVocabTokenIsCaughtOnReadWithItsOffset) {
+  const std::string p = Write("train-000.bin", 0, 100);
+  // Token 3 (byte offset 64 + 6) becomes 3 ^ 0x5a5a-ish >= 257; skip the CRC pass to reach Read.
+  FlipByte(p, 64 + 7);
+  auto o = Opts(8);
+  o.verify_checksums = false;
+  auto src = OpenSampleSource(o);
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  std::vector<int32_t> s(9);
+  Status st = (*src)->Read(0, s.data());
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), Code::kDataLoss);
+  EXPECT_NE(st.message().find(p + ": byte offset 70"), std::string::npos) << st.ToString();
+}
+
+TEST_F(TokenShardSourceTest, BadFilesGetClearErrors) {
+  const std::string p = Write("train-000.bin", 0, 100);
+  {  // truncated
+    ASSERT_EQ(::truncate(p.c_str(), 64 + 150), 0);
+    auto src = OpenSampleSource(Opts(8));
+    ASSERT_FALSE(src.ok());
+    EXPECT_EQ(src.status().code(), Code::kDataLoss);
+    EXPECT_NE(src.status().message().find(p), std::string::npos);
+    EXPECT_NE(src.status().message().find("truncated"), std::string::npos) << src.status().ToString();
+  }
+  {  // wrong magic
+    Write("train-000.bin", 0, 100);
+    FlipByte(p, 0);
+    auto src = OpenSampleSource(Opts(8));
+    ASSERT_FALSE(src.ok());
+    EXPECT_NE(src.status().message().find(p + ": byte offset 0"), std::string::npos) << src.status().ToString();
+  }
+  {  // nothing matches
+    auto o = Opts(8);
+    o.patterns = {dir_ + "/val-*.bin"};
+    auto src = OpenSampleSource(o);
+    ASSERT_FALSE(src.ok());
+    EXPECT_EQ(src.status().code(), Code::kNotFound);
+    EXPECT_NE(src.status().message().find("val-*.bin"), std::string::npos);
+  }
+  {  // another tokenizer's shards
+    Write("train-000.bin", 0, 100);
+    auto o = Opts(8);
+    o.tokenizer = "gpt2";
+    auto src = OpenSampleSource(o);
+    ASSERT_FALSE(src.ok());
+    EXPECT_NE(src.status().message().find("tokenizer"), std::string::npos);
+  }
+  {  // no window of T+1 tokens
+    auto src = OpenSampleSource(Opts(200));
+    ASSERT_FALSE(src.ok());
+    EXPECT_EQ(src.status().code(), Code::kInvalidArgument);
+  }
+  {  // a directory where a shard should be is not a shard
+    ASSERT_TRUE(storage::MakeDirectories(dir_ + "/train-999.bin").ok());
+    auto src = OpenSampleSource(Opts(8));
+    EXPECT_TRUE(src.ok()) << "directories are not objects and are not listed: " << src.status().ToString();
+  }
+}
+
+TEST_F(TokenShardSourceTest, LoaderOverRealShardsMatchesDirectReads) {
+  Write("train-000.bin", 0, 5000);
+  Write("train-001.bin", 7, 3000);
+  auto opened = OpenSampleSource(Opts(16));
+  ASSERT_TRUE(opened.ok());
+  std::shared_ptr<const SampleSource> src = std::move(*opened);
+  auto loader = DataLoader::Create(src, Options(4, 1, 2, 5));
+  ASSERT_TRUE(loader.ok());
+  const GlobalSampler sampler(src->num_samples(), 5, true);
+  std::vector<int32_t> in(4 * 16), tgt(4 * 16);
+  for (int k = 0; k < 30; ++k) {
+    auto b = (*loader)->Next();
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    ASSERT_TRUE(ReadRows(*src, sampler, b->position, 2, 1, in, tgt).ok());
+    EXPECT_TRUE(std::equal(in.begin(), in.end(), b->inputs.begin()));
+    EXPECT_TRUE(std::equal(tgt.begin(), tgt.end(), b->targets.begin()));
+  }
+}
+
+}  // namespace
+}  // namespace cohort::data
