@@ -68,7 +68,7 @@ int Make(const std::string& out, int mib, int files) {
   return 0;
 }
 
-int Read(const std::string& glob, int T, int B, int threads, int depth, bool verify) {
+int Read(const std::string& glob, int T, int B, int threads, int depth, bool verify, int epochs) {
   Status err;
   const auto t_open = Clock::now();
   auto src = Open(glob, T, 50257, verify, &err);
@@ -79,7 +79,7 @@ int Read(const std::string& glob, int T, int B, int threads, int depth, bool ver
   o.threads = threads;
   o.depth = depth;
   o.start = {1, 0, 0};
-  const uint64_t batches = src->num_samples() / static_cast<uint64_t>(B);
+  const uint64_t batches = static_cast<uint64_t>(epochs) * src->num_samples() / static_cast<uint64_t>(B);
   const auto t0 = Clock::now();
   auto loader = data::DataLoader::Create(src, o);
   if (!loader.ok()) return Fail(loader.status());
@@ -207,7 +207,7 @@ int Resume(const std::string& glob, int T, int B) {
 int main(int argc, char** argv) {
   CLI::App app{"Cohort dataloader benchmark"};
   std::string mode, data, out;
-  int mib = 512, files = 8, T = 1024, B = 8, threads = 2, depth = 4, steps = 40, compute_threads = 1;
+  int epochs = 1, mib = 512, files = 8, T = 1024, B = 8, threads = 2, depth = 4, steps = 40, compute_threads = 1;
   bool verify = false;
   model::GptConfig c{257, 128, 4, 4, 128};
   app.add_option("--mode", mode)->required()->check(CLI::IsMember({"make", "read", "train", "resume"}));
@@ -219,6 +219,7 @@ int main(int argc, char** argv) {
   app.add_option("--batch", B);
   app.add_option("--threads", threads, "loader threads");
   app.add_option("--depth", depth);
+  app.add_option("--epochs", epochs, "read mode: epochs to read");
   app.add_option("--verify", verify, "check payload checksums when opening");
   app.add_option("--steps", steps);
   app.add_option("--compute-threads", compute_threads);
@@ -229,7 +230,7 @@ int main(int argc, char** argv) {
   app.add_option("--vocab", c.vocab_size);
   CLI11_PARSE(app, argc, argv);
   if (mode == "make") return Make(out, mib, files);
-  if (mode == "read") return Read(data, T, B, threads, depth, verify);
+  if (mode == "read") return Read(data, T, B, threads, depth, verify, epochs);
   if (mode == "train") return Train(data, c, B, steps, compute_threads);
   return Resume(data, T, B);
 }

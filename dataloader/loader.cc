@@ -1,5 +1,6 @@
 #include "dataloader/loader.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 
@@ -16,9 +17,13 @@ Status FillRows(const SampleSource& source, const GlobalSampler& sampler, uint64
   const size_t T = static_cast<size_t>(source.seq_len());
   sampler.RankSlice(start, world, rank, idx);
   for (size_t b = 0; b < idx.size(); ++b) {
-    RETURN_IF_ERROR(source.Read(idx[b], sample.data()));
-    std::memcpy(inputs + b * T, sample.data(), T * sizeof(int32_t));
-    std::memcpy(targets + b * T, sample.data() + 1, T * sizeof(int32_t));
+    // Rows but the last are read in place: the sample's extra token spills into the next row's
+    // first element, which that row's own read overwrites. The targets are the row shifted by one.
+    const bool last = b + 1 == idx.size();
+    int32_t* row = last ? sample.data() : inputs + b * T;
+    RETURN_IF_ERROR(source.Read(idx[b], row));
+    if (last) std::memcpy(inputs + b * T, row, T * sizeof(int32_t));
+    std::memcpy(targets + b * T, row + 1, T * sizeof(int32_t));
   }
   return Status::Ok();
 }
@@ -38,9 +43,15 @@ Status ReadRows(const SampleSource& source, const GlobalSampler& sampler, uint64
 struct DataLoader::Slot {
   enum class State { kFree, kFilling, kReady, kFailed };
   std::vector<int32_t> inputs, targets;
-  State state = State::kFree;
+  // Written under mu_; also read without it by the consumer's short spin in Next().
+  std::atomic<State> state{State::kFree};
   Status error;
 };
+
+bool DataLoader::SlotSettled(const Slot& slot) const {
+  const Slot::State st = slot.state.load(std::memory_order_acquire);
+  return st == Slot::State::kReady || st == Slot::State::kFailed;
+}
 
 Result<std::unique_ptr<DataLoader>> DataLoader::Create(std::shared_ptr<const SampleSource> source,
                                                        const LoaderOptions& o) {
@@ -136,6 +147,19 @@ Result<Batch> DataLoader::Next() {
     free_cv_.notify_all();
   }
   Slot& slot = *slots_[next_to_deliver_ % depth];
+  // A batch that is nearly ready is waited for by spinning a few microseconds first: sleeping on
+  // the condition variable costs two futex system calls, expensive on virtual machines (~20 us a
+  // batch here), more than most such waits last.
+  if (!SlotSettled(slot)) {
+    lk.unlock();
+    const auto spin_until = t0 + std::chrono::microseconds(30);
+    while (!SlotSettled(slot) && std::chrono::steady_clock::now() < spin_until) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    lk.lock();
+  }
   ready_cv_.wait(lk, [&] {
     return stop_ || slot.state == Slot::State::kReady || slot.state == Slot::State::kFailed;
   });

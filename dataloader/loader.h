@@ -82,6 +82,7 @@ class DataLoader {
 
  private:
   struct Slot;
+  bool SlotSettled(const Slot& slot) const;
   DataLoader(std::shared_ptr<const SampleSource> source, const LoaderOptions& options);
   void ReaderLoop(int thread_index);
 
