@@ -55,6 +55,21 @@ kill -TERM "$pid"
 set +e; wait "$pid"; code=$?; set -e
 [ "$code" = 143 ] && pass "SIGTERM exits 143" || { fail "SIGTERM exit code $code, want 143"; tail term.log >&2; }
 
+# Bad data stops the run before training with an error naming the file: a flipped payload byte
+# fails the checksum check; a token outside the vocabulary (with data.verify: header, so the
+# checksum pass is skipped) is caught when its sample is read (validation reads sample 0 first),
+# naming the byte offset.
+cp -r shards bad
+printf '\x7f' | dd of=bad/val-00000.bin bs=1 seek=101 conv=notrunc status=none
+expect_exit 2 "train refuses a corrupt shard" -- "$COHORT_BIN" train job.yaml --no-progress \
+  --set data.val="$WORK/bad/val-*.bin"
+expect_output "data.val: .*bad/val-00000.bin: token payload checksum mismatch" "the error names the file"
+expect_exit 2 "an out-of-vocabulary token stops training" -- "$COHORT_BIN" train job.yaml --no-progress \
+  --set data.val="$WORK/bad/val-*.bin" --set data.verify=header
+expect_output "bad/val-00000.bin: byte offset 100: token 32[0-9]+ >= vocab size 257" \
+  "the error names the file and the offset"
+expect_output "train data: [0-9]+ files? .*samples of 33 tokens" "the log describes the data"
+
 # On a terminal, a progress line is redrawn in place (\r + erase line) with a bar, the rate and an
 # ETA. `script` runs the command on a real pseudo-terminal.
 if command -v script >/dev/null; then

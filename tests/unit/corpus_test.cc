@@ -15,6 +15,7 @@
 
 #include "dataloader/token_shard.h"
 #include "dataloader/tokenizer.h"
+#include "storage/file_util.h"
 #include "tests/unit/test_util.h"
 
 namespace cohort::data {
@@ -24,6 +25,32 @@ using testing::ShellQuote;
 using testing::TempDir;
 using testing::WriteFile;
 using ::testing::HasSubstr;
+
+// All tokens of the shards a glob matches, concatenated in file order (what `data prepare` wrote).
+struct Shards {
+  std::vector<std::string> file_list;
+  std::vector<uint32_t> all;
+  std::string tokenizer_name;
+  uint32_t vocab = 0;
+  const std::vector<std::string>& files() const { return file_list; }
+  const std::string& tokenizer() const { return tokenizer_name; }
+  uint32_t vocab_size() const { return vocab; }
+  std::span<const uint32_t> token_span() const { return all; }
+  const uint32_t* tokens() const { return all.data(); }
+  size_t size() const { return all.size(); }
+};
+
+Result<Shards> ReadShards(const std::string& glob) {
+  Shards out;
+  ASSIGN_OR_RETURN(out.file_list, storage::ExpandGlob(glob));
+  for (const std::string& f : out.file_list) {
+    ASSIGN_OR_RETURN(TokenShard shard, ReadTokenShard(f));
+    out.all.insert(out.all.end(), shard.tokens.begin(), shard.tokens.end());
+    out.tokenizer_name = shard.header.tokenizer;
+    out.vocab = shard.header.vocab_size;
+  }
+  return out;
+}
 
 std::string Brown(std::string_view tagged) {
   auto r = BrownToText(tagged, "fixture");
@@ -167,7 +194,7 @@ TEST(DataCommand, PrepareTextWithByteTokenizerAndReadBack) {
   EXPECT_THAT(out, HasSubstr("val   1 documents"));
 
   // k = 1 of 4 documents goes to val: document i with floor((i+1)/4) > floor(i/4), i.e. doc3.
-  auto train = TokenDataset::Open(dir / "out/train-*.bin");
+  auto train = ReadShards(dir / "out/train-*.bin");
   ASSERT_TRUE(train.ok()) << train.status().ToString();
   EXPECT_GE(train->files().size(), 3u);  // 20-token shards
   EXPECT_EQ(train->tokenizer(), "byte");
@@ -176,7 +203,7 @@ TEST(DataCommand, PrepareTextWithByteTokenizerAndReadBack) {
   ASSERT_TRUE(tok.ok());
   EXPECT_EQ((*tok)->Decode(train->token_span()),
             "<|endoftext|>" + docs[0] + "<|endoftext|>" + docs[1] + "<|endoftext|>" + docs[2]);
-  auto val = TokenDataset::Open(dir / "out/val-*.bin");
+  auto val = ReadShards(dir / "out/val-*.bin");
   ASSERT_TRUE(val.ok()) << val.status().ToString();
   EXPECT_EQ((*tok)->Decode(val->token_span()), "<|endoftext|>" + docs[3]);
 
@@ -186,7 +213,7 @@ TEST(DataCommand, PrepareTextWithByteTokenizerAndReadBack) {
                  &out);
   ASSERT_EQ(rc, 0) << out;
   EXPECT_FALSE(std::filesystem::exists(dir / "out/train-00001.bin"));
-  auto train2 = TokenDataset::Open(dir / "out/train-*.bin");
+  auto train2 = ReadShards(dir / "out/train-*.bin");
   ASSERT_TRUE(train2.ok());
   EXPECT_EQ(train2->size(), train->size());
 
@@ -220,7 +247,7 @@ TEST(DataCommand, PrepareBrownWithGpt2) {
   std::vector<uint32_t> want = {(*tok)->eot_token()};
   (*tok)->EncodeAppend(ca04->text, &want);
   EXPECT_EQ(val->tokens, want);
-  auto train = TokenDataset::Open(dir / "out/train-*.bin");
+  auto train = ReadShards(dir / "out/train-*.bin");
   ASSERT_TRUE(train.ok()) << train.status().ToString();
   EXPECT_EQ(std::count(train->tokens(), train->tokens() + train->size(), (*tok)->eot_token()), 3);
 
@@ -418,10 +445,10 @@ TEST(DataCommand, ValSplitIsDecidedOverNonEmptyDocuments) {
   EXPECT_THAT(out, HasSubstr("skipped 1 empty documents"));
   auto tok = MakeTokenizer("byte", "");
   ASSERT_TRUE(tok.ok());
-  auto val = TokenDataset::Open(dir / "out/val-*.bin");
+  auto val = ReadShards(dir / "out/val-*.bin");
   ASSERT_TRUE(val.ok()) << val.status().ToString();
   EXPECT_EQ((*tok)->Decode(val->token_span()), "<|endoftext|>beta text\n");
-  auto train = TokenDataset::Open(dir / "out/train-*.bin");
+  auto train = ReadShards(dir / "out/train-*.bin");
   ASSERT_TRUE(train.ok()) << train.status().ToString();
   EXPECT_EQ((*tok)->Decode(train->token_span()), "<|endoftext|>alpha text\n");
 }

@@ -1,5 +1,5 @@
 // Token shard format (write/read, corruption detection), the file helpers under it
-// (storage/file_util.h) and TokenDataset (globbing, samplers).
+// (storage/file_util.h). Reading shards for training: loader_test.cc.
 #include "dataloader/token_shard.h"
 
 #include <errno.h>
@@ -216,7 +216,6 @@ TEST(FileUtil, FifoIsRejectedWithoutBlocking) {
   ExpectNotRegular(CallWithFifo(fifo, [&] { return ReadFileToString(fifo).status(); }), fifo, "a FIFO");
   ExpectNotRegular(CallWithFifo(fifo, [&] { return ReadTokenShardHeader(fifo).status(); }), fifo, "a FIFO");
   ExpectNotRegular(CallWithFifo(fifo, [&] { return ReadTokenShard(fifo).status(); }), fifo, "a FIFO");
-  ExpectNotRegular(CallWithFifo(fifo, [&] { return TokenDataset::Open(fifo).status(); }), fifo, "a FIFO");
   ExpectNotRegular(ReadTokenShardHeader(dir.path()).status(), dir.path(), "a directory");
   ExpectNotRegular(ReadFileToString("/dev/null").status(), "/dev/null", "a character device");
 }
@@ -264,165 +263,6 @@ TEST(FileUtil, ListDirectoryTakesNamesLiterally) {
   EXPECT_TRUE(tmp->starts_with(odd + "/.stage."));
   EXPECT_TRUE(IsDirectory(*tmp));
   EXPECT_TRUE(SyncDirectory(odd).ok());
-}
-
-// ---- TokenDataset ------------------------------------------------------------------------------
-
-TEST(TokenDataset, ConcatenatesGlobInSortedOrder) {
-  TempDir dir;
-  // Written out of order; read back sorted by name.
-  ASSERT_TRUE(WriteTokenShard(dir / "train-00002.bin", Iota(5, 200), 1000, "byte2").ok());
-  ASSERT_TRUE(WriteTokenShard(dir / "train-00000.bin", Iota(3, 0), 1000, "byte2").ok());
-  ASSERT_TRUE(WriteTokenShard(dir / "train-00001.bin", Iota(4, 100), 1000, "byte2").ok());
-  ASSERT_TRUE(WriteTokenShard(dir / "val-00000.bin", Iota(4, 900), 1000, "byte2").ok());
-
-  auto ds = TokenDataset::Open(dir / "train-*.bin");
-  ASSERT_TRUE(ds.ok()) << ds.status().ToString();
-  EXPECT_EQ(ds->size(), 12u);
-  EXPECT_EQ(ds->vocab_size(), 1000u);
-  EXPECT_EQ(ds->tokenizer(), "byte2");
-  EXPECT_EQ(ds->files().size(), 3u);
-  std::vector<uint32_t> want = {0, 1, 2, 100, 101, 102, 103, 200, 201, 202, 203, 204};
-  EXPECT_EQ(std::vector<uint32_t>(ds->tokens(), ds->tokens() + ds->size()), want);
-
-  // Several inputs, overlapping: de-duplicated.
-  auto both = TokenDataset::Open({dir / "val-00000.bin", dir / "*.bin"});
-  ASSERT_TRUE(both.ok()) << both.status().ToString();
-  EXPECT_EQ(both->size(), 16u);
-  EXPECT_EQ(both->files().size(), 4u);
-}
-
-TEST(TokenDataset, Errors) {
-  TempDir dir;
-  auto none = TokenDataset::Open(dir / "train-*.bin");
-  EXPECT_EQ(none.status().code(), Code::kNotFound);
-  EXPECT_THAT(none.status().message(), HasSubstr(dir / "train-*.bin"));
-
-  ASSERT_TRUE(WriteTokenShard(dir / "a.bin", Iota(10), 257, "byte").ok());
-  ASSERT_TRUE(WriteTokenShard(dir / "b.bin", Iota(10), 50257, "gpt2").ok());
-  auto mixed = TokenDataset::Open(dir / "*.bin");
-  EXPECT_EQ(mixed.status().code(), Code::kInvalidArgument);
-  EXPECT_THAT(mixed.status().message(), HasSubstr(dir / "a.bin"));
-  EXPECT_THAT(mixed.status().message(), HasSubstr(dir / "b.bin"));
-
-  auto one = TokenDataset::Open(dir / "a.bin");
-  ASSERT_TRUE(one.ok());
-  EXPECT_TRUE(one->CheckWindow(9).ok());
-  Status s = one->CheckWindow(10);  // needs 11 tokens
-  EXPECT_EQ(s.code(), Code::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr(dir / "a.bin"));
-  std::vector<int32_t> in(10), tgt(10);
-  EXPECT_EQ(one->FillRandom(1, 0, 0, 1, 10, in, tgt).code(), Code::kInvalidArgument);
-  EXPECT_EQ(one->FillSequential(0, 1, 10, in, tgt).code(), Code::kInvalidArgument);
-
-  ASSERT_TRUE(WriteTokenShard(dir / "c.bin", Iota(10), 257, "byte").ok());
-  std::string raw = ReadFile(dir / "c.bin");
-  raw[70] ^= 1;
-  WriteFile(dir / "c.bin", raw);
-  auto corrupt = TokenDataset::Open({dir / "a.bin", dir / "c.bin"});
-  EXPECT_EQ(corrupt.status().code(), Code::kDataLoss);
-  EXPECT_THAT(corrupt.status().message(), HasSubstr(dir / "c.bin"));
-}
-
-class SamplerTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    // tokens[i] == i, so a token's value is its position.
-    ASSERT_TRUE(WriteTokenShard(dir_ / "a.bin", Iota(600), 1000, "t").ok());
-    ASSERT_TRUE(WriteTokenShard(dir_ / "b.bin", Iota(400, 600), 1000, "t").ok());
-    auto ds = TokenDataset::Open(dir_ / "*.bin");
-    ASSERT_TRUE(ds.ok()) << ds.status().ToString();
-    ds_ = std::make_unique<TokenDataset>(std::move(ds).value());
-  }
-  TempDir dir_;
-  std::unique_ptr<TokenDataset> ds_;
-};
-
-TEST_F(SamplerTest, RandomBatchesAreDeterministicWindows) {
-  constexpr int B = 8, T = 16;
-  std::vector<int32_t> in(B * T), tgt(B * T), in2(B * T), tgt2(B * T);
-  ASSERT_TRUE(ds_->FillRandom(42, 7, 1, B, T, in, tgt).ok());
-  ASSERT_TRUE(ds_->FillRandom(42, 7, 1, B, T, in2, tgt2).ok());
-  EXPECT_EQ(in, in2);
-  EXPECT_EQ(tgt, tgt2);
-  for (int b = 0; b < B; ++b) {
-    const uint64_t start = ds_->SampleOffset(42, 7, 1, b, T);
-    EXPECT_LE(start + T, ds_->size() - 1);
-    for (int t = 0; t < T; ++t) {
-      EXPECT_EQ(in[b * T + t], static_cast<int32_t>(start + t));
-      EXPECT_EQ(tgt[b * T + t], static_cast<int32_t>(start + t + 1));  // inputs shifted by one
-    }
-  }
-  // Different seed, step, micro-step or row -> (almost surely) different windows.
-  std::vector<int32_t> other(B * T), other_t(B * T);
-  ASSERT_TRUE(ds_->FillRandom(43, 7, 1, B, T, other, other_t).ok());
-  EXPECT_NE(in, other);
-  ASSERT_TRUE(ds_->FillRandom(42, 8, 1, B, T, other, other_t).ok());
-  EXPECT_NE(in, other);
-  ASSERT_TRUE(ds_->FillRandom(42, 7, 2, B, T, other, other_t).ok());
-  EXPECT_NE(in, other);
-  EXPECT_NE(ds_->SampleOffset(42, 7, 1, 0, T), ds_->SampleOffset(42, 7, 1, 1, T));
-
-  // Offsets cover the whole valid range [0, size - T).
-  uint64_t lo = UINT64_MAX, hi = 0;
-  for (uint64_t step = 0; step < 5000; ++step) {
-    uint64_t off = ds_->SampleOffset(1, step, 0, 0, T);
-    lo = std::min(lo, off);
-    hi = std::max(hi, off);
-  }
-  EXPECT_LT(lo, 10u);
-  EXPECT_GT(hi, ds_->size() - T - 10);
-  EXPECT_LT(hi, ds_->size() - T);
-}
-
-TEST_F(SamplerTest, SequentialBatchesWalkInOrderAndWrap) {
-  constexpr int B = 4, T = 100;
-  ASSERT_EQ(ds_->NumSequentialWindows(T), 9u);  // (1000 - 1) / 100
-  std::vector<int32_t> in(B * T), tgt(B * T);
-  auto row_start = [&](int b) { return in[b * T]; };
-  ASSERT_TRUE(ds_->FillSequential(0, B, T, in, tgt).ok());
-  for (int b = 0; b < B; ++b) EXPECT_EQ(row_start(b), b * T);
-  for (int i = 0; i + 1 < B * T; ++i) {
-    if ((i + 1) % T != 0) {
-      EXPECT_EQ(tgt[i], in[i + 1]);
-    }
-  }
-  EXPECT_EQ(tgt[T - 1], T);  // the last target of a row is the next window's first input
-  ASSERT_TRUE(ds_->FillSequential(2, B, T, in, tgt).ok());  // windows 8, 0, 1, 2
-  EXPECT_EQ(row_start(0), 800);
-  EXPECT_EQ(row_start(1), 0);
-  EXPECT_EQ(row_start(3), 200);
-  EXPECT_EQ(tgt[T - 1], 900);
-  // Every eval sees the same batches.
-  std::vector<int32_t> again(B * T), again_t(B * T);
-  ASSERT_TRUE(ds_->FillSequential(2, B, T, again, again_t).ok());
-  EXPECT_EQ(in, again);
-  EXPECT_EQ(tgt, again_t);
-  ASSERT_TRUE(ds_->FillSequential(UINT64_MAX / 2, B, T, in, tgt).ok());  // no overflow
-}
-
-// Data parallelism: N ranks with B rows each (first_row = r * B, first_window = (i*N + r) * B)
-// read exactly the rows of one rank with N * B rows, for training and validation batches.
-TEST_F(SamplerTest, RankSlicesConcatenateToTheOneRankBatch) {
-  constexpr int T = 16;
-  for (int world : {2, 3, 4}) {
-    constexpr int B = 3;
-    std::vector<int32_t> whole(size_t(world) * B * T), whole_t(whole.size());
-    ASSERT_TRUE(ds_->FillRandom(42, 5, 1, world * B, T, whole, whole_t).ok());
-    std::vector<int32_t> val(whole.size()), val_t(whole.size());
-    ASSERT_TRUE(ds_->FillSequential(3, world * B, T, val, val_t).ok());
-    for (int r = 0; r < world; ++r) {
-      std::vector<int32_t> in(size_t(B) * T), tgt(in.size());
-      ASSERT_TRUE(ds_->FillRandom(42, 5, 1, B, T, in, tgt, uint64_t(r) * B).ok());
-      EXPECT_TRUE(std::equal(in.begin(), in.end(), whole.begin() + r * B * T)) << "rank " << r;
-      EXPECT_TRUE(std::equal(tgt.begin(), tgt.end(), whole_t.begin() + r * B * T)) << "rank " << r;
-      ASSERT_TRUE(ds_->FillWindows((3ull * world + r) * B, B, T, in, tgt).ok());
-      EXPECT_TRUE(std::equal(in.begin(), in.end(), val.begin() + r * B * T)) << "rank " << r;
-      EXPECT_TRUE(std::equal(tgt.begin(), tgt.end(), val_t.begin() + r * B * T)) << "rank " << r;
-    }
-  }
-  std::vector<int32_t> in(4 * T), tgt(4 * T);
-  EXPECT_TRUE(ds_->FillWindows(UINT64_MAX, 4, T, in, tgt).ok());  // wraps, no overflow
 }
 
 }  // namespace
