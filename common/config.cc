@@ -497,6 +497,7 @@ Result<JobSpec> ParseJobSpec(std::string_view yaml, std::string_view source, con
            {"hdf5_dataset", [&](auto& v, auto& q) { r.String(v, q, &s.data.hdf5_dataset, 1024); }},
            {"prefetch", [&](auto& v, auto& q) { r.Int(v, q, &s.data.prefetch, 1, 256); }},
            {"loader_threads", [&](auto& v, auto& q) { r.Int(v, q, &s.data.loader_threads, 1, 64); }},
+           {"timeout_s", [&](auto& v, auto& q) { r.Int(v, q, &s.data.timeout_s, 1, 86400); }},
            {"verify", [&](auto& v, auto& q) { r.Enum(v, q, &s.data.verify, {"full", "header"}); }},
          });
        }},
@@ -612,6 +613,7 @@ std::string ToYaml(const JobSpec& s) {
     << YAML::Key << "hdf5_dataset" << YAML::Value << YAML::DoubleQuoted << s.data.hdf5_dataset
     << YAML::Key << "prefetch" << YAML::Value << s.data.prefetch
     << YAML::Key << "loader_threads" << YAML::Value << s.data.loader_threads
+    << YAML::Key << "timeout_s" << YAML::Value << s.data.timeout_s
     << YAML::Key << "verify" << YAML::Value << s.data.verify << YAML::EndMap;
   e << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap
     << YAML::Key << "name" << YAML::Value << s.optimizer.name

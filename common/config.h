@@ -37,6 +37,7 @@ struct DataSpec {
   std::string hdf5_dataset = "tokens";  // dataset name inside HDF5 files
   int prefetch = 4;                // batches read ahead by the loader
   int loader_threads = 2;          // reader threads of the loader
+  int timeout_s = 600;             // longest wait for one batch before the run fails (stalled storage)
   std::string verify = "full";     // full: check shard payload checksums at start | header
 };
 

@@ -228,6 +228,16 @@ class Hdf5Source final : public SampleSource {
   Status Open(const std::vector<std::string>& paths);
 
   Status Read(uint64_t index, int32_t* out) const override;
+  std::string Locate(uint64_t index) const override {
+    if (index >= num_samples()) return SampleSource::Locate(index);
+    const size_t fi = static_cast<size_t>(
+        std::upper_bound(first_sample_.begin(), first_sample_.end(), index) - first_sample_.begin() - 1);
+    const uint64_t j = index - first_sample_[fi];
+    const Hdf5File& f = files_[fi];
+    return "sample " + std::to_string(index) + " (" + Where(f) +
+           (f.rank == 1 ? " element " + std::to_string(j * static_cast<uint64_t>(seq_len_))
+                        : " row " + std::to_string(j)) + ")";
+  }
 
  private:
   Result<Hdf5File> OpenFile(const std::string& path) const;
@@ -396,7 +406,9 @@ Status Hdf5Source::Read(uint64_t index, int32_t* out) const {
 
   // Raw 64-bit storage: HDF5 converts any integer width to int64 or uint64 (by the dataset's sign),
   // so no value is clipped before the range checks below.
-  std::vector<uint64_t> buf(window);
+  // Per-thread scratch, grown once: no allocation per sample in steady state.
+  thread_local std::vector<uint64_t> buf;
+  if (buf.size() < window) buf.resize(window);
   {
     std::lock_guard<std::mutex> lock(Hdf5Mutex());
     QuietHdf5Errors quiet;

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "common/check.h"
@@ -13,7 +14,7 @@ namespace {
 // (B indexes, T+1 tokens) so the reader threads allocate nothing per batch.
 Status FillRows(const SampleSource& source, const GlobalSampler& sampler, uint64_t start, int world,
                 int rank, std::span<uint64_t> idx, std::span<int32_t> sample, int32_t* inputs,
-                int32_t* targets) {
+                int32_t* targets, std::atomic<uint64_t>* reading = nullptr) {
   const size_t T = static_cast<size_t>(source.seq_len());
   sampler.RankSlice(start, world, rank, idx);
   for (size_t b = 0; b < idx.size(); ++b) {
@@ -21,7 +22,10 @@ Status FillRows(const SampleSource& source, const GlobalSampler& sampler, uint64
     // first element, which that row's own read overwrites. The targets are the row shifted by one.
     const bool last = b + 1 == idx.size();
     int32_t* row = last ? sample.data() : inputs + b * T;
-    RETURN_IF_ERROR(source.Read(idx[b], row));
+    if (reading != nullptr) reading->store(idx[b], std::memory_order_relaxed);
+    const Status st = source.Read(idx[b], row);
+    if (reading != nullptr) reading->store(UINT64_MAX, std::memory_order_relaxed);
+    RETURN_IF_ERROR(st);
     if (last) std::memcpy(inputs + b * T, row, T * sizeof(int32_t));
     std::memcpy(targets + b * T, row + 1, T * sizeof(int32_t));
   }
@@ -40,18 +44,60 @@ Status ReadRows(const SampleSource& source, const GlobalSampler& sampler, uint64
   return FillRows(source, sampler, start, world, rank, idx, sample, inputs.data(), targets.data());
 }
 
-struct DataLoader::Slot {
-  enum class State { kFree, kFilling, kReady, kFailed };
+namespace {
+
+enum class SlotState { kFree, kFilling, kReady, kFailed };
+
+struct Slot {
   std::vector<int32_t> inputs, targets;
-  // Written under mu_; also read without it by the consumer's short spin in Next().
-  std::atomic<State> state{State::kFree};
+  // Written under Shared::mu; also read without it by the consumer's short spin in Next().
+  std::atomic<SlotState> state{SlotState::kFree};
   Status error;
 };
 
-bool DataLoader::SlotSettled(const Slot& slot) const {
-  const Slot::State st = slot.state.load(std::memory_order_acquire);
-  return st == Slot::State::kReady || st == Slot::State::kFailed;
+bool Settled(const Slot& slot) {
+  const SlotState st = slot.state.load(std::memory_order_acquire);
+  return st == SlotState::kReady || st == SlotState::kFailed;
 }
+
+constexpr uint64_t kIdle = UINT64_MAX;
+
+}  // namespace
+
+struct DataLoader::Shared {
+  Shared(std::shared_ptr<const SampleSource> src, const LoaderOptions& o)
+      : source(std::move(src)),
+        options(o),
+        sampler(source->num_samples(), o.start.seed, o.shuffle),
+        T(source->seq_len()),
+        global_batch(static_cast<uint64_t>(o.world) * static_cast<uint64_t>(o.batch_size)),
+        first_position(sampler.Position(o.start)),
+        reading(static_cast<size_t>(o.threads)) {
+    for (auto& r : reading) r.store(kIdle);
+  }
+
+  const std::shared_ptr<const SampleSource> source;
+  const LoaderOptions options;
+  const GlobalSampler sampler;
+  const int T;
+  const uint64_t global_batch;  // world * batch_size positions per batch
+  const uint64_t first_position;
+
+  std::mutex mu;
+  std::condition_variable ready_cv;  // a slot became ready (or failed)
+  std::condition_variable free_cv;   // a slot was handed back, or stop
+  std::condition_variable exit_cv;   // a reader thread ended
+  std::vector<std::unique_ptr<Slot>> slots;
+  uint64_t next_to_claim = 0;  // batch sequence number the next idle reader takes
+  uint64_t next_to_deliver = 0;
+  bool holding = false;  // the consumer holds batch next_to_deliver - 1
+  bool stop = false;
+  Status error;          // the first read error (sticky)
+  uint64_t error_batch = UINT64_MAX;
+  int running = 0;       // reader threads that have not ended
+  // The sample each reader is reading (kIdle when none), for the message when one is stuck.
+  std::vector<std::atomic<uint64_t>> reading;
+};
 
 Result<std::unique_ptr<DataLoader>> DataLoader::Create(std::shared_ptr<const SampleSource> source,
                                                        const LoaderOptions& o) {
@@ -62,124 +108,162 @@ Result<std::unique_ptr<DataLoader>> DataLoader::Create(std::shared_ptr<const Sam
   }
   if (o.depth < 1 || o.depth > 1024) return InvalidArgument("dataloader: prefetch depth must be in [1, 1024]");
   if (o.threads < 1 || o.threads > 256) return InvalidArgument("dataloader: reader threads must be in [1, 256]");
+  if (o.timeout.count() < 1) return InvalidArgument("dataloader: timeout must be at least 1 ms");
   if (o.start.cursor >= source->num_samples()) {
     return InvalidArgument("dataloader: data state cursor " + std::to_string(o.start.cursor) +
                            " is beyond the dataset's " + std::to_string(source->num_samples()) +
                            " samples (the data changed since the state was saved?)");
   }
-  return std::unique_ptr<DataLoader>(new DataLoader(std::move(source), o));
-}
-
-DataLoader::DataLoader(std::shared_ptr<const SampleSource> source, const LoaderOptions& options)
-    : source_(std::move(source)),
-      options_(options),
-      sampler_(source_->num_samples(), options.start.seed, options.shuffle),
-      T_(source_->seq_len()),
-      global_batch_(static_cast<uint64_t>(options.world) * static_cast<uint64_t>(options.batch_size)),
-      first_position_(sampler_.Position(options.start)) {
-  const size_t rows = static_cast<size_t>(options.batch_size) * static_cast<size_t>(T_);
-  for (int i = 0; i < options.depth; ++i) {
+  auto shared = std::make_shared<Shared>(std::move(source), o);
+  const size_t rows = static_cast<size_t>(o.batch_size) * static_cast<size_t>(shared->T);
+  for (int i = 0; i < o.depth; ++i) {
     auto slot = std::make_unique<Slot>();
     slot->inputs.resize(rows);
     slot->targets.resize(rows);
-    slots_.push_back(std::move(slot));
+    shared->slots.push_back(std::move(slot));
   }
-  for (int t = 0; t < options.threads; ++t) threads_.emplace_back([this, t] { ReaderLoop(t); });
+  return std::unique_ptr<DataLoader>(new DataLoader(std::move(shared)));
+}
+
+DataLoader::DataLoader(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {
+  shared_->running = shared_->options.threads;
+  for (int t = 0; t < shared_->options.threads; ++t) {
+    threads_.emplace_back([s = shared_, t] { ReaderLoop(s, t); });
+  }
 }
 
 DataLoader::~DataLoader() {
   Stop();
-  for (auto& t : threads_) t.join();
+  // Readers blocked on a full ring end at once; one inside a storage read ends after that read.
+  // One whose read does not return within a grace period is left behind: it co-owns the shared
+  // state (and the source), so it can finish later without touching freed memory.
+  bool all_ended = false;
+  {
+    std::unique_lock<std::mutex> lk(shared_->mu);
+    all_ended = shared_->exit_cv.wait_for(lk, std::chrono::seconds(2), [&] { return shared_->running == 0; });
+  }
+  for (auto& t : threads_) {
+    if (all_ended) {
+      t.join();
+    } else {
+      t.detach();
+    }
+  }
 }
 
 void DataLoader::Stop() {
   {
-    std::lock_guard<std::mutex> lk(mu_);
-    stop_ = true;
+    std::lock_guard<std::mutex> lk(shared_->mu);
+    shared_->stop = true;
   }
-  free_cv_.notify_all();
-  ready_cv_.notify_all();
+  shared_->free_cv.notify_all();
+  shared_->ready_cv.notify_all();
 }
 
-void DataLoader::ReaderLoop(int thread_index) {
-  (void)thread_index;
-  std::vector<uint64_t> idx(static_cast<size_t>(options_.batch_size));
-  std::vector<int32_t> sample(static_cast<size_t>(T_) + 1);
-  const size_t depth = slots_.size();
-  std::unique_lock<std::mutex> lk(mu_);
+void DataLoader::ReaderLoop(std::shared_ptr<Shared> sp, int thread_index) {
+  Shared& s = *sp;
+  std::vector<uint64_t> idx(static_cast<size_t>(s.options.batch_size));
+  std::vector<int32_t> sample(static_cast<size_t>(s.T) + 1);
+  const size_t depth = s.slots.size();
+  std::atomic<uint64_t>& reading = s.reading[static_cast<size_t>(thread_index)];
+  std::unique_lock<std::mutex> lk(s.mu);
   for (;;) {
     // Claim the next batch once its slot has been handed back (batch b uses slot b % depth, free
     // again when the consumer has moved past batch b - depth). After an error nothing new is read:
     // the failed batch is the last one the consumer can get to.
-    free_cv_.wait(lk, [&] {
-      return stop_ || !error_.ok() || slots_[next_to_claim_ % depth]->state == Slot::State::kFree;
+    s.free_cv.wait(lk, [&] {
+      return s.stop || !s.error.ok() || s.slots[s.next_to_claim % depth]->state == SlotState::kFree;
     });
-    if (stop_ || !error_.ok()) return;
-    const uint64_t b = next_to_claim_++;
-    Slot& slot = *slots_[b % depth];
-    slot.state = Slot::State::kFilling;
+    if (s.stop || !s.error.ok()) break;
+    const uint64_t b = s.next_to_claim++;
+    Slot& slot = *s.slots[b % depth];
+    slot.state = SlotState::kFilling;
     lk.unlock();
-    Status s = FillRows(*source_, sampler_, first_position_ + b * global_batch_, options_.world,
-                        options_.rank, idx, sample, slot.inputs.data(), slot.targets.data());
+    Status st = FillRows(*s.source, s.sampler, s.first_position + b * s.global_batch, s.options.world,
+                         s.options.rank, idx, sample, slot.inputs.data(), slot.targets.data(), &reading);
     lk.lock();
-    if (s.ok()) {
-      slot.state = Slot::State::kReady;
+    if (st.ok()) {
+      slot.state = SlotState::kReady;
     } else {
-      slot.state = Slot::State::kFailed;
-      slot.error = s;
-      if (b < error_batch_) {
-        error_batch_ = b;
-        error_ = s;
+      slot.state = SlotState::kFailed;
+      slot.error = st;
+      if (b < s.error_batch) {
+        s.error_batch = b;
+        s.error = st;
       }
-      free_cv_.notify_all();  // other readers stop claiming
+      s.free_cv.notify_all();  // other readers stop claiming
     }
-    ready_cv_.notify_all();
+    s.ready_cv.notify_all();
   }
+  --s.running;
+  s.exit_cv.notify_all();
 }
 
 Result<Batch> DataLoader::Next() {
+  Shared& s = *shared_;
   const auto t0 = std::chrono::steady_clock::now();
-  std::unique_lock<std::mutex> lk(mu_);
-  const size_t depth = slots_.size();
-  if (holding_) {
-    slots_[(next_to_deliver_ - 1) % depth]->state = Slot::State::kFree;
-    holding_ = false;
-    free_cv_.notify_all();
+  std::unique_lock<std::mutex> lk(s.mu);
+  const size_t depth = s.slots.size();
+  if (s.holding) {
+    s.slots[(s.next_to_deliver - 1) % depth]->state = SlotState::kFree;
+    s.holding = false;
+    s.free_cv.notify_all();
   }
-  Slot& slot = *slots_[next_to_deliver_ % depth];
+  Slot& slot = *s.slots[s.next_to_deliver % depth];
   // A batch that is nearly ready is waited for by spinning a few microseconds first: sleeping on
   // the condition variable costs two futex system calls, expensive on virtual machines (~20 us a
   // batch here), more than most such waits last.
-  if (!SlotSettled(slot)) {
+  if (!Settled(slot)) {
     lk.unlock();
     const auto spin_until = t0 + std::chrono::microseconds(30);
-    while (!SlotSettled(slot) && std::chrono::steady_clock::now() < spin_until) {
+    while (!Settled(slot) && std::chrono::steady_clock::now() < spin_until) {
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #endif
     }
     lk.lock();
   }
-  ready_cv_.wait(lk, [&] {
-    return stop_ || slot.state == Slot::State::kReady || slot.state == Slot::State::kFailed;
+  const bool settled = s.ready_cv.wait_until(lk, t0 + s.options.timeout, [&] {
+    return s.stop || Settled(slot);
   });
   last_wait_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   total_wait_ += last_wait_;
-  if (slot.state == Slot::State::kFailed) return slot.error;  // sticky: nothing moves past it
-  if (stop_) return Cancelled("dataloader stopped");
-  const uint64_t b = next_to_deliver_++;
-  holding_ = true;
+  if (!settled) {
+    // Nothing arrived in time: a reader is stuck in storage. Name where, and stop for good.
+    std::string where;
+    for (size_t t = 0; t < s.reading.size(); ++t) {
+      const uint64_t i = s.reading[t].load();
+      if (i == kIdle) continue;
+      where += (where.empty() ? "" : "; ") + std::string("reader ") + std::to_string(t) + " is reading " +
+               s.source->Locate(i);
+    }
+    char secs[32];
+    std::snprintf(secs, sizeof secs, "%.1f", static_cast<double>(s.options.timeout.count()) / 1000.0);
+    s.error = Status(Code::kDeadlineExceeded,
+                     std::string("no batch after ") + secs + " s (" +
+                         (where.empty() ? "no read in progress" : where) + "): is the storage stalled?");
+    s.error_batch = s.next_to_deliver;
+    s.stop = true;
+    s.free_cv.notify_all();
+    slot.error = s.error;
+    slot.state = SlotState::kFailed;  // sticky, like a read error
+    return s.error;
+  }
+  if (slot.state == SlotState::kFailed) return slot.error;  // sticky: nothing moves past it
+  if (s.stop) return Cancelled("dataloader stopped");
+  const uint64_t b = s.next_to_deliver++;
+  s.holding = true;
   ++delivered_;
   Batch batch;
   batch.inputs = slot.inputs;
   batch.targets = slot.targets;
-  batch.position = first_position_ + b * global_batch_;
+  batch.position = s.first_position + b * s.global_batch;
   return batch;
 }
 
 DataState DataLoader::state() const {
   // Only the consumer changes delivered_, and only the consumer calls this.
-  return sampler_.StateAt(first_position_ + delivered_ * global_batch_);
+  return shared_->sampler.StateAt(shared_->first_position + delivered_ * shared_->global_batch);
 }
 
 }  // namespace cohort::data

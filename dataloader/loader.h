@@ -9,14 +9,17 @@
 //
 // Errors: the first read error (naming the file, offset or element) stops the readers and is
 // returned by Next() for the batch that failed — the trainer gets it as soon as it needs that
-// batch (at most `depth` batches after the failure happened), never a hang and never a skipped
-// sample. Stop() (or destruction) ends the readers promptly even when they are blocked waiting for
-// a free buffer; a thread inside a storage read finishes that one read first.
+// batch (at most `depth` batches after the failure happened), never a skipped sample. A read that
+// does not return at all (stalled storage) ends Next() after `timeout` with DeadlineExceeded
+// naming where the reader is stuck, so the trainer never hangs on data. Stop() ends the readers
+// promptly even when they are blocked waiting for a free buffer; destruction waits briefly for a
+// thread inside a storage read and then leaves it behind (detached) rather than hang.
 //
 // Thread safety: Next(), state(), and the statistics are for one consumer thread; Stop() may be
 // called from any thread.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -39,6 +42,9 @@ struct LoaderOptions {
   bool shuffle = true;
   int depth = 4;       // batches read ahead (buffers in the ring), >= 1
   int threads = 2;     // reader threads, >= 1
+  // Longest the trainer waits in Next() for one batch before the loader gives up with
+  // DeadlineExceeded naming the file and offset a reader is stuck on (a stalled storage read).
+  std::chrono::milliseconds timeout{std::chrono::minutes(10)};
 };
 
 // One rank's rows of one global batch. Valid until the next Next() call.
@@ -55,8 +61,8 @@ Status ReadRows(const SampleSource& source, const GlobalSampler& sampler, uint64
 
 class DataLoader {
  public:
-  // InvalidArgument for options out of range (naming the field). The source must outlive the
-  // loader. Starts the reader threads.
+  // InvalidArgument for options out of range (naming the field). The loader co-owns the source.
+  // Starts the reader threads.
   static Result<std::unique_ptr<DataLoader>> Create(std::shared_ptr<const SampleSource> source,
                                                     const LoaderOptions& options);
   ~DataLoader();
@@ -81,30 +87,15 @@ class DataLoader {
   uint64_t batches_delivered() const { return delivered_; }
 
  private:
-  struct Slot;
-  bool SlotSettled(const Slot& slot) const;
-  DataLoader(std::shared_ptr<const SampleSource> source, const LoaderOptions& options);
-  void ReaderLoop(int thread_index);
+  struct Shared;
+  explicit DataLoader(std::shared_ptr<Shared> shared);
+  static void ReaderLoop(std::shared_ptr<Shared> shared, int thread_index);
 
-  const std::shared_ptr<const SampleSource> source_;
-  const LoaderOptions options_;
-  const GlobalSampler sampler_;
-  const int T_;
-  const uint64_t global_batch_;  // world * batch_size positions per batch
-  const uint64_t first_position_;
-
-  std::mutex mu_;
-  std::condition_variable ready_cv_;  // a slot became ready (or failed)
-  std::condition_variable free_cv_;   // a slot was handed back, or stop
-  std::vector<std::unique_ptr<Slot>> slots_;
-  uint64_t next_to_claim_ = 0;  // batch sequence number the next idle reader takes
-  uint64_t next_to_deliver_ = 0;
-  bool holding_ = false;        // the consumer holds batch next_to_deliver_ - 1
-  bool stop_ = false;
-  Status error_;                // the first read error (sticky)
-  uint64_t error_batch_ = UINT64_MAX;
+  // Everything the reader threads touch lives in `shared_`, which each thread co-owns: a reader
+  // stuck in a storage read that never returns (a hung network file system) is detached by the
+  // destructor and keeps only this alive, so destroying the loader never hangs.
+  std::shared_ptr<Shared> shared_;
   std::vector<std::thread> threads_;
-
   double last_wait_ = 0;
   double total_wait_ = 0;
   uint64_t delivered_ = 0;

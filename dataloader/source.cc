@@ -39,6 +39,8 @@ uint64_t SampleSource::Fingerprint() const {
   return h;
 }
 
+std::string SampleSource::Locate(uint64_t index) const { return "sample " + std::to_string(index); }
+
 std::string SampleSource::Describe() const {
   const auto& f = files();
   std::string s = std::to_string(f.size()) + (f.size() == 1 ? " file" : " files");

@@ -49,6 +49,10 @@ class SampleSource {
   // bound on anything but the storage read itself.
   virtual Status Read(uint64_t index, int32_t* out) const = 0;
 
+  // Where sample `index` lives, for messages: "train-003.bin byte offset 1234" (token shards),
+  // "a.h5: dataset 'tokens' row 17" (HDF5). Default: "sample <index>".
+  virtual std::string Locate(uint64_t index) const;
+
   // Identifies the data (file names, sizes, sample count, T): equal fingerprints mean the same
   // samples. Stored with the data state so a resume can refuse data that changed underneath it.
   uint64_t Fingerprint() const;

@@ -75,13 +75,20 @@ class TokenShardSource final : public SampleSource {
   const std::vector<SourceFileInfo>& files() const override { return infos_; }
   std::string kind() const override { return "token shards"; }
 
+  std::string Locate(uint64_t index) const override {
+    if (index >= num_samples()) return SampleSource::Locate(index);
+    const size_t f = FileOf(index);
+    const uint64_t offset = kTokenShardHeaderSize + (index - first_sample_[f]) * static_cast<uint64_t>(T_) *
+                                                        shards_[f].header.token_width;
+    return "sample " + std::to_string(index) + " (" + shards_[f].object->uri() + " byte offset " +
+           std::to_string(offset) + ")";
+  }
+
   Status Read(uint64_t index, int32_t* out) const override {
     if (index >= num_samples()) {
       return OutOfRange("sample " + std::to_string(index) + " of " + std::to_string(num_samples()));
     }
-    // The file holding the sample: the last one whose first sample is <= index.
-    const size_t f = static_cast<size_t>(
-        std::upper_bound(first_sample_.begin(), first_sample_.end(), index) - first_sample_.begin() - 1);
+    const size_t f = FileOf(index);
     const Shard& s = shards_[f];
     const uint32_t width = s.header.token_width;
     const size_t n = static_cast<size_t>(T_) + 1;
@@ -126,6 +133,12 @@ class TokenShardSource final : public SampleSource {
   }
 
  private:
+  // The file holding sample `index`: the last one whose first sample is <= index.
+  size_t FileOf(uint64_t index) const {
+    return static_cast<size_t>(
+        std::upper_bound(first_sample_.begin(), first_sample_.end(), index) - first_sample_.begin() - 1);
+  }
+
   std::vector<Shard> shards_;
   std::vector<SourceFileInfo> infos_;
   std::vector<uint64_t> first_sample_;  // first_sample_[f] = samples in files < f; back() = total

@@ -297,6 +297,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   lo.start = {spec.train.seed, 0, 0};
   lo.depth = spec.data.prefetch;
   lo.threads = spec.data.loader_threads;
+  lo.timeout = std::chrono::seconds(spec.data.timeout_s);
   ASSIGN_OR_RETURN(std::unique_ptr<data::DataLoader> loader, data::DataLoader::Create(train_data, lo));
 
   auto run_eval = [&](int64_t step) -> Result<double> {

@@ -180,6 +180,31 @@ TEST(DataLoaderTest, StopUnblocksATrainerWaitingForAStalledRead) {
   loader->reset();
 }
 
+TEST(DataLoaderTest, AStalledReadEndsNextAtTheTimeoutNamingTheSample) {
+  auto src = std::make_shared<ScriptedSource>(1000, 3);
+  auto o = Options(2, 0, 1);
+  o.shuffle = false;
+  o.timeout = 300ms;
+  src->HoldAt(0);  // a storage read that does not come back
+  auto loader = DataLoader::Create(src, o);
+  ASSERT_TRUE(loader.ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = (*loader)->Next();
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kDeadlineExceeded);
+  EXPECT_NE(r.status().message().find("is reading sample 0"), std::string::npos) << r.status().ToString();
+  EXPECT_GE(waited, 290ms);
+  EXPECT_LT(waited, 3s);
+  EXPECT_EQ((*loader)->Next().status().code(), Code::kDeadlineExceeded);  // sticky
+  // Destroying the loader does not wait for the stuck read: the reader is left behind.
+  const auto t1 = std::chrono::steady_clock::now();
+  loader->reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - t1, 4s);
+  src->Release();  // the left-behind reader finishes on the state it co-owns
+  std::this_thread::sleep_for(50ms);
+}
+
 TEST(DataLoaderTest, MeasuresTheTrainersWaitTime) {
   auto src = std::make_shared<ScriptedSource>(1000, 3);
   auto o = Options(2, 0, 1);
@@ -246,6 +271,9 @@ TEST(DataLoaderTest, RejectsBadOptions) {
   o = Options(2, 2, 2);
   EXPECT_FALSE(DataLoader::Create(src, o).ok());
   o = Options(2, 0, 1);
+  o.timeout = std::chrono::milliseconds(0);
+  EXPECT_FALSE(DataLoader::Create(src, o).ok());
+  o = Options(2, 0, 1);
   o.start.cursor = 10;
   auto r = DataLoader::Create(src, o);
   ASSERT_FALSE(r.ok());
@@ -304,6 +332,7 @@ TEST_F(TokenShardSourceTest, WindowsAtStrideTWithinEachFileInSortedOrder) {
     for (int k = 0; k <= T; ++k) EXPECT_EQ(s[static_cast<size_t>(k)], t0 + k) << "sample " << i;
   }
   EXPECT_FALSE((*src)->Read(5, s.data()).ok());
+  EXPECT_NE((*src)->Locate(3).find("train-002.bin byte offset 80"), std::string::npos) << (*src)->Locate(3);
   EXPECT_NE((*src)->Describe().find("5 samples of 9 tokens"), std::string::npos) << (*src)->Describe();
 }
 
