@@ -19,6 +19,7 @@
 #include "dataloader/token_shard.h"
 #include "model/gpt.h"
 #include "model/optimizer.h"
+#include "tests/unit/hdf5_test_util.h"
 #include "tests/unit/test_util.h"
 #include "worker/trainer.h"
 
@@ -147,6 +148,34 @@ TEST_F(TrainerTest, GradAccumulationAveragesMicroBatches) {
   EXPECT_DOUBLE_EQ(steps[0].loss, loss / 3);
   EXPECT_FLOAT_EQ(static_cast<float>(steps[0].grad_norm), norm);
   EXPECT_NEAR(steps[0].loss, std::log(257.0), 0.3);
+}
+
+// The same tokens stored as HDF5 (1-D datasets, one file per shard) train exactly like the shards:
+// same samples in the same order, so the same losses and the same final weights, bit for bit.
+TEST_F(TrainerTest, Hdf5DataTrainsExactlyLikeTheSameShards) {
+  std::filesystem::create_directory(dir_ + "/h5");
+  for (const char* name : {"train-00000", "train-00001", "val-00000"}) {
+    auto shard = data::ReadTokenShard(dir_ + "/" + name + ".bin");
+    ASSERT_TRUE(shard.ok()) << shard.status().ToString();
+    ::cohort::testing::Write1D(dir_ + "/h5/" + name + ".h5", H5T_STD_U16LE,
+                               std::vector<int64_t>(shard->tokens.begin(), shard->tokens.end()));
+  }
+  auto run = [&](const std::string& train, const std::string& val) {
+    std::vector<double> losses;
+    std::vector<float> params;
+    TrainOptions o;
+    o.on_step = [&](const StepMetrics& m) { losses.push_back(m.loss); };
+    o.final_params = &params;
+    auto r = Train(Spec({"train.steps=12", "train.eval_interval=6", "data.train=" + train, "data.val=" + val}), o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return std::tuple(losses, params, r.ok() ? r->final_val_loss : 0.0);
+  };
+  const auto shards = run(dir_ + "/train-*.bin", dir_ + "/val-*.bin");
+  const auto h5 = run(dir_ + "/h5/train-*.h5", dir_ + "/h5/val-*.h5");
+  EXPECT_EQ(std::get<0>(h5).size(), 12u);
+  EXPECT_EQ(std::get<0>(h5), std::get<0>(shards));
+  EXPECT_EQ(std::get<1>(h5), std::get<1>(shards));
+  EXPECT_EQ(std::get<2>(h5), std::get<2>(shards));
 }
 
 TEST_F(TrainerTest, WarmupStartsAtAFractionOfThePeakRate) {
