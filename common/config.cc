@@ -495,6 +495,7 @@ Result<JobSpec> ParseJobSpec(std::string_view yaml, std::string_view source, con
            {"tokenizer", [&](auto& v, auto& q) { r.Enum(v, q, &s.data.tokenizer, {"byte", "gpt2"}); }},
            {"format", [&](auto& v, auto& q) { r.Enum(v, q, &s.data.format, {"auto", "shards", "hdf5"}); }},
            {"hdf5_dataset", [&](auto& v, auto& q) { r.String(v, q, &s.data.hdf5_dataset, 1024); }},
+           {"order", [&](auto& v, auto& q) { r.Enum(v, q, &s.data.order, {"shuffle", "sequential"}); }},
            {"prefetch", [&](auto& v, auto& q) { r.Int(v, q, &s.data.prefetch, 1, 256); }},
            {"loader_threads", [&](auto& v, auto& q) { r.Int(v, q, &s.data.loader_threads, 1, 64); }},
            {"timeout_s", [&](auto& v, auto& q) { r.Int(v, q, &s.data.timeout_s, 1, 86400); }},
@@ -611,6 +612,7 @@ std::string ToYaml(const JobSpec& s) {
     << YAML::Key << "tokenizer" << YAML::Value << s.data.tokenizer
     << YAML::Key << "format" << YAML::Value << s.data.format
     << YAML::Key << "hdf5_dataset" << YAML::Value << YAML::DoubleQuoted << s.data.hdf5_dataset
+    << YAML::Key << "order" << YAML::Value << s.data.order
     << YAML::Key << "prefetch" << YAML::Value << s.data.prefetch
     << YAML::Key << "loader_threads" << YAML::Value << s.data.loader_threads
     << YAML::Key << "timeout_s" << YAML::Value << s.data.timeout_s

@@ -35,6 +35,7 @@ struct DataSpec {
   std::string tokenizer = "byte";  // byte | gpt2: must match the shards
   std::string format = "auto";     // auto | shards | hdf5 (auto: *.h5 / *.hdf5 are HDF5)
   std::string hdf5_dataset = "tokens";  // dataset name inside HDF5 files
+  std::string order = "shuffle";   // shuffle: a new permutation each epoch | sequential: file order
   int prefetch = 4;                // batches read ahead by the loader
   int loader_threads = 2;          // reader threads of the loader
   int timeout_s = 600;             // longest wait for one batch before the run fails (stalled storage)

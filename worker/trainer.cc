@@ -295,6 +295,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   lo.rank = ranks.rank;
   lo.world = ranks.world;
   lo.start = {spec.train.seed, 0, 0};
+  lo.shuffle = spec.data.order == "shuffle";
   lo.depth = spec.data.prefetch;
   lo.threads = spec.data.loader_threads;
   lo.timeout = std::chrono::seconds(spec.data.timeout_s);
@@ -311,6 +312,13 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   // An evaluation cut short by a stop request ends the run as interrupted, not as an error.
   auto interrupted = [&](const Status& st) { return st.code() == Code::kCancelled; };
   if (val_data) {
+    const uint64_t wanted = static_cast<uint64_t>(spec.train.eval_batches) * static_cast<uint64_t>(B) *
+                            static_cast<uint64_t>(ranks.world);
+    if (wanted > val_data->num_samples()) {
+      COHORT_LOG_WARN("validation: train.eval_batches x batch_size x ranks = {} rows but data.val holds "
+                      "{} samples; some are counted more than once",
+                      wanted, val_data->num_samples());
+    }
     auto v = run_eval(0);
     if (!v.ok() && !interrupted(v.status())) return v.status();
     if (v.ok()) summary.initial_val_loss = *v;
@@ -335,9 +343,16 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
         stopped = true;
         break;
       }
+      const uint64_t epoch_before = loader->state().epoch;
       auto batch = loader->Next();
       if (!batch.ok()) return batch.status().WithContext("data.train");
       data_seconds += loader->last_wait_seconds();
+      if (loader->state().epoch != epoch_before) {
+        progress.Clear();
+        COHORT_LOG_INFO("data: epoch {} begins in step {} (every one of the {} samples was read once "
+                        "in epoch {})",
+                        loader->state().epoch, step + 1, train_data->num_samples(), epoch_before);
+      }
       // Only the last micro-step's backward reduces: earlier ones just accumulate locally.
       const bool reduce = reducer && micro == accum - 1;
       if (reduce) reducer->Begin();

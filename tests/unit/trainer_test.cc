@@ -178,6 +178,34 @@ TEST_F(TrainerTest, Hdf5DataTrainsExactlyLikeTheSameShards) {
   EXPECT_EQ(std::get<2>(h5), std::get<2>(shards));
 }
 
+TEST_F(TrainerTest, SequentialOrderTrainsOnTheFilesInOrder) {
+  std::vector<StepMetrics> steps;
+  TrainOptions o;
+  o.on_step = [&](const StepMetrics& m) { steps.push_back(m); };
+  auto r = Train(Spec({"train.steps=1", "schedule.warmup_steps=0", "data.order=sequential", "optimizer.grad_clip=0"}), o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(steps.size(), 1u);
+  EXPECT_EQ(r->data_state.cursor, 8u);  // one batch of 8 consumed
+  // By hand: the first 8 windows of train-00000.bin, in order.
+  model::GptConfig mc{257, 32, 2, 2, 32};
+  auto gpt = model::Gpt::Create(mc);
+  ASSERT_TRUE(gpt.ok());
+  (*gpt)->InitWeights(1337);
+  auto shard = data::ReadTokenShard(dir_ + "/train-00000.bin");
+  ASSERT_TRUE(shard.ok());
+  const int B = 8, T = 32;
+  std::vector<int32_t> in(B * T), tg(B * T);
+  for (int b = 0; b < B; ++b) {
+    for (int t = 0; t < T; ++t) {
+      in[static_cast<size_t>(b * T + t)] = static_cast<int32_t>(shard->tokens[static_cast<size_t>(b * T + t)]);
+      tg[static_cast<size_t>(b * T + t)] = static_cast<int32_t>(shard->tokens[static_cast<size_t>(b * T + t + 1)]);
+    }
+  }
+  auto l = (*gpt)->ForwardBackward(in.data(), tg.data(), B, T, 1.0f);
+  ASSERT_TRUE(l.ok());
+  EXPECT_DOUBLE_EQ(steps[0].loss, *l);
+}
+
 TEST_F(TrainerTest, WarmupStartsAtAFractionOfThePeakRate) {
   std::vector<StepMetrics> steps;
   TrainOptions o;
