@@ -49,6 +49,12 @@ class SampleSource {
   // bound on anything but the storage read itself.
   virtual Status Read(uint64_t index, int32_t* out) const = 0;
 
+  // Checks the whole-file checksums of files f with f % parts == part (token shards: payload
+  // CRC32C; HDF5 has none: its own filters check what they cover on read), several files at a
+  // time. Data-parallel ranks each take one part, so a job reads its data once in total, not once
+  // per rank. DataLoss naming the file on a mismatch.
+  virtual Status VerifyFiles(int part, int parts) const { return Status::Ok(); }
+
   // Where sample `index` lives, for messages: "train-003.bin byte offset 1234" (token shards),
   // "a.h5: dataset 'tokens' row 17" (HDF5). Default: "sample <index>".
   virtual std::string Locate(uint64_t index) const;
@@ -69,7 +75,8 @@ struct SourceOptions {
   uint32_t vocab_size = 0;            // the model's vocabulary: tokens must be below it
   std::string tokenizer;              // token shards only: must match the shard headers ("" = any)
   // Token shards: check every file's payload CRC32C when opening (one sequential read of the
-  // data, in parallel over files). Off only when the caller has verified them otherwise.
+  // data, in parallel over files): VerifyFiles(0, 1). Off when the caller verifies otherwise
+  // (the trainer splits the files over its ranks).
   bool verify_checksums = true;
 };
 

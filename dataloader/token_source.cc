@@ -42,16 +42,19 @@ Status VerifyPayload(const Shard& s) {
   return Status::Ok();
 }
 
-// Verifies every shard's payload, several files at a time (reads of different files overlap, and
-// the CRC runs at memory speed).
-Status VerifyAll(const std::vector<Shard>& shards) {
-  const size_t workers = std::min<size_t>(shards.size(), std::max(2u, std::thread::hardware_concurrency()));
-  std::vector<Status> results(shards.size());
+// Verifies the payload of shards f with f % parts == part, several files at a time (reads of
+// different files overlap, and the CRC runs at memory speed). The first failing file in order wins.
+Status VerifyPart(const std::vector<Shard>& shards, int part, int parts) {
+  std::vector<size_t> mine;
+  for (size_t f = static_cast<size_t>(part); f < shards.size(); f += static_cast<size_t>(parts)) mine.push_back(f);
+  if (mine.empty()) return Status::Ok();
+  const size_t workers = std::min<size_t>(mine.size(), std::max(2u, std::thread::hardware_concurrency()));
+  std::vector<Status> results(mine.size());
   std::atomic<size_t> next{0};
   std::vector<std::thread> threads;
   for (size_t w = 0; w < workers; ++w) {
     threads.emplace_back([&] {
-      for (size_t i = next++; i < shards.size(); i = next++) results[i] = VerifyPayload(shards[i]);
+      for (size_t i = next++; i < mine.size(); i = next++) results[i] = VerifyPayload(shards[mine[i]]);
     });
   }
   for (auto& t : threads) t.join();
@@ -74,6 +77,13 @@ class TokenShardSource final : public SampleSource {
   uint32_t vocab_size() const override { return vocab_; }
   const std::vector<SourceFileInfo>& files() const override { return infos_; }
   std::string kind() const override { return "token shards"; }
+
+  Status VerifyFiles(int part, int parts) const override {
+    if (parts < 1 || part < 0 || part >= parts) {
+      return InvalidArgument("verify part " + std::to_string(part) + " of " + std::to_string(parts));
+    }
+    return VerifyPart(shards_, part, parts);
+  }
 
   std::string Locate(uint64_t index) const override {
     if (index >= num_samples()) return SampleSource::Locate(index);
@@ -192,9 +202,10 @@ Result<std::unique_ptr<SampleSource>> OpenTokenShardSource(const std::vector<std
                            (files.size() > 1 ? " .." : "") + ") hold no sample of " +
                            std::to_string(T + 1) + " tokens (seq_len + 1); use a shorter seq_len");
   }
-  if (options.verify_checksums) RETURN_IF_ERROR(VerifyAll(shards));
-  return std::unique_ptr<SampleSource>(std::make_unique<TokenShardSource>(
-      std::move(shards), std::move(infos), std::move(first), options.seq_len, options.vocab_size));
+  auto source = std::make_unique<TokenShardSource>(std::move(shards), std::move(infos), std::move(first),
+                                                   options.seq_len, options.vocab_size);
+  if (options.verify_checksums) RETURN_IF_ERROR(source->VerifyFiles(0, 1));
+  return std::unique_ptr<SampleSource>(std::move(source));
 }
 
 }  // namespace cohort::data

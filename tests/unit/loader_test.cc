@@ -359,6 +359,24 @@ TEST_F(TokenShardSourceTest, CorruptPayloadIsRefusedAtOpenNamingTheFile) {
   EXPECT_NE(src.status().message().find("checksum"), std::string::npos);
 }
 
+TEST_F(TokenShardSourceTest, VerifyFilesChecksEveryNthFile) {
+  Write("train-000.bin", 0, 500);
+  const std::string bad = Write("train-001.bin", 0, 500);
+  Write("train-002.bin", 0, 500);
+  FlipByte(bad, 64 + 300);
+  auto o = Opts(8);
+  o.verify_checksums = false;
+  auto src = OpenSampleSource(o);
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  EXPECT_TRUE((*src)->VerifyFiles(0, 2).ok());  // files 0 and 2
+  const Status st = (*src)->VerifyFiles(1, 2);  // file 1
+  EXPECT_EQ(st.code(), Code::kDataLoss);
+  EXPECT_NE(st.message().find(bad), std::string::npos) << st.ToString();
+  EXPECT_FALSE((*src)->VerifyFiles(0, 1).ok());
+  EXPECT_TRUE((*src)->VerifyFiles(3, 4).ok());  // no file of its own
+  EXPECT_FALSE((*src)->VerifyFiles(2, 2).ok());
+}
+
 TEST_F(TokenShardSourceTest, OutOfVocabTokenIsCaughtOnReadWithItsOffset) {
   const std::string p = Write("train-000.bin", 0, 100);
   // Token 3 (byte offset 64 + 6) becomes 3 ^ 0x5a5a-ish >= 257; skip the CRC pass to reach Read.

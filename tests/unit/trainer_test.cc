@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -430,6 +431,30 @@ TEST_F(TrainerTest, RankThatFailsAloneReleasesThePeersPromptly) {
     EXPECT_EQ(res.status().code(), Code::kUnavailable) << res.status().ToString();
     EXPECT_THAT(res.status().message(), HasSubstr("rank 2 failed"));
   }
+}
+
+// data.verify: full splits the checksum pass over the ranks (each reads every N-th file) and the
+// ranks agree on the outcome: the one that checked the corrupt file names it, the others fail too.
+TEST_F(TrainerTest, CorruptShardFoundByOneRankFailsEveryRank) {
+  {  // flip one payload byte of the only validation shard (file 0: checked by rank 0)
+    std::fstream f(dir_ + "/val-00000.bin", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(64 + 10);
+    f.put('\x7f');
+  }
+  auto ranks = TrainRanks(2, Spec({"train.steps=5", "train.threads=1"}));
+  ASSERT_FALSE(ranks[0].summary.ok());
+  EXPECT_EQ(ranks[0].summary.status().code(), Code::kDataLoss);
+  EXPECT_THAT(ranks[0].summary.status().message(), HasSubstr("val-00000.bin: token payload checksum mismatch"));
+  ASSERT_FALSE(ranks[1].summary.ok());
+  if (ranks[1].summary.status().code() == Code::kDataLoss) {
+    EXPECT_THAT(ranks[1].summary.status().message(), HasSubstr("1 rank(s) found corrupt data files"));
+  }
+  // Alone, the same check runs over every file.
+  auto alone = Train(Spec({"train.steps=5"}), TrainOptions());
+  ASSERT_FALSE(alone.ok());
+  EXPECT_THAT(alone.status().message(), HasSubstr("val-00000.bin: token payload checksum mismatch"));
+  // data.verify: header skips the pass; training starts (and the corrupt bytes are ordinary tokens).
+  EXPECT_TRUE(Train(Spec({"train.steps=5", "data.verify=header"}), TrainOptions()).ok());
 }
 
 TEST_F(TrainerTest, DeadPeerFailsTheOthersPromptly) {
