@@ -69,6 +69,10 @@ expect_exit 2 "an out-of-vocabulary token stops training" -- "$COHORT_BIN" train
 expect_output "bad/val-00000.bin: byte offset 100: token 32[0-9]+ >= vocab size 257" \
   "the error names the file and the offset"
 expect_output "train data: [0-9]+ files? .*samples of 33 tokens" "the log describes the data"
+expect_exit 0 "data verify passes good data" -- "$COHORT_BIN" data verify "$WORK/shards/*.bin" --seq-len 32
+expect_output "^ok: [0-9]+ files .*every token < 257" "verify reports what it read"
+expect_exit 2 "data verify finds the corrupt shard" -- "$COHORT_BIN" data verify "$WORK/bad/*.bin" --seq-len 32
+expect_output "bad/val-00000.bin: token payload checksum mismatch" "verify names the corrupt file"
 
 # On a terminal, a progress line is redrawn in place (\r + erase line) with a bar, the rate and an
 # ETA. `script` runs the command on a real pseudo-terminal.
