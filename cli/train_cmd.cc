@@ -81,6 +81,10 @@ void AddTrainCommand(CLI::App& app, Context& ctx) {
     options.stop = launch::StopFlag();
     options.progress = !args->no_progress && isatty(STDERR_FILENO) != 0;
     options.comm = comm->get();
+    if (world->local_size_known) {
+      options.local_rank = world->local_rank;
+      options.local_size = world->local_size;
+    }
     if (metrics) {
       options.on_step = [&metrics](const worker::StepMetrics& m) {
         *metrics << fmt::format(

@@ -182,7 +182,9 @@ void DataLoader::ReaderLoop(std::shared_ptr<Shared> sp, int thread_index) {
     Status st = FillRows(*s.source, s.sampler, s.first_position + b * s.global_batch, s.options.world,
                          s.options.rank, idx, sample, slot.inputs.data(), slot.targets.data(), &reading);
     lk.lock();
-    if (st.ok()) {
+    if (slot.state != SlotState::kFilling) {
+      // The consumer gave up on this batch (timeout) while the read was stuck: leave its verdict.
+    } else if (st.ok()) {
       slot.state = SlotState::kReady;
     } else {
       slot.state = SlotState::kFailed;
@@ -249,7 +251,9 @@ Result<Batch> DataLoader::Next() {
     slot.state = SlotState::kFailed;  // sticky, like a read error
     return s.error;
   }
-  if (slot.state == SlotState::kFailed) return slot.error;  // sticky: nothing moves past it
+  // Sticky: nothing moves past the first failed batch, whatever happened since.
+  if (!s.error.ok() && s.error_batch <= s.next_to_deliver) return s.error;
+  if (slot.state == SlotState::kFailed) return slot.error;
   if (s.stop) return Cancelled("dataloader stopped");
   const uint64_t b = s.next_to_deliver++;
   s.holding = true;

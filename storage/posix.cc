@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <setjmp.h>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -42,13 +44,18 @@ std::string SpellingPrefix(const std::string& uri, const std::string& path) {
 // ahead around the faulting page, so a shuffled epoch over cold files still reads them in large
 // requests.
 //
-// The cost of mapping: touching a page past the end of a file that shrank after it was mapped
-// raises SIGBUS instead of returning an error. Mapped files register here, and a SIGBUS handler
-// that finds the faulting address in one of them prints which file and offset (an error naming the
-// file, not a bare "Bus error") and ends the process with exit status 74 (EX_IOERR); a fault in
-// other memory falls through to the previous handler or the default action. The registry is a
-// push-only list that a signal handler can walk without locks; entries are marked dead when
-// unmapped and never freed (a few dozen bytes per file opened, for the process lifetime).
+// The cost of mapping: touching a page past the end of a file that shrank after it was mapped, or
+// a page the storage fails to read (EIO), raises SIGBUS instead of returning an error. ReadAt
+// therefore copies under a guard: a per-thread marker with a sigjmp_buf and the range being copied.
+// The SIGBUS handler jumps back into ReadAt when the fault lies in the guarded range, and ReadAt
+// returns DataLoss (the file is now shorter, by fstat) or Io, like pread would have. A truncation
+// that keeps the read inside the file's new last page faults nowhere (the tail of that page reads
+// as zeros), so ReadAt also compares the file's size with the open-time size at most once a second.
+// Faults at other addresses inside a mapped file (a caller holding a pointer into it; nothing in
+// Cohort does) print the file and offset and exit with status 74 (EX_IOERR); faults anywhere else
+// go to the previous handler or the default action. The registry of mappings is a push-only list
+// that the handler can walk without locks; entries are marked dead when unmapped and never freed
+// (a few dozen bytes per file opened, for the process lifetime).
 struct MappedRegion {
   const char* base = nullptr;
   size_t len = 0;
@@ -58,6 +65,16 @@ struct MappedRegion {
 };
 
 std::atomic<MappedRegion*> g_regions{nullptr};
+
+// The copy a thread is making from a mapping, for the SIGBUS handler (see above). Plain data in
+// static TLS, which a signal handler may read.
+struct GuardedCopy {
+  sigjmp_buf env;
+  const char* lo;
+  const char* hi;
+  volatile sig_atomic_t active;
+};
+thread_local GuardedCopy t_copy;
 struct sigaction g_previous_sigbus;
 std::once_flag g_sigbus_once;
 
@@ -73,6 +90,10 @@ void WriteAll(const char* s, size_t n) {
 // Async-signal-safe: no allocation, no locks, no stdio.
 void OnSigbus(int sig, siginfo_t* info, void* ctx) {
   const char* addr = static_cast<const char*>(info->si_addr);
+  if (info->si_code > 0 && t_copy.active && addr >= t_copy.lo && addr < t_copy.hi) {
+    t_copy.active = 0;
+    siglongjmp(t_copy.env, 1);
+  }
   for (const MappedRegion* r = g_regions.load(std::memory_order_acquire); r != nullptr; r = r->next) {
     if (!r->live.load(std::memory_order_acquire) || addr < r->base || addr >= r->base + r->len) continue;
     char num[24];
@@ -83,8 +104,8 @@ void OnSigbus(int sig, siginfo_t* info, void* ctx) {
       off /= 10;
     } while (off > 0 && k > 0);
     constexpr char kHead[] = "error: ";
-    constexpr char kTail[] = ": the file shrank while it was being read (it was changed by another program "
-                             "during training); stopping\n";
+    constexpr char kTail[] = ": reading the memory-mapped file failed (it was truncated by another program, "
+                             "or the storage returned an I/O error); stopping\n";
     WriteAll(kHead, sizeof kHead - 1);
     WriteAll(r->uri.data(), r->uri.size());
     constexpr char kAt[] = ": byte offset ";
@@ -93,14 +114,15 @@ void OnSigbus(int sig, siginfo_t* info, void* ctx) {
     WriteAll(kTail, sizeof kTail - 1);
     ::_exit(74);
   }
-  // Not ours: hand over to whoever handled SIGBUS before, else the default action (re-raised when
-  // this handler returns, as the faulting access repeats).
+  // Not ours: hand over to whoever handled SIGBUS before, else the default action (a fault repeats
+  // when this handler returns; a signal sent by kill(2) has to be raised again).
   if (g_previous_sigbus.sa_flags & SA_SIGINFO) {
     if (g_previous_sigbus.sa_sigaction != nullptr) return g_previous_sigbus.sa_sigaction(sig, info, ctx);
   } else if (g_previous_sigbus.sa_handler != SIG_DFL && g_previous_sigbus.sa_handler != SIG_IGN) {
     return g_previous_sigbus.sa_handler(sig);
   }
   ::signal(SIGBUS, SIG_DFL);
+  if (info->si_code <= 0) ::raise(SIGBUS);
 }
 
 MappedRegion* RegisterMapping(const char* base, size_t len, const std::string& uri) {
@@ -151,10 +173,7 @@ class PosixReadableObject final : public ReadableObject {
                         std::to_string(offset) + " ends past the end of the object (size " +
                         std::to_string(size_) + ")");
     }
-    if (map_ != nullptr) {
-      std::memcpy(dst, map_ + offset, n);
-      return Status::Ok();
-    }
+    if (map_ != nullptr) return CopyFromMapping(offset, dst, n);
     // pread on a shared fd: no file position, so concurrent readers need no lock.
     char* p = static_cast<char*>(dst);
     uint64_t pos = offset;
@@ -181,11 +200,50 @@ class PosixReadableObject final : public ReadableObject {
   }
 
  private:
+  Status CopyFromMapping(uint64_t offset, void* dst, size_t n) const {
+    // At most once a second: has the file shrunk (possibly only inside its new last page, where
+    // reading faults nowhere)?
+    const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now().time_since_epoch()).count();
+    if (now - last_size_check_ms_.load(std::memory_order_relaxed) >= 1000) {
+      last_size_check_ms_.store(now, std::memory_order_relaxed);
+      RETURN_IF_ERROR(CheckSize(offset));
+    }
+    GuardedCopy& g = t_copy;
+    g.lo = map_ + offset;
+    g.hi = map_ + offset + n;
+    if (sigsetjmp(g.env, 1) == 0) {
+      g.active = 1;
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      std::memcpy(dst, map_ + offset, n);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      g.active = 0;
+      return Status::Ok();
+    }
+    // The copy faulted (the handler jumped back here).
+    RETURN_IF_ERROR(CheckSize(offset));
+    return IoError(uri_ + ": read error at offset " + std::to_string(offset) +
+                   " (the storage failed to read a page of the memory-mapped file)");
+  }
+
+  // DataLoss if the file is now shorter than at open; Io if fstat fails.
+  Status CheckSize(uint64_t offset) const {
+    struct stat st;
+    if (::fstat(fd_.get(), &st) != 0) return ErrnoError(uri_ + ": fstat", errno);
+    if (static_cast<uint64_t>(st.st_size) < size_) {
+      return DataLoss(uri_ + ": file is shorter than when it was opened (truncated?): " +
+                      std::to_string(st.st_size) + " bytes, " + std::to_string(size_) +
+                      " at open; reading at offset " + std::to_string(offset));
+    }
+    return Status::Ok();
+  }
+
   const std::string uri_;
   const ScopedFd fd_;
   const uint64_t size_;
   const char* map_ = nullptr;
   MappedRegion* region_ = nullptr;
+  mutable std::atomic<int64_t> last_size_check_ms_{0};
 };
 
 class PosixWritableObject final : public WritableObject {

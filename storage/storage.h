@@ -38,7 +38,9 @@ class ReadableObject {
   virtual uint64_t size() const = 0;
   // Reads bytes [offset, offset + n) into dst. OutOfRange when the range ends past size() (naming
   // the URI, offset and size); DataLoss when the object turned out shorter than size() (truncated
-  // while open); Io otherwise. Retries EINTR and short reads.
+  // while open); Io otherwise. Retries EINTR and short reads. (POSIX maps files: a truncation that
+  // leaves the read inside the file's new last page is noticed by a size check made at most once a
+  // second, so reads in that window may see zeros there; every other truncated read is DataLoss.)
   virtual Status ReadAt(uint64_t offset, void* dst, size_t n) const = 0;
 };
 

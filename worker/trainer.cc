@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -96,20 +97,29 @@ struct Ranks {
 // ones every time); this rank reads rows [rank*B, (rank+1)*B) of each and the ranks average. Alone,
 // a stop request cancels it midway; with several ranks it runs to the end (all ranks must make the
 // same calls).
-Result<double> Evaluate(model::Gpt& gpt, const data::SampleSource& val, int batches, int B, int T,
-                        const Ranks& ranks, std::vector<int32_t>& inputs,
-                        std::vector<int32_t>& targets, const TrainOptions& options) {
-  const data::GlobalSampler in_order(val.num_samples(), 0, /*shuffle=*/false);
+Result<double> Evaluate(model::Gpt& gpt, std::shared_ptr<const data::SampleSource> val, int batches,
+                        int B, int T, const Ranks& ranks, std::chrono::milliseconds data_timeout,
+                        const TrainOptions& options) {
+  // Through a loader of its own (file order, from the start): the reads are prefetched and have
+  // the same deadline as training's.
+  data::LoaderOptions lo;
+  lo.batch_size = B;
+  lo.rank = ranks.rank;
+  lo.world = ranks.world;
+  lo.start = {0, 0, 0};
+  lo.shuffle = false;
+  lo.depth = 2;
+  lo.threads = 1;
+  lo.timeout = data_timeout;
+  ASSIGN_OR_RETURN(std::unique_ptr<data::DataLoader> loader, data::DataLoader::Create(std::move(val), lo));
   double sum = 0;
   for (int i = 0; i < batches; ++i) {
     if (!ranks.distributed() && StopRequested(options)) {
       return Cancelled("evaluation stopped by signal");
     }
-    const uint64_t start = static_cast<uint64_t>(i) * static_cast<uint64_t>(ranks.world) *
-                           static_cast<uint64_t>(B);
-    RETURN_IF_ERROR(data::ReadRows(val, in_order, start, ranks.world, ranks.rank, inputs, targets)
-                        .WithContext("data.val"));
-    ASSIGN_OR_RETURN(float loss, gpt.Forward(inputs.data(), targets.data(), B, T));
+    auto batch = loader->Next();
+    if (!batch.ok()) return batch.status().WithContext("data.val");
+    ASSIGN_OR_RETURN(float loss, gpt.Forward(batch->inputs.data(), batch->targets.data(), B, T));
     sum += loss;
   }
   double mean = sum / batches;
@@ -175,6 +185,14 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   // ---- data ----
   const int B = spec.data.batch_size;
   const int T = spec.effective_seq_len();
+  // With several ranks a rank stuck on storage must report it before its peers give up on it in
+  // the next collective (parallel.timeout_s) and end the job without saying why.
+  std::chrono::milliseconds data_timeout = std::chrono::seconds(spec.data.timeout_s);
+  if (ranks.distributed()) {
+    data_timeout = std::min(data_timeout, std::max<std::chrono::milliseconds>(
+                                              std::chrono::seconds(1),
+                                              std::chrono::seconds(spec.parallel.timeout_s) / 2));
+  }
   ASSIGN_OR_RETURN(const uint32_t tokenizer_vocab, data::TokenizerVocabSize(spec.data.tokenizer));
   const uint32_t vocab = spec.model.vocab_size > 0 ? static_cast<uint32_t>(spec.model.vocab_size)
                                                    : tokenizer_vocab;
@@ -192,31 +210,13 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     if (!opened.ok()) return opened.status().WithContext("data.train");
     train_data = std::move(*opened);
   }
-  std::unique_ptr<data::SampleSource> val_data;
+  std::shared_ptr<const data::SampleSource> val_data;
   if (!spec.data.val.empty()) {
     so.patterns = {spec.data.val};
     auto opened = data::OpenSampleSource(so);
     if (!opened.ok()) return opened.status().WithContext("data.val");
     val_data = std::move(*opened);
   }
-  if (spec.data.verify == "full") {
-    // Each rank checks the payload checksums of every N-th file, so a job reads its data once in
-    // total rather than once per rank; the ranks then agree on the outcome.
-    Status mine = train_data->VerifyFiles(ranks.rank, ranks.world).WithContext("data.train");
-    if (mine.ok() && val_data) mine = val_data->VerifyFiles(ranks.rank, ranks.world).WithContext("data.val");
-    if (ranks.distributed()) {
-      float failed = mine.ok() ? 0.0f : 1.0f;
-      RETURN_IF_ERROR(ranks.comm->AllReduce(&failed, 1, collectives::DataType::kFloat32,
-                                            collectives::ReduceOp::kSum)
-                          .WithContext("data verification"));
-      if (mine.ok() && failed > 0) {
-        return DataLoss(std::to_string(static_cast<int>(failed)) +
-                        " rank(s) found corrupt data files while checking checksums; see their errors");
-      }
-    }
-    RETURN_IF_ERROR(mine);
-  }
-
   // ---- model and optimizer ----
   model::GptConfig mc;
   mc.vocab_size = static_cast<int>(vocab);
@@ -252,6 +252,31 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     gpt->SetBackwardHook([red, g](int block) {
       red->MarkFinalFrom(block < 0 ? 0 : g->BlockRange(block).offset);
     });
+  }
+
+  if (spec.data.verify == "full") {
+    // The payload checksums. Ranks on one node read the same local files, so they split those
+    // (local rank r of L checks every L-th file): each node's copy is checked once, not once per
+    // rank. Without a known node layout every rank checks every file. The ranks then agree.
+    const int part = options.local_size > 1 ? options.local_rank : 0;
+    const int parts = options.local_size > 1 ? options.local_size : 1;
+    Status mine = train_data->VerifyFiles(part, parts).WithContext("data.train");
+    if (mine.ok() && val_data) mine = val_data->VerifyFiles(part, parts).WithContext("data.val");
+    if (!mine.ok() && ranks.distributed()) {
+      // Printed before the collective: under MPI the peers' abort may end this process first.
+      COHORT_LOG_ERROR("{}", mine.ToString());
+    }
+    if (ranks.distributed()) {
+      float failed = mine.ok() ? 0.0f : 1.0f;
+      RETURN_IF_ERROR(ranks.comm->AllReduce(&failed, 1, collectives::DataType::kFloat32,
+                                            collectives::ReduceOp::kSum)
+                          .WithContext("data verification"));
+      if (mine.ok() && failed > 0) {
+        return DataLoss(std::to_string(static_cast<int>(failed)) +
+                        " rank(s) found corrupt data files while checking checksums; see their errors");
+      }
+    }
+    RETURN_IF_ERROR(mine);
   }
 
   model::AdamWConfig oc;
@@ -303,8 +328,6 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   summary.num_parameters = static_cast<int64_t>(n);
   summary.world_size = ranks.world;
   summary.optimizer_state_floats = state_floats;
-  std::vector<int32_t> inputs(static_cast<size_t>(B) * T);
-  std::vector<int32_t> targets(inputs.size());
   ProgressLine progress(options.progress && ranks.rank == 0);
   // This rank's rows of every global batch of N*B samples, read ahead by the loader's threads.
   data::LoaderOptions lo;
@@ -315,12 +338,12 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   lo.shuffle = spec.data.order == "shuffle";
   lo.depth = spec.data.prefetch;
   lo.threads = spec.data.loader_threads;
-  lo.timeout = std::chrono::seconds(spec.data.timeout_s);
+  lo.timeout = data_timeout;
   ASSIGN_OR_RETURN(std::unique_ptr<data::DataLoader> loader, data::DataLoader::Create(train_data, lo));
 
   auto run_eval = [&](int64_t step) -> Result<double> {
-    ASSIGN_OR_RETURN(double v, Evaluate(*gpt, *val_data, spec.train.eval_batches, B, T, ranks,
-                                        inputs, targets, options));
+    ASSIGN_OR_RETURN(double v, Evaluate(*gpt, val_data, spec.train.eval_batches, B, T, ranks,
+                                        data_timeout, options));
     progress.Clear();
     COHORT_LOG_INFO("step {:>6}/{} | val loss {:.4f}", step, spec.train.steps, v);
     return v;
@@ -347,6 +370,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   double comm_total = 0, exposed_total = 0;
   int64_t step = 0;
   bool stop_all = false;  // distributed: some rank asked to stop; all stop after this step
+  std::optional<data::DataState> abandoned_state;  // set when a step is cut short
   for (; step < spec.train.steps && !stop_all; ++step) {
     if (!ranks.distributed() && StopRequested(options)) break;
     const Clock::time_point t0 = Clock::now();
@@ -355,20 +379,27 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     double loss_sum = 0;
     double data_seconds = 0;
     bool stopped = false;
+    // Where the data stands if this step is abandoned midway (its batches were never applied).
+    const data::DataState state_before_step = loader->state();
     for (int micro = 0; micro < accum; ++micro) {
       if (!ranks.distributed() && micro > 0 && StopRequested(options)) {
         stopped = true;
         break;
       }
-      const uint64_t epoch_before = loader->state().epoch;
       auto batch = loader->Next();
       if (!batch.ok()) return batch.status().WithContext("data.train");
       data_seconds += loader->last_wait_seconds();
-      if (loader->state().epoch != epoch_before) {
-        progress.Clear();
-        COHORT_LOG_INFO("data: epoch {} begins in step {} (every one of the {} samples was read once "
-                        "in epoch {})",
-                        loader->state().epoch, step + 1, train_data->num_samples(), epoch_before);
+      {
+        // Does this global batch hold the first sample of an epoch (other than the very first)?
+        const uint64_t n_samples = train_data->num_samples();
+        const uint64_t first = batch->position;
+        const uint64_t last = first + static_cast<uint64_t>(B) * static_cast<uint64_t>(ranks.world) - 1;
+        if (first > 0 && last / n_samples != (first - 1) / n_samples) {
+          progress.Clear();
+          COHORT_LOG_INFO("data: epoch {} begins in step {} (each of the {} samples was read once in "
+                          "epoch {})",
+                          last / n_samples, step + 1, n_samples, last / n_samples - 1);
+        }
       }
       // Only the last micro-step's backward reduces: earlier ones just accumulate locally.
       const bool reduce = reducer && micro == accum - 1;
@@ -382,7 +413,10 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
       if (!loss.ok()) return loss.status();
       loss_sum += *loss;
     }
-    if (stopped) break;  // never apply a partial accumulation
+    if (stopped) {  // never apply a partial accumulation
+      abandoned_state = state_before_step;
+      break;
+    }
     double loss = loss_sum / accum;
     float norm = 0;
     const float max_norm = static_cast<float>(spec.optimizer.grad_clip);
@@ -481,7 +515,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   }
   summary.steps = step;
   summary.interrupted = step < spec.train.steps;
-  summary.data_state = loader->state();
+  summary.data_state = abandoned_state ? *abandoned_state : loader->state();
   summary.data_wait_seconds = loader->total_wait_seconds();
   loader.reset();  // stop the readers before the (possibly long) final evaluation
   summary.tokens_per_second = timed_seconds > 0 ? timed_tokens / timed_seconds : 0;

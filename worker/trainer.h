@@ -54,6 +54,10 @@ struct TrainOptions {
   // one-rank communicator: train alone.
   collectives::Communicator* comm = nullptr;
   std::vector<float>* final_params = nullptr;  // when set, receives the trained parameters
+  // This rank's place among the ranks sharing its node (and so its local files), when the
+  // launcher said; 1 = unknown. data.verify splits the checksum pass over these ranks.
+  int local_rank = 0;
+  int local_size = 1;
 };
 
 struct TrainSummary {

@@ -205,6 +205,21 @@ TEST(DataLoaderTest, AStalledReadEndsNextAtTheTimeoutNamingTheSample) {
   std::this_thread::sleep_for(50ms);
 }
 
+TEST(DataLoaderTest, TheTimeoutStaysTheAnswerWhenTheStuckReadFinishesLater) {
+  auto src = std::make_shared<ScriptedSource>(1000, 3);
+  auto o = Options(2, 0, 1);
+  o.shuffle = false;
+  o.timeout = 100ms;
+  src->HoldAt(0);
+  auto loader = DataLoader::Create(src, o);
+  ASSERT_TRUE(loader.ok());
+  EXPECT_EQ((*loader)->Next().status().code(), Code::kDeadlineExceeded);
+  src->Release();  // the read completes after the loader gave up on it
+  std::this_thread::sleep_for(100ms);
+  const Status again = (*loader)->Next().status();
+  EXPECT_EQ(again.code(), Code::kDeadlineExceeded) << again.ToString();
+}
+
 TEST(DataLoaderTest, MeasuresTheTrainersWaitTime) {
   auto src = std::make_shared<ScriptedSource>(1000, 3);
   auto o = Options(2, 0, 1);

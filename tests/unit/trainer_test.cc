@@ -433,27 +433,38 @@ TEST_F(TrainerTest, RankThatFailsAloneReleasesThePeersPromptly) {
   }
 }
 
-// data.verify: full splits the checksum pass over the ranks (each reads every N-th file) and the
-// ranks agree on the outcome: the one that checked the corrupt file names it, the others fail too.
+// data.verify: full splits the checksum pass over the ranks of a node (local rank r of L checks
+// every L-th file) and the ranks agree on the outcome: the one that checked the corrupt file names
+// it, the others fail too. Without a known node layout every rank checks every file.
 TEST_F(TrainerTest, CorruptShardFoundByOneRankFailsEveryRank) {
-  {  // flip one payload byte of the only validation shard (file 0: checked by rank 0)
+  {  // flip one payload byte of the only validation shard (file 0: local rank 0 checks it)
     std::fstream f(dir_ + "/val-00000.bin", std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(64 + 10);
     f.put('\x7f');
   }
-  auto ranks = TrainRanks(2, Spec({"train.steps=5", "train.threads=1"}));
-  ASSERT_FALSE(ranks[0].summary.ok());
-  EXPECT_EQ(ranks[0].summary.status().code(), Code::kDataLoss);
-  EXPECT_THAT(ranks[0].summary.status().message(), HasSubstr("val-00000.bin: token payload checksum mismatch"));
-  ASSERT_FALSE(ranks[1].summary.ok());
-  if (ranks[1].summary.status().code() == Code::kDataLoss) {
-    EXPECT_THAT(ranks[1].summary.status().message(), HasSubstr("1 rank(s) found corrupt data files"));
+  const std::string named = "val-00000.bin: token payload checksum mismatch";
+  auto one_node = TrainRanks(2, Spec({"train.steps=5", "train.threads=1"}), std::chrono::seconds(60),
+                             [](int r, config::JobSpec&, TrainOptions& o, auto&) {
+                               o.local_rank = r;
+                               o.local_size = 2;
+                             });
+  ASSERT_FALSE(one_node[0].summary.ok());
+  EXPECT_EQ(one_node[0].summary.status().code(), Code::kDataLoss);
+  EXPECT_THAT(one_node[0].summary.status().message(), HasSubstr(named));
+  ASSERT_FALSE(one_node[1].summary.ok());
+  if (one_node[1].summary.status().code() == Code::kDataLoss) {  // else: released by rank 0's abort
+    EXPECT_THAT(one_node[1].summary.status().message(), HasSubstr("1 rank(s) found corrupt data files"));
+  }
+  auto unknown_layout = TrainRanks(2, Spec({"train.steps=5", "train.threads=1"}));
+  for (const auto& r : unknown_layout) {
+    ASSERT_FALSE(r.summary.ok());
+    EXPECT_THAT(r.summary.status().message(), HasSubstr(named));
   }
   // Alone, the same check runs over every file.
   auto alone = Train(Spec({"train.steps=5"}), TrainOptions());
   ASSERT_FALSE(alone.ok());
-  EXPECT_THAT(alone.status().message(), HasSubstr("val-00000.bin: token payload checksum mismatch"));
-  // data.verify: header skips the pass; training starts (and the corrupt bytes are ordinary tokens).
+  EXPECT_THAT(alone.status().message(), HasSubstr(named));
+  // data.verify: header skips the pass; training starts (the flipped byte is an ordinary token).
   EXPECT_TRUE(Train(Spec({"train.steps=5", "data.verify=header"}), TrainOptions()).ok());
 }
 
