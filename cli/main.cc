@@ -1,12 +1,29 @@
 // The `cohort` binary: one executable, one subcommand per capability.
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "cli/commands.h"
 #include "common/logging.h"
 
+namespace {
+
+// The soft open-file limit is often 1024 on clusters while the hard one is far higher. Token shards
+// give their descriptors back once mapped, but every HDF5 file of a dataset stays open, as do
+// sockets to every peer under Gloo: raise the soft limit to the hard one, as many servers do.
+void RaiseOpenFileLimit() {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur >= r.rlim_max) return;
+  r.rlim_cur = r.rlim_max == RLIM_INFINITY ? std::max<rlim_t>(r.rlim_cur, 1 << 20) : r.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &r);  // best effort: the old limit still works for most jobs
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  RaiseOpenFileLimit();
   CLI::App app{"Cohort: distributed training of GPT-style transformer models", "cohort"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "cohort 0.1.0");

@@ -149,13 +149,22 @@ class PosixReadableObject final : public ReadableObject {
  public:
   // Maps the file (size > 0). On failure to map (e.g. address space limits) reads fall back to
   // pread on the descriptor.
-  PosixReadableObject(std::string uri, ScopedFd fd, uint64_t size)
-      : uri_(std::move(uri)), fd_(std::move(fd)), size_(size) {
+  // A mapped file gives its descriptor back at once (the mapping keeps the file readable): a
+  // dataset of thousands of shards must not run into the per-process open-file limit (often 1024
+  // on clusters).
+  PosixReadableObject(std::string uri, std::string path, ScopedFd fd, uint64_t size)
+      : uri_(std::move(uri)), path_(std::move(path)), fd_(std::move(fd)), size_(size) {
     if (size_ == 0 || size_ > SIZE_MAX) return;
     void* p = ::mmap(nullptr, static_cast<size_t>(size_), PROT_READ, MAP_SHARED, fd_.get(), 0);
     if (p == MAP_FAILED) return;
     map_ = static_cast<const char*>(p);
     region_ = RegisterMapping(map_, static_cast<size_t>(size_), uri_);
+    struct stat st;
+    if (::fstat(fd_.get(), &st) == 0) {
+      dev_ = st.st_dev;
+      ino_ = st.st_ino;
+    }
+    fd_.Reset();
   }
   ~PosixReadableObject() override {
     if (map_ == nullptr) return;
@@ -228,10 +237,16 @@ class PosixReadableObject final : public ReadableObject {
                    " (the storage failed to read a page of the memory-mapped file)");
   }
 
-  // DataLoss if the file is now shorter than at open; Io if fstat fails.
+  // DataLoss if the file is now shorter than at open. By path, as the descriptor is closed once
+  // mapped; a name that is gone or now names another file (removed, or replaced by a rename) says
+  // nothing about the mapped file, whose pages stay intact, so that is not an error.
   Status CheckSize(uint64_t offset) const {
     struct stat st;
-    if (::fstat(fd_.get(), &st) != 0) return ErrnoError(uri_ + ": fstat", errno);
+    if (::stat(path_.c_str(), &st) != 0) {
+      if (errno == ENOENT) return Status::Ok();
+      return ErrnoError(uri_ + ": stat", errno);
+    }
+    if (st.st_dev != dev_ || st.st_ino != ino_) return Status::Ok();
     if (static_cast<uint64_t>(st.st_size) < size_) {
       return DataLoss(uri_ + ": file is shorter than when it was opened (truncated?): " +
                       std::to_string(st.st_size) + " bytes, " + std::to_string(size_) +
@@ -241,7 +256,10 @@ class PosixReadableObject final : public ReadableObject {
   }
 
   const std::string uri_;
-  const ScopedFd fd_;
+  const std::string path_;
+  ScopedFd fd_;  // only while unmapped (pread fallback)
+  dev_t dev_ = 0;  // the mapped file's identity, for CheckSize
+  ino_t ino_ = 0;
   const uint64_t size_;
   const char* map_ = nullptr;
   MappedRegion* region_ = nullptr;
@@ -295,7 +313,7 @@ class PosixStorageImpl final : public Storage {
     Result<ScopedFd> fd = OpenRegularFile(path, &size);
     if (!fd.ok()) return NameUri(fd.status(), uri, path);
     return std::unique_ptr<ReadableObject>(
-        std::make_unique<PosixReadableObject>(uri, std::move(fd).value(), size));
+        std::make_unique<PosixReadableObject>(uri, path, std::move(fd).value(), size));
   }
 
   Result<ObjectInfo> Stat(const std::string& uri) override {

@@ -3,6 +3,7 @@
 #include "dataloader/loader.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -450,6 +451,33 @@ TEST_F(TokenShardSourceTest, BadFilesGetClearErrors) {
     auto src = OpenSampleSource(Opts(8));
     EXPECT_TRUE(src.ok()) << "directories are not objects and are not listed: " << src.status().ToString();
   }
+}
+
+// Mapped shards give their file descriptors back: a dataset with more files than the open-file
+// limit (often 1024 on clusters; 64 here) opens and reads.
+TEST_F(TokenShardSourceTest, MoreShardsThanTheOpenFileLimit) {
+  for (int f = 0; f < 200; ++f) {
+    char name[32];
+    std::snprintf(name, sizeof name, "train-%03d.bin", f);
+    Write(name, static_cast<uint32_t>(f), 40);
+  }
+  struct rlimit saved;
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  struct rlimit low = saved;
+  low.rlim_cur = 64;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  auto src = OpenSampleSource(Opts(8));
+  Status read = Status::Ok();
+  std::vector<int32_t> s(9);
+  if (src.ok()) {
+    for (uint64_t i = 0; i < (*src)->num_samples() && read.ok(); i += 4) read = (*src)->Read(i, s.data());
+  }
+  ::setrlimit(RLIMIT_NOFILE, &saved);
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  EXPECT_EQ((*src)->num_samples(), 200u * 4);
+  EXPECT_TRUE(read.ok()) << read.ToString();
+  ASSERT_TRUE((*src)->Read(4 * 199, s.data()).ok());
+  EXPECT_EQ(s[0], 199);  // file 199's first token
 }
 
 TEST_F(TokenShardSourceTest, LoaderOverRealShardsMatchesDirectReads) {

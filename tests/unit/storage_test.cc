@@ -184,6 +184,21 @@ TEST_F(StorageTest, TruncationAfterOpenIsDataLoss) {
   }
 }
 
+// Removing or replacing the name of an open file leaves the opened file readable (POSIX semantics).
+TEST_F(StorageTest, RemovedOrReplacedWhileOpenStillReadsTheOpenedFile) {
+  const std::string uri = Path("gone.bin");
+  const std::string data = Pattern(3 * 4096);
+  Put(uri, data);
+  auto r = storage_->OpenForRead(uri);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(::unlink(uri.c_str()), 0);
+  Put(uri, "short");  // a new, shorter file under the same name
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // past the once-a-second size check
+  std::string buf(100, '\0');
+  ASSERT_TRUE((*r)->ReadAt(8000, buf.data(), 100).ok());
+  EXPECT_EQ(buf, data.substr(8000, 100));
+}
+
 // A truncation inside the new last page faults nowhere (the page's tail reads as zeros); the size
 // check catches it instead.
 TEST_F(StorageTest, TruncationInsideTheLastPageIsDataLoss) {
