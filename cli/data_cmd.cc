@@ -32,6 +32,7 @@
 
 #include "cli/commands.h"
 #include "common/logging.h"
+#include "common/text.h"
 #include "dataloader/corpus.h"
 #include "dataloader/source.h"
 #include "dataloader/token_shard.h"
@@ -54,16 +55,6 @@ Result<std::unique_ptr<data::Tokenizer>> LoadTokenizer(const std::string& name, 
     return tok.status().WithContext("tokenizer " + name + " (run scripts/fetch_assets, or pass --assets DIR)");
   }
   return tok;
-}
-
-std::string WithThousands(uint64_t v) {
-  const std::string digits = std::to_string(v);
-  std::string s;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) s.push_back(',');
-    s.push_back(digits[i]);
-  }
-  return s;
 }
 
 // True for the names of the shards prepare writes: "train-<digits>.bin" and "val-<digits>.bin".

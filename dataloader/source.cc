@@ -5,16 +5,11 @@
 
 #include "common/crc32c.h"
 #include "common/hash.h"
+#include "common/text.h"
 #include "storage/storage.h"
 
 namespace cohort::data {
 namespace {
-
-std::string WithCommas(uint64_t v) {
-  std::string s = std::to_string(v);
-  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<size_t>(i), ",");
-  return s;
-}
 
 bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
@@ -49,7 +44,7 @@ std::string SampleSource::Describe() const {
   } else if (!f.empty()) {
     s += " (" + f.front().uri + " .. " + f.back().uri + ")";
   }
-  return s + " of " + kind() + ", " + WithCommas(num_samples()) + " samples of " +
+  return s + " of " + kind() + ", " + WithThousands(num_samples()) + " samples of " +
          std::to_string(seq_len() + 1) + " tokens";
 }
 

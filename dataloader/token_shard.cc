@@ -1,11 +1,9 @@
 #include "dataloader/token_shard.h"
 
-#include <errno.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 
 #include "common/crc32c.h"
 #include "common/hash.h"
@@ -62,8 +60,13 @@ void EncodeTokens(const uint32_t* tokens, size_t n, uint32_t width, std::vector<
   }
 }
 
-}  // namespace
+Status ShorterThanHeader(const std::string& path, uint64_t size) {
+  return DataLoss(path + ": file is " + std::to_string(size) + " bytes, shorter than the " +
+                  std::to_string(kTokenShardHeaderSize) + "-byte header (truncated?)");
+}
 
+// Validates the kTokenShardHeaderSize header bytes `h` of the shard named `path` (a path or URI,
+// for messages), whose total size is `file_size`.
 Result<TokenShardHeader> ParseTokenShardHeader(const std::string& path, const unsigned char* h,
                                                uint64_t file_size) {
   if (std::memcmp(h + kOffMagic, kTokenShardMagic, sizeof(kTokenShardMagic)) != 0) {
@@ -124,6 +127,8 @@ Result<TokenShardHeader> ParseTokenShardHeader(const std::string& path, const un
   return hdr;
 }
 
+}  // namespace
+
 uint32_t TokenWidthForVocab(uint32_t vocab_size) { return vocab_size <= 65536 ? 2 : 4; }
 
 Status WriteTokenShard(const std::string& path, std::span<const uint32_t> tokens, uint32_t vocab_size,
@@ -177,33 +182,22 @@ Status WriteTokenShard(const std::string& path, std::span<const uint32_t> tokens
   return writer.Commit();
 }
 
-Result<TokenShardHeader> ReadTokenShardHeader(const std::string& path) {
-  uint64_t file_size = 0;
-  ASSIGN_OR_RETURN(storage::ScopedFd fd, storage::OpenRegularFile(path, &file_size));
+Result<TokenShardHeader> ReadTokenShardHeader(const storage::ReadableObject& shard) {
+  if (shard.size() < kTokenShardHeaderSize) return ShorterThanHeader(shard.uri(), shard.size());
   unsigned char h[kTokenShardHeaderSize];
-  size_t got = 0;
-  while (got < sizeof(h)) {  // pread may return less than asked (signals, network file systems)
-    ssize_t n = ::pread(fd.get(), h + got, sizeof(h) - got, static_cast<off_t>(got));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError(path + ": read header", errno);
-    }
-    if (n == 0) break;
-    got += static_cast<size_t>(n);
-  }
-  if (got < kTokenShardHeaderSize) {
-    return DataLoss(path + ": file is " + std::to_string(got) + " bytes, shorter than the " +
-                    std::to_string(kTokenShardHeaderSize) + "-byte header (truncated?)");
-  }
-  return ParseTokenShardHeader(path, h, file_size);
+  RETURN_IF_ERROR(shard.ReadAt(0, h, sizeof h));
+  return ParseTokenShardHeader(shard.uri(), h, shard.size());
+}
+
+Result<TokenShardHeader> ReadTokenShardHeader(const std::string& path) {
+  ASSIGN_OR_RETURN(storage::Storage * store, storage::StorageFor(path));
+  ASSIGN_OR_RETURN(std::unique_ptr<storage::ReadableObject> shard, store->OpenForRead(path));
+  return ReadTokenShardHeader(*shard);
 }
 
 Result<TokenShard> ReadTokenShard(const std::string& path) {
   ASSIGN_OR_RETURN(std::string data, storage::ReadFileToString(path));
-  if (data.size() < kTokenShardHeaderSize) {
-    return DataLoss(path + ": file is " + std::to_string(data.size()) + " bytes, shorter than the " +
-                    std::to_string(kTokenShardHeaderSize) + "-byte header (truncated?)");
-  }
+  if (data.size() < kTokenShardHeaderSize) return ShorterThanHeader(path, data.size());
   const auto* bytes = reinterpret_cast<const unsigned char*>(data.data());
   TokenShard shard;
   ASSIGN_OR_RETURN(shard.header, ParseTokenShardHeader(path, bytes, data.size()));

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "storage/storage.h"
 
 namespace cohort::data {
 
@@ -58,10 +59,9 @@ struct TokenShard {
 Status WriteTokenShard(const std::string& path, std::span<const uint32_t> tokens, uint32_t vocab_size,
                        std::string_view tokenizer);
 
-// Validates the kTokenShardHeaderSize header bytes `h` of the shard named `path` (a path or URI,
-// for messages), whose total size is `file_size`: the checks ReadTokenShardHeader describes.
-Result<TokenShardHeader> ParseTokenShardHeader(const std::string& path, const unsigned char* h,
-                                               uint64_t file_size);
+// Reads and validates the header of an opened shard (any Storage): the checks ReadTokenShardHeader
+// below describes, naming the object's URI.
+Result<TokenShardHeader> ReadTokenShardHeader(const storage::ReadableObject& shard);
 
 // Reads and validates the header only: magic, version, width (consistent with vocab size), header
 // checksum, reserved bytes, and file size == 64 + count * width (catches truncation). Does not

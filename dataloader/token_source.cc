@@ -171,13 +171,7 @@ Result<std::unique_ptr<SampleSource>> OpenTokenShardSource(const std::vector<std
     ASSIGN_OR_RETURN(storage::Storage * store, storage::StorageFor(uri));
     Shard s;
     ASSIGN_OR_RETURN(s.object, store->OpenForRead(uri));
-    unsigned char h[kTokenShardHeaderSize];
-    if (s.object->size() < kTokenShardHeaderSize) {
-      return DataLoss(uri + ": " + std::to_string(s.object->size()) +
-                      " bytes, shorter than a token shard header (64 bytes): truncated or not a shard");
-    }
-    RETURN_IF_ERROR(s.object->ReadAt(0, h, sizeof h));
-    ASSIGN_OR_RETURN(s.header, ParseTokenShardHeader(uri, h, s.object->size()));
+    ASSIGN_OR_RETURN(s.header, ReadTokenShardHeader(*s.object));
     if (s.header.vocab_size > options.vocab_size) {
       return InvalidArgument(uri + ": shard vocab size " + std::to_string(s.header.vocab_size) +
                              " exceeds the model's " + std::to_string(options.vocab_size) +
