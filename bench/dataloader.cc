@@ -8,7 +8,12 @@
 //                    training steps fed by the loader vs by batches held in memory (differential)
 //   --mode resume    --data GLOB --seq T --batch B
 //                    time from creating a loader at a saved position to its first batch
+//   --mode gather    --data GLOB --seq T --threads K --epochs E
+//                    the bound for any loader of a shuffled order: K threads memcpy each sample
+//                    window (2(T+1) bytes, at a random place) out of plain mmap()s of the files,
+//                    with the next window prefetched; no decoding, no batches, no Cohort code
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -17,6 +22,13 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <fcntl.h>
+#include <glob.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <thread>
+#include <cstring>
 
 #include "dataloader/loader.h"
 #include "dataloader/source.h"
@@ -202,6 +214,65 @@ int Resume(const std::string& glob, int T, int B) {
   return 0;
 }
 
+int Gather(const std::string& pattern, int T, int threads, int epochs) {
+  glob_t g;
+  if (::glob(pattern.c_str(), 0, nullptr, &g) != 0) {
+    std::fprintf(stderr, "bench_dataloader: %s matches nothing\n", pattern.c_str());
+    return 1;
+  }
+  struct Map {
+    const unsigned char* p;
+    uint64_t windows;
+  };
+  std::vector<Map> maps;
+  const uint64_t window = 2 * static_cast<uint64_t>(T);  // stride between samples, 2-byte tokens
+  uint64_t total = 0;
+  for (size_t i = 0; i < g.gl_pathc; ++i) {
+    const int fd = ::open(g.gl_pathv[i], O_RDONLY);
+    struct stat st;
+    if (fd < 0 || ::fstat(fd, &st) != 0) return 1;
+    void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) return 1;
+    const uint64_t payload = static_cast<uint64_t>(st.st_size) - 64;
+    maps.push_back({static_cast<const unsigned char*>(p) + 64, (payload - 2) / window});
+    total += maps.back().windows;
+  }
+  ::globfree(&g);
+  const size_t n = static_cast<size_t>(window) + 2;
+  std::atomic<uint64_t> sink{0};
+  const auto t0 = Clock::now();
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      std::mt19937_64 rng(100 + static_cast<uint64_t>(t));
+      std::vector<unsigned char> buf(n);
+      auto pick = [&]() -> const unsigned char* {
+        const Map& m = maps[rng() % maps.size()];
+        return m.p + (rng() % m.windows) * window;
+      };
+      const unsigned char* next = pick();
+      uint64_t acc = 0;
+      const uint64_t mine = static_cast<uint64_t>(epochs) * total / static_cast<uint64_t>(threads);
+      for (uint64_t k = 0; k < mine; ++k) {
+        const unsigned char* cur = next;
+        next = pick();
+        for (size_t off = 0; off < n; off += 64) __builtin_prefetch(next + off, 0, 3);
+        std::memcpy(buf.data(), cur, n);
+        acc += buf[k % n];
+      }
+      sink += acc;
+    });
+  }
+  for (auto& th : pool) th.join();
+  const double secs = Since(t0);
+  const double bytes = static_cast<double>(static_cast<uint64_t>(epochs) * total / static_cast<uint64_t>(threads) *
+                                           static_cast<uint64_t>(threads)) * static_cast<double>(window);
+  std::printf("{\"seconds\": %.3f, \"bytes_per_s\": %.0f, \"check\": %llu}\n", secs, bytes / secs,
+              static_cast<unsigned long long>(sink.load()));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -210,7 +281,7 @@ int main(int argc, char** argv) {
   int epochs = 1, mib = 512, files = 8, T = 1024, B = 8, threads = 2, depth = 4, steps = 40, compute_threads = 1;
   bool verify = false;
   model::GptConfig c{257, 128, 4, 4, 128};
-  app.add_option("--mode", mode)->required()->check(CLI::IsMember({"make", "read", "train", "resume"}));
+  app.add_option("--mode", mode)->required()->check(CLI::IsMember({"make", "read", "train", "resume", "gather"}));
   app.add_option("--data", data);
   app.add_option("--out", out);
   app.add_option("--mib", mib);
@@ -232,5 +303,6 @@ int main(int argc, char** argv) {
   if (mode == "make") return Make(out, mib, files);
   if (mode == "read") return Read(data, T, B, threads, depth, verify, epochs);
   if (mode == "train") return Train(data, c, B, steps, compute_threads);
+  if (mode == "gather") return Gather(data, T, threads, epochs);
   return Resume(data, T, B);
 }

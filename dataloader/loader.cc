@@ -1,33 +1,34 @@
 #include "dataloader/loader.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <sched.h>
 
 #include "common/check.h"
 
 namespace cohort::data {
 namespace {
 
-// Reads this rank's B rows of the global batch at `start`: idx and sample are caller-owned scratch
-// (B indexes, T+1 tokens) so the reader threads allocate nothing per batch.
+// Reads this rank's B rows of the global batch at `start` into inputs and targets; idx is
+// caller-owned scratch (B indexes) so the reader threads allocate nothing per batch. The samples a
+// few rows ahead are prefetched: each lies at a random place, so reading them one after another
+// would start every row with a full memory (or page-cache) latency.
 Status FillRows(const SampleSource& source, const GlobalSampler& sampler, uint64_t start, int world,
-                int rank, std::span<uint64_t> idx, std::span<int32_t> sample, int32_t* inputs,
-                int32_t* targets, std::atomic<uint64_t>* reading = nullptr) {
+                int rank, std::span<uint64_t> idx, int32_t* inputs, int32_t* targets,
+                std::atomic<uint64_t>* reading = nullptr) {
+  constexpr size_t kAhead = 2;  // measured best of 0, 1, 2, 4, 8 (0: 25% slower)
   const size_t T = static_cast<size_t>(source.seq_len());
   sampler.RankSlice(start, world, rank, idx);
+  for (size_t b = 0; b < std::min(kAhead, idx.size()); ++b) source.Prefetch(idx[b]);
   for (size_t b = 0; b < idx.size(); ++b) {
-    // Rows but the last are read in place: the sample's extra token spills into the next row's
-    // first element, which that row's own read overwrites. The targets are the row shifted by one.
-    const bool last = b + 1 == idx.size();
-    int32_t* row = last ? sample.data() : inputs + b * T;
+    if (b + kAhead < idx.size()) source.Prefetch(idx[b + kAhead]);
     if (reading != nullptr) reading->store(idx[b], std::memory_order_relaxed);
-    const Status st = source.Read(idx[b], row);
+    const Status st = source.ReadRow(idx[b], inputs + b * T, targets + b * T);
     if (reading != nullptr) reading->store(UINT64_MAX, std::memory_order_relaxed);
     RETURN_IF_ERROR(st);
-    if (last) std::memcpy(inputs + b * T, row, T * sizeof(int32_t));
-    std::memcpy(targets + b * T, row + 1, T * sizeof(int32_t));
   }
   return Status::Ok();
 }
@@ -40,30 +41,32 @@ Status ReadRows(const SampleSource& source, const GlobalSampler& sampler, uint64
   COHORT_CHECK(inputs.size() == targets.size() && inputs.size() % T == 0 && !inputs.empty())
       << "batch spans of " << inputs.size() << " and " << targets.size() << " for T=" << T;
   std::vector<uint64_t> idx(inputs.size() / T);
-  std::vector<int32_t> sample(T + 1);
-  return FillRows(source, sampler, start, world, rank, idx, sample, inputs.data(), targets.data());
+  return FillRows(source, sampler, start, world, rank, idx, inputs.data(), targets.data());
 }
 
 namespace {
 
-enum class SlotState { kFree, kFilling, kReady, kFailed };
-
+// One buffer of the ring. Batch b uses slot b % depth; `done` = b + 1 once batch b is settled
+// (read, or failed with `error`): the release store publishes the rows (or the error) to the
+// consumer's acquire load.
 struct Slot {
   std::vector<int32_t> inputs, targets;
-  // Written under Shared::mu; also read without it by the consumer's short spin in Next().
-  std::atomic<SlotState> state{SlotState::kFree};
+  std::atomic<uint64_t> done{0};
+  bool failed = false;
   Status error;
 };
-
-bool Settled(const Slot& slot) {
-  const SlotState st = slot.state.load(std::memory_order_acquire);
-  return st == SlotState::kReady || st == SlotState::kFailed;
-}
 
 constexpr uint64_t kIdle = UINT64_MAX;
 
 }  // namespace
 
+// The hot path takes no lock: readers claim batches with an atomic counter and may fill batch b
+// once the consumer has handed back batch b - depth (`released`); the consumer sees a batch
+// through its slot's `done`. The mutex and condition variables are only for sleeping, and a side
+// wakes the other only when it announced that it sleeps (`consumer_sleeping`, `readers_sleeping`;
+// the announcement and the state it waits for are sequentially consistent, so a wake-up cannot be
+// missed). On this VM a contended mutex or a futex wake costs 10-20 us, longer than reading a
+// whole batch, so a lock per batch made synchronization most of the loader's time.
 struct DataLoader::Shared {
   Shared(std::shared_ptr<const SampleSource> src, const LoaderOptions& o)
       : source(std::move(src)),
@@ -82,21 +85,55 @@ struct DataLoader::Shared {
   const int T;
   const uint64_t global_batch;  // world * batch_size positions per batch
   const uint64_t first_position;
+  std::vector<std::unique_ptr<Slot>> slots;
+
+  std::atomic<uint64_t> next_to_claim{0};  // batch sequence number the next reader takes
+  std::atomic<uint64_t> released{0};       // batches [0, released) handed back by the consumer
+  std::atomic<bool> stop{false};
+  std::atomic<bool> failed{false};         // `error` is set
+  std::atomic<bool> consumer_sleeping{false};
+  std::atomic<uint64_t> waiting_for{0};   // the batch a sleeping consumer waits for
+  std::atomic<int> readers_sleeping{0};
 
   std::mutex mu;
-  std::condition_variable ready_cv;  // a slot became ready (or failed)
-  std::condition_variable free_cv;   // a slot was handed back, or stop
+  std::condition_variable ready_cv;  // a batch settled, or stop / error
+  std::condition_variable free_cv;   // a batch was handed back, or stop / error
   std::condition_variable exit_cv;   // a reader thread ended
-  std::vector<std::unique_ptr<Slot>> slots;
-  uint64_t next_to_claim = 0;  // batch sequence number the next idle reader takes
-  uint64_t next_to_deliver = 0;
-  bool holding = false;  // the consumer holds batch next_to_deliver - 1
-  bool stop = false;
-  Status error;          // the first read error (sticky)
+  Status error;                      // the first failure, sticky (under mu)
   uint64_t error_batch = UINT64_MAX;
-  int running = 0;       // reader threads that have not ended
+  int running = 0;                   // reader threads that have not ended (under mu)
   // The sample each reader is reading (kIdle when none), for the message when one is stuck.
   std::vector<std::atomic<uint64_t>> reading;
+
+  bool Ending() const {
+    return stop.load(std::memory_order_acquire) || failed.load(std::memory_order_acquire);
+  }
+  bool Settled(uint64_t b) const {
+    return slots[b % slots.size()]->done.load(std::memory_order_acquire) == b + 1;
+  }
+  // After a reader published a batch: wakes a sleeping consumer once the batch it waits for and the
+  // `refill` - 1 after it are all ready (`eager`: once its own batch is, e.g. before the reader
+  // sleeps), so a trainer faster than the readers is woken once per few batches.
+  void WakeConsumer(bool eager) {
+    if (!consumer_sleeping.load()) return;
+    const uint64_t w = waiting_for.load();
+    const uint64_t n = eager ? 1 : refill;
+    for (uint64_t k = 0; k < n; ++k) {
+      if (!Settled(w + k)) return;
+    }
+    { std::lock_guard<std::mutex> lk(mu); }
+    ready_cv.notify_one();
+  }
+  // Sleeping readers wake when this many buffers are free: half the ring.
+  uint64_t refill = 1;
+
+  void WakeReaders() {
+    if (readers_sleeping.load() > 0 &&
+        next_to_claim.load() + refill <= released.load(std::memory_order_relaxed) + slots.size()) {
+      { std::lock_guard<std::mutex> lk(mu); }
+      free_cv.notify_all();
+    }
+  }
 };
 
 Result<std::unique_ptr<DataLoader>> DataLoader::Create(std::shared_ptr<const SampleSource> source,
@@ -122,6 +159,7 @@ Result<std::unique_ptr<DataLoader>> DataLoader::Create(std::shared_ptr<const Sam
     slot->targets.resize(rows);
     shared->slots.push_back(std::move(slot));
   }
+  shared->refill = std::max<uint64_t>(1, shared->slots.size() / 2);
   return std::unique_ptr<DataLoader>(new DataLoader(std::move(shared)));
 }
 
@@ -154,7 +192,7 @@ DataLoader::~DataLoader() {
 void DataLoader::Stop() {
   {
     std::lock_guard<std::mutex> lk(shared_->mu);
-    shared_->stop = true;
+    shared_->stop.store(true);
   }
   shared_->free_cv.notify_all();
   shared_->ready_cv.notify_all();
@@ -163,40 +201,47 @@ void DataLoader::Stop() {
 void DataLoader::ReaderLoop(std::shared_ptr<Shared> sp, int thread_index) {
   Shared& s = *sp;
   std::vector<uint64_t> idx(static_cast<size_t>(s.options.batch_size));
-  std::vector<int32_t> sample(static_cast<size_t>(s.T) + 1);
-  const size_t depth = s.slots.size();
+  const uint64_t depth = s.slots.size();
   std::atomic<uint64_t>& reading = s.reading[static_cast<size_t>(thread_index)];
-  std::unique_lock<std::mutex> lk(s.mu);
-  for (;;) {
-    // Claim the next batch once its slot has been handed back (batch b uses slot b % depth, free
-    // again when the consumer has moved past batch b - depth). After an error nothing new is read:
-    // the failed batch is the last one the consumer can get to.
-    s.free_cv.wait(lk, [&] {
-      return s.stop || !s.error.ok() || s.slots[s.next_to_claim % depth]->state == SlotState::kFree;
-    });
-    if (s.stop || !s.error.ok()) break;
-    const uint64_t b = s.next_to_claim++;
+  // After an error nothing new is claimed: the failed batch is the last one the consumer gets to.
+  while (!s.Ending()) {
+    uint64_t b = s.next_to_claim.load();
+    if (b >= s.released.load() + depth) {
+      // Batch b's buffer still holds batch b - depth, which the consumer has not handed back.
+      // Sleep until a few buffers are free (s.refill), not just one, so that a reader faster than
+      // the trainer sleeps and wakes once per few batches rather than once per batch.
+      s.WakeConsumer(/*eager=*/true);
+      std::unique_lock<std::mutex> lk(s.mu);
+      s.readers_sleeping.fetch_add(1);
+      s.free_cv.wait(lk, [&] {
+        return s.Ending() || s.next_to_claim.load() + s.refill <= s.released.load() + depth;
+      });
+      s.readers_sleeping.fetch_sub(1);
+      continue;
+    }
+    if (!s.next_to_claim.compare_exchange_weak(b, b + 1)) continue;
     Slot& slot = *s.slots[b % depth];
-    slot.state = SlotState::kFilling;
-    lk.unlock();
     Status st = FillRows(*s.source, s.sampler, s.first_position + b * s.global_batch, s.options.world,
-                         s.options.rank, idx, sample, slot.inputs.data(), slot.targets.data(), &reading);
-    lk.lock();
-    if (slot.state != SlotState::kFilling) {
-      // The consumer gave up on this batch (timeout) while the read was stuck: leave its verdict.
-    } else if (st.ok()) {
-      slot.state = SlotState::kReady;
-    } else {
-      slot.state = SlotState::kFailed;
+                         s.options.rank, idx, slot.inputs.data(), slot.targets.data(), &reading);
+    if (!st.ok()) {
+      std::lock_guard<std::mutex> lk(s.mu);
+      slot.failed = true;
       slot.error = st;
       if (b < s.error_batch) {
         s.error_batch = b;
         s.error = st;
       }
+      s.failed.store(true);
+      slot.done.store(b + 1);
       s.free_cv.notify_all();  // other readers stop claiming
+      s.ready_cv.notify_all();
+      break;
     }
-    s.ready_cv.notify_all();
+    slot.done.store(b + 1);  // seq_cst: ordered before WakeConsumer's load (see Shared)
+    s.WakeConsumer(/*eager=*/false);
   }
+  s.WakeConsumer(/*eager=*/true);
+  std::lock_guard<std::mutex> lk(s.mu);
   --s.running;
   s.exit_cv.notify_all();
 }
@@ -204,59 +249,65 @@ void DataLoader::ReaderLoop(std::shared_ptr<Shared> sp, int thread_index) {
 Result<Batch> DataLoader::Next() {
   Shared& s = *shared_;
   const auto t0 = std::chrono::steady_clock::now();
-  std::unique_lock<std::mutex> lk(s.mu);
-  const size_t depth = s.slots.size();
-  if (s.holding) {
-    s.slots[(s.next_to_deliver - 1) % depth]->state = SlotState::kFree;
-    s.holding = false;
-    s.free_cv.notify_all();
+  const uint64_t depth = s.slots.size();
+  const uint64_t b = delivered_;
+  if (b > 0 && s.released.load(std::memory_order_relaxed) < b) {
+    s.released.store(b);  // hands batch b - 1's buffer back
+    s.WakeReaders();
   }
-  Slot& slot = *s.slots[s.next_to_deliver % depth];
-  // A batch that is nearly ready is waited for by spinning a few microseconds first: sleeping on
-  // the condition variable costs two futex system calls, expensive on virtual machines (~20 us a
-  // batch here), more than most such waits last.
-  if (!Settled(slot)) {
-    lk.unlock();
-    const auto spin_until = t0 + std::chrono::microseconds(30);
-    while (!Settled(slot) && std::chrono::steady_clock::now() < spin_until) {
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#endif
-    }
+  Slot& slot = *s.slots[b % depth];
+  auto settled = [&] { return s.Settled(b); };
+  // No spinning for a batch that is not ready: the spin would take a core from the readers (two
+  // cores here), and when training, a sleep's 10-20 us are nothing against a step.
+  bool ready = settled();
+  std::unique_lock<std::mutex> lk(s.mu, std::defer_lock);
+  if (!ready || s.Ending()) {
     lk.lock();
+    s.waiting_for.store(b);
+    s.consumer_sleeping.store(true);
+    // A failure of a later batch does not end this wait: every batch before it was claimed and
+    // will be delivered (the error comes at its own batch). Readers wake this wait once a few
+    // batches are ready (WakeConsumer); it also looks on its own after 1, 2, 4 .. 64 ms, in case
+    // the batches after this one are held up by a slow read (so that costs at most about as long
+    // again as the wait had lasted, or 64 ms).
+    const auto deadline = t0 + s.options.timeout;
+    auto done = [&] { return s.stop.load() || (s.failed.load() && s.error_batch <= b) || settled(); };
+    auto poll = std::chrono::milliseconds(1);
+    while (!(ready = done())) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) break;
+      s.ready_cv.wait_until(lk, std::min(deadline, now + poll));
+      poll = std::min(poll * 2, std::chrono::milliseconds(64));
+    }
+    s.consumer_sleeping.store(false);
   }
-  const bool settled = s.ready_cv.wait_until(lk, t0 + s.options.timeout, [&] {
-    return s.stop || Settled(slot);
-  });
   last_wait_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   total_wait_ += last_wait_;
-  if (!settled) {
-    // Nothing arrived in time: a reader is stuck in storage. Name where, and stop for good.
-    std::string where;
-    for (size_t t = 0; t < s.reading.size(); ++t) {
-      const uint64_t i = s.reading[t].load();
-      if (i == kIdle) continue;
-      where += (where.empty() ? "" : "; ") + std::string("reader ") + std::to_string(t) + " is reading " +
-               s.source->Locate(i);
+  if (lk.owns_lock()) {
+    if (!ready) {
+      // Nothing arrived in time: a reader is stuck in storage. Name where, and stop for good.
+      std::string where;
+      for (size_t t = 0; t < s.reading.size(); ++t) {
+        const uint64_t i = s.reading[t].load();
+        if (i == kIdle) continue;
+        where += (where.empty() ? "" : "; ") + std::string("reader ") + std::to_string(t) + " is reading " +
+                 s.source->Locate(i);
+      }
+      char secs[32];
+      std::snprintf(secs, sizeof secs, "%.1f", static_cast<double>(s.options.timeout.count()) / 1000.0);
+      s.error = Status(Code::kDeadlineExceeded,
+                       std::string("no batch after ") + secs + " s (" +
+                           (where.empty() ? "no read in progress" : where) + "): is the storage stalled?");
+      s.error_batch = b;
+      s.failed.store(true);
+      s.free_cv.notify_all();
+      return s.error;
     }
-    char secs[32];
-    std::snprintf(secs, sizeof secs, "%.1f", static_cast<double>(s.options.timeout.count()) / 1000.0);
-    s.error = Status(Code::kDeadlineExceeded,
-                     std::string("no batch after ") + secs + " s (" +
-                         (where.empty() ? "no read in progress" : where) + "): is the storage stalled?");
-    s.error_batch = s.next_to_deliver;
-    s.stop = true;
-    s.free_cv.notify_all();
-    slot.error = s.error;
-    slot.state = SlotState::kFailed;  // sticky, like a read error
-    return s.error;
+    // Sticky: nothing moves past the first failed batch, whatever happened since.
+    if (!s.error.ok() && s.error_batch <= b) return s.error;
+    if (settled() && slot.failed) return slot.error;
+    if (s.stop.load()) return Cancelled("dataloader stopped");
   }
-  // Sticky: nothing moves past the first failed batch, whatever happened since.
-  if (!s.error.ok() && s.error_batch <= s.next_to_deliver) return s.error;
-  if (slot.state == SlotState::kFailed) return slot.error;
-  if (s.stop) return Cancelled("dataloader stopped");
-  const uint64_t b = s.next_to_deliver++;
-  s.holding = true;
   ++delivered_;
   Batch batch;
   batch.inputs = slot.inputs;

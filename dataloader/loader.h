@@ -5,7 +5,7 @@
 // Batches are delivered strictly in stream order. Each micro-step's batch is the next global batch
 // of world * batch_size positions; this rank's rows are positions [start + rank*B, start +
 // (rank+1)*B). Memory is fixed at Create: `depth` buffers of 2 * B * T int32 (inputs and targets)
-// plus one sample of scratch per thread; nothing is allocated per batch.
+// plus B sample indexes per thread; nothing is allocated per batch.
 //
 // Errors: the first read error (naming the file, offset or element) stops the readers and is
 // returned by Next() for the batch that failed — the trainer gets it as soon as it needs that

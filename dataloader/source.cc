@@ -1,7 +1,9 @@
 #include "dataloader/source.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string_view>
+#include <vector>
 
 #include "common/crc32c.h"
 #include "common/hash.h"
@@ -32,6 +34,16 @@ uint64_t SampleSource::Fingerprint() const {
     h = HashCombine(h, f.samples);
   }
   return h;
+}
+
+Status SampleSource::ReadRow(uint64_t index, int32_t* inputs, int32_t* targets) const {
+  thread_local std::vector<int32_t> sample;
+  const size_t T = static_cast<size_t>(seq_len());
+  sample.resize(T + 1);
+  RETURN_IF_ERROR(Read(index, sample.data()));
+  std::memcpy(inputs, sample.data(), T * sizeof(int32_t));
+  std::memcpy(targets, sample.data() + 1, T * sizeof(int32_t));
+  return Status::Ok();
 }
 
 std::string SampleSource::Locate(uint64_t index) const { return "sample " + std::to_string(index); }

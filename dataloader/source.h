@@ -49,6 +49,15 @@ class SampleSource {
   // bound on anything but the storage read itself.
   virtual Status Read(uint64_t index, int32_t* out) const = 0;
 
+  // Sample `index` as a training row: inputs = its first T tokens, targets = its last T (the
+  // inputs shifted left by one). Same errors as Read. The default goes through Read and a
+  // per-thread scratch sample; token shards decode straight from storage into both rows.
+  virtual Status ReadRow(uint64_t index, int32_t* inputs, int32_t* targets) const;
+
+  // A hint that sample `index` (< num_samples()) is read soon (token shards on local files: the
+  // CPU starts loading its bytes). Never blocks; may do nothing.
+  virtual void Prefetch(uint64_t index) const {}
+
   // Checks the whole-file checksums of files f with f % parts == part (token shards: payload
   // CRC32C; HDF5 has none: its own filters check what they cover on read), several files at a
   // time. Data-parallel ranks each take one part, so a job reads its data once in total, not once

@@ -62,6 +62,41 @@ Status VerifyPart(const std::vector<Shard>& shards, int part, int parts) {
   return Status::Ok();
 }
 
+// ReadRow's decoder, a ReadableObject::Visitor: n / sizeof(Word) = T+1 little-endian tokens into
+// inputs (the first T) and targets (the last T), keeping their maximum. Only writes caller memory,
+// as a visitor must; the loop has no early exit and no aliasing, so it vectorizes.
+struct RowDecode {
+  int32_t* inputs;
+  int32_t* targets;
+  size_t T;
+  uint32_t max;
+};
+
+template <typename Word>
+void DecodeRow(const unsigned char* data, size_t n, void* ctx) {
+  auto& row = *static_cast<RowDecode*>(ctx);
+  int32_t* __restrict in = row.inputs;
+  int32_t* __restrict tg = row.targets;
+  auto load = [data](size_t k) {
+    Word w;
+    std::memcpy(&w, data + k * sizeof(Word), sizeof(Word));
+    if constexpr (sizeof(Word) == 2) {
+      return static_cast<uint32_t>(le16toh(w));
+    } else {
+      return static_cast<uint32_t>(le32toh(w));
+    }
+  };
+  uint32_t max = load(0);
+  for (size_t k = 0; k < row.T; ++k) {
+    const uint32_t a = load(k), b = load(k + 1);
+    in[k] = static_cast<int32_t>(a);
+    tg[k] = static_cast<int32_t>(b);
+    max = std::max(max, b);
+  }
+  row.max = max;
+  (void)n;
+}
+
 class TokenShardSource final : public SampleSource {
  public:
   TokenShardSource(std::vector<Shard> shards, std::vector<SourceFileInfo> infos,
@@ -92,6 +127,39 @@ class TokenShardSource final : public SampleSource {
                                                         shards_[f].header.token_width;
     return "sample " + std::to_string(index) + " (" + shards_[f].object->uri() + " byte offset " +
            std::to_string(offset) + ")";
+  }
+
+  // Decodes the sample's T+1 stored tokens straight from storage (for a local file, from its
+  // mapping, without a copy) into both rows in one pass. The vocabulary check is the maximum over
+  // the pass; the rare out-of-vocabulary sample is re-read by Read for the precise error.
+  Status ReadRow(uint64_t index, int32_t* inputs, int32_t* targets) const override {
+    if (index >= num_samples()) {
+      return OutOfRange("sample " + std::to_string(index) + " of " + std::to_string(num_samples()));
+    }
+    const size_t f = FileOf(index);
+    const Shard& s = shards_[f];
+    const uint32_t width = s.header.token_width;
+    const uint64_t offset = kTokenShardHeaderSize + (index - first_sample_[f]) * static_cast<uint64_t>(T_) * width;
+    RowDecode row{inputs, targets, static_cast<size_t>(T_), 0};
+    RETURN_IF_ERROR(s.object->ReadVisit(offset, (static_cast<size_t>(T_) + 1) * width,
+                                        width == 2 ? DecodeRow<uint16_t> : DecodeRow<uint32_t>, &row));
+    if (row.max >= s.header.vocab_size) {
+      thread_local std::vector<int32_t> sample;
+      sample.resize(static_cast<size_t>(T_) + 1);
+      RETURN_IF_ERROR(Read(index, sample.data()));
+      return DataLoss(Locate(index) + ": token out of the vocabulary (size " +
+                      std::to_string(s.header.vocab_size) + ")");
+    }
+    return Status::Ok();
+  }
+
+  void Prefetch(uint64_t index) const override {
+    if (index >= num_samples()) return;
+    const size_t f = FileOf(index);
+    const uint32_t width = shards_[f].header.token_width;
+    shards_[f].object->Prefetch(
+        kTokenShardHeaderSize + (index - first_sample_[f]) * static_cast<uint64_t>(T_) * width,
+        (static_cast<size_t>(T_) + 1) * width);
   }
 
   Status Read(uint64_t index, int32_t* out) const override {

@@ -1,6 +1,7 @@
 #include "storage/storage.h"
 
 #include <cctype>
+#include <vector>
 
 #include "storage/posix.h"
 
@@ -26,6 +27,15 @@ std::string SchemeOf(std::string_view uri) {
 }
 
 }  // namespace
+
+Status ReadableObject::ReadVisit(uint64_t offset, size_t n, Visitor visit, void* ctx) const {
+  // Reused across calls: a loader thread reads one small sample after another.
+  thread_local std::vector<unsigned char> buf;
+  if (buf.size() < n) buf.resize(n);
+  RETURN_IF_ERROR(ReadAt(offset, buf.data(), n));
+  visit(buf.data(), n, ctx);
+  return Status::Ok();
+}
 
 bool IsRemoteUri(std::string_view uri) {
   std::string scheme = SchemeOf(uri);

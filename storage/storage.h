@@ -42,6 +42,19 @@ class ReadableObject {
   // leaves the read inside the file's new last page is noticed by a size check made at most once a
   // second, so reads in that window may see zeros there; every other truncated read is DataLoss.)
   virtual Status ReadAt(uint64_t offset, void* dst, size_t n) const = 0;
+
+  // Calls visit(data, n, ctx) with bytes [offset, offset + n) of the object, valid only during the
+  // call: without a copy where the backend can (POSIX: a pointer into the file's mapping), else
+  // from a per-thread buffer that ReadAt fills. Same errors as ReadAt. For a mapping, `visit` runs
+  // under the read guard: a page that cannot be read (truncated file, I/O error) abandons `visit`
+  // midway, without unwinding, and ReadVisit returns the error. So `visit` must only read `data`
+  // and write memory the caller owns: no allocation, no locks, nothing that must be undone.
+  using Visitor = void (*)(const unsigned char* data, size_t n, void* ctx);
+  virtual Status ReadVisit(uint64_t offset, size_t n, Visitor visit, void* ctx) const;
+
+  // A hint that bytes [offset, offset + n) are read soon (POSIX mapping: the CPU starts loading
+  // them into its caches). Never blocks, never faults, may do nothing.
+  virtual void Prefetch(uint64_t offset, size_t n) const {}
 };
 
 // An object being written. Nothing is visible under its URI until Commit() succeeds; then the

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -44,6 +45,7 @@ class ScriptedSource final : public SampleSource {
       cv_.notify_all();
       cv_.wait(lk, [&] { return released_; });
     }
+    if (index == delay_at_) std::this_thread::sleep_for(delay_);
     if (index == fail_at_) return DataLoss("scripted.bin: byte offset 4242: injected failure at sample " + std::to_string(index));
     for (int k = 0; k <= T_; ++k) out[k] = static_cast<int32_t>(index + static_cast<uint64_t>(k));
     return Status::Ok();
@@ -51,6 +53,10 @@ class ScriptedSource final : public SampleSource {
 
   void FailAt(uint64_t i) { fail_at_ = i; }
   void HoldAt(uint64_t i) { hold_at_ = i; }
+  void DelayAt(uint64_t i, std::chrono::milliseconds d) {
+    delay_at_ = i;
+    delay_ = d;
+  }
   void WaitHeld() {
     std::unique_lock<std::mutex> lk(mu_);
     cv_.wait(lk, [&] { return held_; });
@@ -68,6 +74,8 @@ class ScriptedSource final : public SampleSource {
   std::vector<SourceFileInfo> files_;
   uint64_t fail_at_ = UINT64_MAX;
   uint64_t hold_at_ = UINT64_MAX;
+  uint64_t delay_at_ = UINT64_MAX;
+  std::chrono::milliseconds delay_{0};
   mutable std::atomic<uint64_t> reads_{0};
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
@@ -110,6 +118,88 @@ TEST(DataLoaderTest, DeliversThisRanksRowsOfEachGlobalBatchInOrder) {
   EXPECT_EQ((*loader)->batches_delivered(), 200u);
 }
 
+// Many readers racing over a small ring, with a consumer that sometimes lags and sometimes
+// outruns them: every batch arrives once, in order, with its own rows.
+TEST(DataLoaderTest, StaysOrderedUnderContention) {
+  const int T = 2, B = 3;
+  auto src = std::make_shared<ScriptedSource>(5003, T);
+  for (const int depth : {1, 2, 5}) {
+    for (const int threads : {1, 3, 8}) {
+      auto o = Options(B, 0, 1);
+      o.depth = depth;
+      o.threads = threads;
+      auto loader = DataLoader::Create(src, o);
+      ASSERT_TRUE(loader.ok());
+      const GlobalSampler sampler(5003, 11, true);
+      std::vector<uint64_t> want(B);
+      for (int k = 0; k < 3000; ++k) {
+        if (k % 500 < 20) std::this_thread::sleep_for(50us);  // lag: the ring fills up
+        auto batch = (*loader)->Next();
+        ASSERT_TRUE(batch.ok()) << batch.status().ToString();
+        ASSERT_EQ(batch->position, static_cast<uint64_t>(k) * B);
+        sampler.RankSlice(batch->position, 1, 0, want);
+        for (int b = 0; b < B; ++b) {
+          ASSERT_EQ(batch->inputs[static_cast<size_t>(b * T)], static_cast<int32_t>(want[b]))
+              << "depth " << depth << " threads " << threads << " batch " << k;
+          ASSERT_EQ(batch->targets[static_cast<size_t>(b * T + T - 1)], static_cast<int32_t>(want[b] + T));
+        }
+      }
+    }
+  }
+}
+
+// A later batch failing while an earlier one is still being read does not cut the earlier one
+// short: the trainer gets every batch before the failed one, then the error.
+TEST(DataLoaderTest, ALaterFailureWaitsForTheBatchesBeforeIt) {
+  const int B = 2;
+  auto src = std::make_shared<ScriptedSource>(500, 3);
+  auto o = Options(B, 0, 1);
+  o.shuffle = false;
+  o.threads = 2;
+  src->HoldAt(1);  // batch 0
+  src->FailAt(3);  // batch 1
+  auto loader = DataLoader::Create(src, o);
+  ASSERT_TRUE(loader.ok());
+  std::thread releaser([&] {
+    src->WaitHeld();
+    std::this_thread::sleep_for(150ms);  // the other reader fails batch 1 meanwhile
+    src->Release();
+  });
+  auto first = (*loader)->Next();
+  releaser.join();
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(first->inputs[3], 1);  // row 1 = sample 1
+  auto second = (*loader)->Next();
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), Code::kDataLoss) << second.status().ToString();
+}
+
+// The trainer is woken once a few batches are ready; a batch that is ready while the ones after it
+// are stuck in a slow read still reaches it (not only at the timeout).
+TEST(DataLoaderTest, AReadyBatchIsDeliveredWhileTheNextOneIsStuck) {
+  auto src = std::make_shared<ScriptedSource>(1000, 3);
+  auto o = Options(2, 0, 1);
+  o.shuffle = false;
+  o.depth = 8;  // the trainer would like 4 batches ready before it wakes
+  o.threads = 3;
+  o.timeout = 20s;
+  src->DelayAt(0, 100ms);  // batch 0 comes late: the trainer is asleep by then
+  src->HoldAt(2);          // batch 1 never finishes until released
+  auto loader = DataLoader::Create(src, o);
+  ASSERT_TRUE(loader.ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto first = (*loader)->Next();
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(first->inputs[0], 0);
+  EXPECT_GE(waited, 90ms);
+  EXPECT_LT(waited, 2s);
+  src->Release();
+  auto second = (*loader)->Next();
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ(second->inputs[0], 2);
+}
+
 TEST(DataLoaderTest, ReadsAtMostDepthBatchesAhead) {
   const int B = 6;
   auto src = std::make_shared<ScriptedSource>(100000, 3);
@@ -122,9 +212,20 @@ TEST(DataLoaderTest, ReadsAtMostDepthBatchesAhead) {
   ASSERT_TRUE((*loader)->Next().ok());  // holds batch 0: nothing is freed yet
   std::this_thread::sleep_for(100ms);
   EXPECT_EQ(src->reads(), 5u * B);
-  ASSERT_TRUE((*loader)->Next().ok());  // hands batch 0's buffer back: one more batch is read
+  // Readers waiting for buffers resume once half the ring (here 2 of 5) is free, not after every
+  // batch: one buffer handed back reads nothing yet, the second lets two more batches in.
+  ASSERT_TRUE((*loader)->Next().ok());  // hands batch 0's buffer back
   std::this_thread::sleep_for(100ms);
-  EXPECT_EQ(src->reads(), 6u * B);
+  EXPECT_EQ(src->reads(), 5u * B);
+  ASSERT_TRUE((*loader)->Next().ok());  // hands batch 1's buffer back
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(src->reads(), 7u * B);
+  // Batches 0..42 delivered, 42 held: at most batches 43..46 are read ahead (42 + 5 buffers in
+  // all), and at least all but the last (readers resume once two buffers are free).
+  for (int k = 0; k < 40; ++k) ASSERT_TRUE((*loader)->Next().ok());
+  std::this_thread::sleep_for(100ms);
+  EXPECT_LE(src->reads(), 47u * B);
+  EXPECT_GE(src->reads(), 46u * B);
 }
 
 TEST(DataLoaderTest, AReadErrorReachesTheTrainerAtItsBatchAndStays) {
@@ -406,6 +507,46 @@ TEST_F(TokenShardSourceTest, OutOfVocabTokenIsCaughtOnReadWithItsOffset) {
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.code(), Code::kDataLoss);
   EXPECT_NE(st.message().find(p + ": byte offset 70"), std::string::npos) << st.ToString();
+}
+
+TEST_F(TokenShardSourceTest, OutOfVocabTokenIsCaughtByReadRowWithItsOffset) {
+  const std::string p = Write("train-000.bin", 0, 100);
+  FlipByte(p, 64 + 7);
+  auto o = Opts(8);
+  o.verify_checksums = false;
+  auto src = OpenSampleSource(o);
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  std::vector<int32_t> in(8), tg(8);
+  Status st = (*src)->ReadRow(0, in.data(), tg.data());
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), Code::kDataLoss);
+  EXPECT_NE(st.message().find(p + ": byte offset 70"), std::string::npos) << st.ToString();
+  EXPECT_TRUE((*src)->ReadRow(1, in.data(), tg.data()).ok());  // the next window is clean
+}
+
+// ReadRow decodes straight from the mapping (both token widths); Read is the reference.
+TEST_F(TokenShardSourceTest, ReadRowIsReadSplitIntoInputsAndTargets) {
+  for (const uint32_t vocab : {257u, 70000u}) {  // 2- and 4-byte tokens
+    dir_ = tmp_.path() + "/v" + std::to_string(vocab);
+    ASSERT_EQ(::mkdir(dir_.c_str(), 0755), 0);
+    Write("train-000.bin", 3, 1000, vocab);
+    Write("train-001.bin", 100, 777, vocab);
+    for (const int T : {1, 7, 64, 100}) {
+      auto o = Opts(T);
+      o.vocab_size = vocab;
+      auto src = OpenSampleSource(o);
+      ASSERT_TRUE(src.ok()) << src.status().ToString();
+      std::vector<int32_t> sample(T + 1), in(T, -1), tg(T, -1);
+      for (uint64_t i = 0; i < (*src)->num_samples(); ++i) {
+        (*src)->Prefetch(i);
+        ASSERT_TRUE((*src)->Read(i, sample.data()).ok());
+        ASSERT_TRUE((*src)->ReadRow(i, in.data(), tg.data()).ok());
+        ASSERT_TRUE(std::equal(in.begin(), in.end(), sample.begin())) << "vocab " << vocab << " T " << T << " i " << i;
+        ASSERT_TRUE(std::equal(tg.begin(), tg.end(), sample.begin() + 1)) << "vocab " << vocab << " T " << T << " i " << i;
+      }
+      EXPECT_EQ((*src)->ReadRow((*src)->num_samples(), in.data(), tg.data()).code(), Code::kOutOfRange);
+    }
+  }
 }
 
 TEST_F(TokenShardSourceTest, BadFilesGetClearErrors) {

@@ -184,6 +184,53 @@ TEST_F(StorageTest, TruncationAfterOpenIsDataLoss) {
   }
 }
 
+// ReadVisit hands the visitor the same bytes ReadAt copies (from the mapping, without a copy), with
+// ReadAt's range errors, and a hint to prefetch never faults, even past the end.
+TEST_F(StorageTest, ReadVisitSeesTheBytesReadAtReads) {
+  const std::string uri = Path("visit.bin");
+  const std::string data = Pattern(20000);
+  Put(uri, data);
+  auto r = storage_->OpenForRead(uri);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto append = [](const unsigned char* p, size_t n, void* ctx) {
+    static_cast<std::string*>(ctx)->append(reinterpret_cast<const char*>(p), n);
+  };
+  for (auto [offset, n] : std::vector<std::pair<uint64_t, size_t>>{{0, 1}, {4095, 2}, {123, 9000}, {19999, 1}, {0, 20000}}) {
+    (*r)->Prefetch(offset, n);
+    std::string got;
+    ASSERT_TRUE((*r)->ReadVisit(offset, n, append, &got).ok());
+    EXPECT_EQ(got, data.substr(offset, n)) << offset << "+" << n;
+  }
+  (*r)->Prefetch(19990, 1 << 20);
+  (*r)->Prefetch(UINT64_MAX - 10, 100);
+  std::string got;
+  Status s = (*r)->ReadVisit(19990, 11, append, &got);
+  EXPECT_EQ(s.code(), Code::kOutOfRange) << s.ToString();
+  EXPECT_TRUE(got.empty());
+}
+
+// A visitor reading a page that a truncation removed is abandoned and ReadVisit returns DataLoss.
+TEST_F(StorageTest, ReadVisitOfATruncatedPageIsDataLoss) {
+  const std::string uri = Path("visit-trunc.bin");
+  Put(uri, Pattern(3 * 4096));
+  auto r = storage_->OpenForRead(uri);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(::truncate(uri.c_str(), 1000), 0) << std::strerror(errno);
+  struct Seen {
+    uint64_t sum = 0;
+    bool finished = false;
+  } seen;
+  auto visit = [](const unsigned char* p, size_t n, void* ctx) {
+    auto& x = *static_cast<Seen*>(ctx);
+    for (size_t k = 0; k < n; ++k) x.sum += p[k];  // touches every byte, past the new end too
+    x.finished = true;
+  };
+  Status s = (*r)->ReadVisit(4000, 5000, visit, &seen);
+  EXPECT_EQ(s.code(), Code::kDataLoss) << s.ToString();
+  EXPECT_THAT(s.message(), HasSubstr(uri));
+  EXPECT_FALSE(seen.finished);
+}
+
 // Removing or replacing the name of an open file leaves the opened file readable (POSIX semantics).
 TEST_F(StorageTest, RemovedOrReplacedWhileOpenStillReadsTheOpenedFile) {
   const std::string uri = Path("gone.bin");
