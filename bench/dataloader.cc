@@ -231,6 +231,10 @@ int Gather(const std::string& pattern, int T, int threads, int epochs) {
     const int fd = ::open(g.gl_pathv[i], O_RDONLY);
     struct stat st;
     if (fd < 0 || ::fstat(fd, &st) != 0) return 1;
+    if (st.st_size < 64 + static_cast<off_t>(window) + 2) {  // no whole window
+      ::close(fd);
+      continue;
+    }
     void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
     ::close(fd);
     if (p == MAP_FAILED) return 1;
@@ -239,6 +243,10 @@ int Gather(const std::string& pattern, int T, int threads, int epochs) {
     total += maps.back().windows;
   }
   ::globfree(&g);
+  if (maps.empty()) {
+    std::fprintf(stderr, "bench_dataloader: %s: no file holds a sample of %d tokens\n", pattern.c_str(), T + 1);
+    return 1;
+  }
   const size_t n = static_cast<size_t>(window) + 2;
   std::atomic<uint64_t> sink{0};
   const auto t0 = Clock::now();
@@ -268,6 +276,7 @@ int Gather(const std::string& pattern, int T, int threads, int epochs) {
   const double secs = Since(t0);
   const double bytes = static_cast<double>(static_cast<uint64_t>(epochs) * total / static_cast<uint64_t>(threads) *
                                            static_cast<uint64_t>(threads)) * static_cast<double>(window);
+  // Counted as the loader counts: T tokens (the window's stride) per sample.
   std::printf("{\"seconds\": %.3f, \"bytes_per_s\": %.0f, \"check\": %llu}\n", secs, bytes / secs,
               static_cast<unsigned long long>(sink.load()));
   return 0;

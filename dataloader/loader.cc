@@ -5,7 +5,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <sched.h>
 
 #include "common/check.h"
 
@@ -265,6 +264,10 @@ Result<Batch> DataLoader::Next() {
     lk.lock();
     s.waiting_for.store(b);
     s.consumer_sleeping.store(true);
+    // Orders the store above before the loads of `done` below (Settled's loads are only acquire):
+    // with the reader's seq_cst store of `done` and load of `consumer_sleeping`, one side always
+    // sees the other, so a wake-up cannot be missed.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     // A failure of a later batch does not end this wait: every batch before it was claimed and
     // will be delivered (the error comes at its own batch). Readers wake this wait once a few
     // batches are ready (WakeConsumer); it also looks on its own after 1, 2, 4 .. 64 ms, in case

@@ -215,8 +215,9 @@ class PosixReadableObject final : public ReadableObject {
     // shuffled sample lies at a random place, so without this every sample starts with a full
     // memory latency that the hardware prefetcher cannot foresee.
     if (map_ == nullptr || offset >= size_) return;
-    const char* p = map_ + offset;
-    const char* end = map_ + std::min<uint64_t>(size_, offset + n);
+    const char* end = map_ + offset + std::min<uint64_t>(n, size_ - offset);
+    // From the start of the first cache line, so the last line is not skipped.
+    const char* p = map_ + (offset & ~uint64_t{63});
     for (; p < end; p += 64) __builtin_prefetch(p, 0, 3);
   }
 

@@ -509,19 +509,28 @@ TEST_F(TokenShardSourceTest, OutOfVocabTokenIsCaughtOnReadWithItsOffset) {
   EXPECT_NE(st.message().find(p + ": byte offset 70"), std::string::npos) << st.ToString();
 }
 
+// The first token of a window is only an input, the last only a target: both are checked.
 TEST_F(TokenShardSourceTest, OutOfVocabTokenIsCaughtByReadRowWithItsOffset) {
-  const std::string p = Write("train-000.bin", 0, 100);
-  FlipByte(p, 64 + 7);
-  auto o = Opts(8);
-  o.verify_checksums = false;
-  auto src = OpenSampleSource(o);
-  ASSERT_TRUE(src.ok()) << src.status().ToString();
-  std::vector<int32_t> in(8), tg(8);
-  Status st = (*src)->ReadRow(0, in.data(), tg.data());
-  ASSERT_FALSE(st.ok());
-  EXPECT_EQ(st.code(), Code::kDataLoss);
-  EXPECT_NE(st.message().find(p + ": byte offset 70"), std::string::npos) << st.ToString();
-  EXPECT_TRUE((*src)->ReadRow(1, in.data(), tg.data()).ok());  // the next window is clean
+  for (const int token : {0, 8}) {  // T = 8: token 8 is sample 0's last target, sample 1's first input
+    const std::string p = Write("train-000.bin", 0, 100);
+    FlipByte(p, 64 + 2 * token + 1);
+    auto o = Opts(8);
+    o.verify_checksums = false;
+    auto src = OpenSampleSource(o);
+    ASSERT_TRUE(src.ok()) << src.status().ToString();
+    std::vector<int32_t> in(8), tg(8);
+    const std::string where = p + ": byte offset " + std::to_string(64 + 2 * token);
+    for (const uint64_t sample : {uint64_t{0}, uint64_t{1}}) {
+      Status st = (*src)->ReadRow(sample, in.data(), tg.data());
+      if (sample == 1 && token == 0) {
+        EXPECT_TRUE(st.ok()) << st.ToString();  // the next window is clean
+        continue;
+      }
+      ASSERT_FALSE(st.ok()) << "token " << token << " sample " << sample;
+      EXPECT_EQ(st.code(), Code::kDataLoss);
+      EXPECT_NE(st.message().find(where), std::string::npos) << st.ToString();
+    }
+  }
 }
 
 // ReadRow decodes straight from the mapping (both token widths); Read is the reference.
