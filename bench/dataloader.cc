@@ -80,7 +80,8 @@ int Make(const std::string& out, int mib, int files) {
   return 0;
 }
 
-int Read(const std::string& glob, int T, int B, int threads, int depth, bool verify, int epochs) {
+int Read(const std::string& glob, int T, int B, int threads, int depth, bool verify, int epochs,
+         data::Layout layout) {
   Status err;
   const auto t_open = Clock::now();
   auto src = Open(glob, T, 50257, verify, &err);
@@ -90,6 +91,7 @@ int Read(const std::string& glob, int T, int B, int threads, int depth, bool ver
   o.batch_size = B;
   o.threads = threads;
   o.depth = depth;
+  o.layout = layout;
   o.start = {1, 0, 0};
   const uint64_t batches = static_cast<uint64_t>(epochs) * src->num_samples() / static_cast<uint64_t>(B);
   const auto t0 = Clock::now();
@@ -99,7 +101,7 @@ int Read(const std::string& glob, int T, int B, int threads, int depth, bool ver
   for (uint64_t k = 0; k < batches; ++k) {
     auto b = (*loader)->Next();
     if (!b.ok()) return Fail(b.status());
-    checksum += static_cast<uint64_t>(b->inputs[0]);
+    checksum += layout == data::Layout::kPairs ? static_cast<uint64_t>(b->inputs[0]) : b->rows[0];
   }
   const double secs = Since(t0);
   // Dataset bytes consumed: each sample advances T tokens of its file (windows overlap by one).
@@ -135,9 +137,11 @@ int Train(const std::string& glob, const model::GptConfig& c, int B, int steps, 
     Status s = data::ReadRows(*src, sampler, static_cast<uint64_t>(k) * B, 1, 0, held_in[k], held_tg[k]);
     if (!s.ok()) return Fail(s);
   }
-  auto step = [&](const int32_t* in, const int32_t* tg) -> Status {
+  // `rows` set: a loader batch in the stored layout, widened by the model as the trainer does.
+  auto step = [&](const int32_t* in, const int32_t* tg, const data::Batch* rows = nullptr) -> Status {
     (*gpt)->ZeroGrad();
-    auto l = (*gpt)->ForwardBackward(in, tg, B, T, 1.0f);
+    auto l = rows != nullptr ? (*gpt)->ForwardBackwardRows(rows->rows.data(), rows->token_width, B, T, 1.0f)
+                             : (*gpt)->ForwardBackward(in, tg, B, T, 1.0f);
     if (!l.ok()) return l.status();
     model::ClipGradNorm((*gpt)->grads(), (*gpt)->num_parameters(), 1.0f);
     (*adamw)->Step((*gpt)->params(), (*gpt)->grads(), oc.lr);
@@ -148,13 +152,14 @@ int Train(const std::string& glob, const model::GptConfig& c, int B, int steps, 
   data::LoaderOptions o;
   o.batch_size = B;
   o.start = {1, 0, 0};
+  o.layout = data::Layout::kStoredRows;  // as the trainer reads
   auto loader = data::DataLoader::Create(src, o);
   if (!loader.ok()) return Fail(loader.status());
   std::vector<double> with_loader, synthetic;
   for (int s = 0; s < 2; ++s) {  // warm-up
     auto b = (*loader)->Next();
     if (!b.ok()) return Fail(b.status());
-    if (Status st = step(b->inputs.data(), b->targets.data()); !st.ok()) return Fail(st);
+    if (Status st = step(nullptr, nullptr, &*b); !st.ok()) return Fail(st);
   }
   const double wait0 = (*loader)->total_wait_seconds();
   for (int done = 0; done < steps; done += kBlock) {
@@ -162,7 +167,7 @@ int Train(const std::string& glob, const model::GptConfig& c, int B, int steps, 
       const auto t0 = Clock::now();
       auto b = (*loader)->Next();
       if (!b.ok()) return Fail(b.status());
-      if (Status st = step(b->inputs.data(), b->targets.data()); !st.ok()) return Fail(st);
+      if (Status st = step(nullptr, nullptr, &*b); !st.ok()) return Fail(st);
       with_loader.push_back(Since(t0));
     }
     for (int s = 0; s < kBlock; ++s) {
@@ -286,7 +291,7 @@ int Gather(const std::string& pattern, int T, int threads, int epochs) {
 
 int main(int argc, char** argv) {
   CLI::App app{"Cohort dataloader benchmark"};
-  std::string mode, data, out;
+  std::string mode, data, out, layout = "rows";
   int epochs = 1, mib = 512, files = 8, T = 1024, B = 8, threads = 2, depth = 4, steps = 40, compute_threads = 1;
   bool verify = false;
   model::GptConfig c{257, 128, 4, 4, 128};
@@ -300,6 +305,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "loader threads");
   app.add_option("--depth", depth);
   app.add_option("--epochs", epochs, "read mode: epochs to read");
+  app.add_option("--layout", layout, "read mode: rows (stored tokens, as the trainer reads) | pairs (int32 inputs and targets)")
+      ->check(CLI::IsMember({"rows", "pairs"}));
   app.add_option("--verify", verify, "check payload checksums when opening");
   app.add_option("--steps", steps);
   app.add_option("--compute-threads", compute_threads);
@@ -310,7 +317,10 @@ int main(int argc, char** argv) {
   app.add_option("--vocab", c.vocab_size);
   CLI11_PARSE(app, argc, argv);
   if (mode == "make") return Make(out, mib, files);
-  if (mode == "read") return Read(data, T, B, threads, depth, verify, epochs);
+  if (mode == "read") {
+    return Read(data, T, B, threads, depth, verify, epochs,
+                layout == "rows" ? data::Layout::kStoredRows : data::Layout::kPairs);
+  }
   if (mode == "train") return Train(data, c, B, steps, compute_threads);
   if (mode == "gather") return Gather(data, T, threads, epochs);
   return Resume(data, T, B);

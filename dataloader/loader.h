@@ -4,8 +4,8 @@
 //
 // Batches are delivered strictly in stream order. Each micro-step's batch is the next global batch
 // of world * batch_size positions; this rank's rows are positions [start + rank*B, start +
-// (rank+1)*B). Memory is fixed at Create: `depth` buffers of 2 * B * T int32 (inputs and targets)
-// plus B sample indexes per thread; nothing is allocated per batch.
+// (rank+1)*B). Memory is fixed at Create: `depth` buffers of 2 * B * T int32 (inputs and targets;
+// or B * (T+1) stored tokens, see Layout) plus B sample indexes per thread; nothing is allocated per batch.
 //
 // Errors: the first read error (naming the file, offset or element) stops the readers and is
 // returned by Next() for the batch that failed — the trainer gets it as soon as it needs that
@@ -34,12 +34,22 @@
 
 namespace cohort::data {
 
+// How a batch's tokens are handed over.
+enum class Layout {
+  kPairs,       // Batch::inputs and Batch::targets: B*T int32 each
+  // Batch::rows: B rows of T+1 little-endian tokens of Batch::token_width bytes, as the source
+  // stores them (token shards: 2 bytes up to 65,536 tokens); the model widens them
+  // (Gpt::ForwardBackwardRows). A quarter of the bytes kPairs writes per token.
+  kStoredRows,
+};
+
 struct LoaderOptions {
   int batch_size = 1;  // B: rows per micro-batch on this rank
   int rank = 0;
   int world = 1;
   DataState start;     // where the stream starts (resume); start.seed keys the order
   bool shuffle = true;
+  Layout layout = Layout::kPairs;
   int depth = 4;       // batches read ahead (buffers in the ring), >= 1
   int threads = 2;     // reader threads, >= 1
   // Longest the trainer waits in Next() for one batch before the loader gives up with
@@ -51,6 +61,8 @@ struct LoaderOptions {
 struct Batch {
   std::span<const int32_t> inputs;   // B * T, row-major
   std::span<const int32_t> targets;  // B * T: inputs shifted left by one token
+  std::span<const unsigned char> rows;  // kStoredRows: B * (T+1) * token_width bytes
+  int token_width = 0;                  // kStoredRows: bytes per token in rows (2 or 4)
   uint64_t position = 0;             // global stream position of the global batch's first row
 };
 

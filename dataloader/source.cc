@@ -1,5 +1,7 @@
 #include "dataloader/source.h"
 
+#include <endian.h>
+
 #include <algorithm>
 #include <cstring>
 #include <string_view>
@@ -43,6 +45,18 @@ Status SampleSource::ReadRow(uint64_t index, int32_t* inputs, int32_t* targets) 
   RETURN_IF_ERROR(Read(index, sample.data()));
   std::memcpy(inputs, sample.data(), T * sizeof(int32_t));
   std::memcpy(targets, sample.data() + 1, T * sizeof(int32_t));
+  return Status::Ok();
+}
+
+Status SampleSource::ReadStored(uint64_t index, unsigned char* out) const {
+  thread_local std::vector<int32_t> sample;
+  const size_t n = static_cast<size_t>(seq_len()) + 1;
+  sample.resize(n);
+  RETURN_IF_ERROR(Read(index, sample.data()));
+  for (size_t k = 0; k < n; ++k) {
+    const uint32_t v = htole32(static_cast<uint32_t>(sample[k]));
+    std::memcpy(out + 4 * k, &v, 4);
+  }
   return Status::Ok();
 }
 

@@ -54,6 +54,13 @@ class SampleSource {
   // per-thread scratch sample; token shards decode straight from storage into both rows.
   virtual Status ReadRow(uint64_t index, int32_t* inputs, int32_t* targets) const;
 
+  // The sample's T+1 tokens as stored_width()-byte little-endian integers, into out ((T+1) *
+  // stored_width() bytes): the loader's compact layout (loader.h, Layout::kStoredRows). Same
+  // checks and errors as Read. Token shards copy their bytes as they are; the default goes
+  // through Read (4-byte tokens).
+  virtual int stored_width() const { return 4; }
+  virtual Status ReadStored(uint64_t index, unsigned char* out) const;
+
   // A hint that sample `index` (< num_samples()) is read soon (token shards on local files: the
   // CPU starts loading its bytes). Never blocks; may do nothing.
   virtual void Prefetch(uint64_t index) const {}

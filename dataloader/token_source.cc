@@ -72,6 +72,31 @@ struct RowDecode {
   uint32_t max;
 };
 
+// ReadStored's copy, a ReadableObject::Visitor: the stored bytes as they are, keeping the largest
+// token (little-endian `Word`s); one vectorizable pass.
+struct RowCopy {
+  unsigned char* out;
+  uint32_t max;
+};
+
+template <typename Word>
+void CopyRow(const unsigned char* data, size_t n, void* ctx) {
+  auto& row = *static_cast<RowCopy*>(ctx);
+  unsigned char* __restrict out = row.out;
+  uint32_t max = 0;
+  for (size_t k = 0; k < n / sizeof(Word); ++k) {
+    Word w;
+    std::memcpy(&w, data + k * sizeof(Word), sizeof(Word));
+    std::memcpy(out + k * sizeof(Word), &w, sizeof(Word));
+    if constexpr (sizeof(Word) == 2) {
+      max = std::max(max, static_cast<uint32_t>(le16toh(w)));
+    } else {
+      max = std::max(max, static_cast<uint32_t>(le32toh(w)));
+    }
+  }
+  row.max = max;
+}
+
 template <typename Word>
 void DecodeRow(const unsigned char* data, size_t n, void* ctx) {
   auto& row = *static_cast<RowDecode*>(ctx);
@@ -105,7 +130,9 @@ class TokenShardSource final : public SampleSource {
         infos_(std::move(infos)),
         first_sample_(std::move(first_sample)),
         T_(T),
-        vocab_(vocab) {}
+        vocab_(vocab) {
+    for (const Shard& s : shards_) stored_width_ = std::max(stored_width_, static_cast<int>(s.header.token_width));
+  }
 
   int seq_len() const override { return T_; }
   uint64_t num_samples() const override { return first_sample_.back(); }
@@ -143,6 +170,30 @@ class TokenShardSource final : public SampleSource {
     RowDecode row{inputs, targets, static_cast<size_t>(T_), 0};
     RETURN_IF_ERROR(s.object->ReadVisit(offset, (static_cast<size_t>(T_) + 1) * width,
                                         width == 2 ? DecodeRow<uint16_t> : DecodeRow<uint32_t>, &row));
+    if (row.max >= s.header.vocab_size) {
+      thread_local std::vector<int32_t> sample;
+      sample.resize(static_cast<size_t>(T_) + 1);
+      RETURN_IF_ERROR(Read(index, sample.data()));
+      return DataLoss(Locate(index) + ": token out of the vocabulary (size " +
+                      std::to_string(s.header.vocab_size) + ")");
+    }
+    return Status::Ok();
+  }
+
+  int stored_width() const override { return stored_width_; }
+
+  Status ReadStored(uint64_t index, unsigned char* out) const override {
+    if (index >= num_samples()) {
+      return OutOfRange("sample " + std::to_string(index) + " of " + std::to_string(num_samples()));
+    }
+    const size_t f = FileOf(index);
+    const Shard& s = shards_[f];
+    const uint32_t width = s.header.token_width;
+    if (static_cast<int>(width) != stored_width_) return SampleSource::ReadStored(index, out);  // mixed widths
+    const uint64_t offset = kTokenShardHeaderSize + (index - first_sample_[f]) * static_cast<uint64_t>(T_) * width;
+    RowCopy row{out, 0};
+    RETURN_IF_ERROR(s.object->ReadVisit(offset, (static_cast<size_t>(T_) + 1) * width,
+                                        width == 2 ? CopyRow<uint16_t> : CopyRow<uint32_t>, &row));
     if (row.max >= s.header.vocab_size) {
       thread_local std::vector<int32_t> sample;
       sample.resize(static_cast<size_t>(T_) + 1);
@@ -222,6 +273,7 @@ class TokenShardSource final : public SampleSource {
   std::vector<uint64_t> first_sample_;  // first_sample_[f] = samples in files < f; back() = total
   int T_;
   uint32_t vocab_;
+  int stored_width_ = 2;  // the widest file's token width
 };
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "model/gpt.h"
 
+#include <endian.h>
 #include <omp.h>
 
 #include <cmath>
@@ -364,6 +365,46 @@ Result<float> Gpt::ForwardBackward(const int32_t* inputs, const int32_t* targets
   for (int n = 0; n < N; ++n) sum += a.losses[n];
   RunBackward(inputs, B, T, a, g);
   return static_cast<float>(sum / N);
+}
+
+Result<float> Gpt::ForwardBackwardRows(const unsigned char* rows, int width, int B, int T,
+                                       float loss_scale) {
+  if (width != 2 && width != 4) {
+    return InvalidArgument("token width " + std::to_string(width) + " bytes (must be 2 or 4)");
+  }
+  if (rows == nullptr) return InvalidArgument("rows is null");
+  if (B < 1 || T < 1 || T > config_.context_length || static_cast<int64_t>(B) * T > kMaxPositions) {
+    return ForwardBackward(nullptr, nullptr, B, T, loss_scale);  // the usual message for B and T
+  }
+  const size_t n = static_cast<size_t>(B) * static_cast<size_t>(T);
+  if (row_inputs_.size() < n) {
+    row_inputs_.resize(n);
+    row_targets_.resize(n);
+  }
+  const size_t row_bytes = (static_cast<size_t>(T) + 1) * static_cast<size_t>(width);
+  for (int b = 0; b < B; ++b) {
+    const unsigned char* r = rows + static_cast<size_t>(b) * row_bytes;
+    int32_t* __restrict in = row_inputs_.data() + static_cast<size_t>(b) * T;
+    int32_t* __restrict tg = row_targets_.data() + static_cast<size_t>(b) * T;
+    if (width == 2) {
+      for (int t = 0; t < T; ++t) {
+        uint16_t x, y;
+        std::memcpy(&x, r + 2 * t, 2);
+        std::memcpy(&y, r + 2 * t + 2, 2);
+        in[t] = static_cast<int32_t>(le16toh(x));
+        tg[t] = static_cast<int32_t>(le16toh(y));
+      }
+    } else {
+      for (int t = 0; t < T; ++t) {
+        uint32_t x, y;
+        std::memcpy(&x, r + 4 * t, 4);
+        std::memcpy(&y, r + 4 * t + 4, 4);
+        in[t] = static_cast<int32_t>(le32toh(x));
+        tg[t] = static_cast<int32_t>(le32toh(y));
+      }
+    }
+  }
+  return ForwardBackward(row_inputs_.data(), row_targets_.data(), B, T, loss_scale);
 }
 
 void Gpt::RunForward(const int32_t* inputs, int B, int T, const Acts& a) {

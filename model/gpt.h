@@ -102,6 +102,15 @@ class Gpt {
   Result<float> ForwardBackward(const int32_t* inputs, const int32_t* targets, int B, int T,
                                 float loss_scale = 1.0f);
 
+  // ForwardBackward for a batch in the loader's stored layout (data::Layout::kStoredRows): B rows
+  // of T+1 little-endian tokens of `width` bytes (2 or 4) each, row b at rows + b*(T+1)*width;
+  // each row's first T tokens are the inputs, its last T the targets. The rows are widened into
+  // buffers the model keeps (grown once), then ForwardBackward runs; same errors, plus
+  // InvalidArgument for a width other than 2 or 4. Handing the model 2-byte tokens instead of two
+  // int32 arrays quarters what the loader writes per token.
+  Result<float> ForwardBackwardRows(const unsigned char* rows, int width, int B, int T,
+                                    float loss_scale = 1.0f);
+
   // Sets grads() to zero.
   void ZeroGrad();
 
@@ -147,6 +156,7 @@ class Gpt {
   struct GradActs;
 
   explicit Gpt(const GptConfig& config);
+  std::vector<int32_t> row_inputs_, row_targets_;  // ForwardBackwardRows' widened batch
   BlockParams Block(float* base, int i) const;
   Status ValidateBatch(const int32_t* inputs, const int32_t* targets, int B, int T,
                        bool need_targets) const;

@@ -336,6 +336,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   lo.world = ranks.world;
   lo.start = {spec.train.seed, 0, 0};
   lo.shuffle = spec.data.order == "shuffle";
+  lo.layout = data::Layout::kStoredRows;  // the model widens the stored tokens itself
   lo.depth = spec.data.prefetch;
   lo.threads = spec.data.loader_threads;
   lo.timeout = data_timeout;
@@ -404,8 +405,8 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
       // Only the last micro-step's backward reduces: earlier ones just accumulate locally.
       const bool reduce = reducer && micro == accum - 1;
       if (reduce) reducer->Begin();
-      auto loss = gpt->ForwardBackward(batch->inputs.data(), batch->targets.data(), B, T,
-                                       1.0f / static_cast<float>(accum));
+      auto loss = gpt->ForwardBackwardRows(batch->rows.data(), batch->token_width, B, T,
+                                           1.0f / static_cast<float>(accum));
       if (reduce) {
         Status st = reducer->Finish();
         if (!st.ok()) return st;

@@ -331,6 +331,46 @@ TEST(gpt, ForwardAndForwardBackwardAgree) {
   EXPECT_EQ(0, std::memcmp(logits.data(), g->logits(), logits.size() * sizeof(float)));
 }
 
+// The loader's stored layout: rows of T+1 little-endian tokens (2 or 4 bytes), inputs = the first
+// T of a row, targets = the last T. Same loss and bit-identical gradients as the int32 arrays.
+TEST(gpt, ForwardBackwardRowsEqualsForwardBackwardOnTheSameTokens) {
+  const int V = 17, B = 3, T = 8;
+  std::mt19937_64 rng(5);
+  std::vector<uint32_t> tokens(B * (T + 1));
+  for (auto& t : tokens) t = static_cast<uint32_t>(rng() % V);
+  std::vector<int32_t> in, tg;
+  for (int b = 0; b < B; ++b) {
+    for (int t = 0; t < T; ++t) {
+      in.push_back(static_cast<int32_t>(tokens[b * (T + 1) + t]));
+      tg.push_back(static_cast<int32_t>(tokens[b * (T + 1) + t + 1]));
+    }
+  }
+  auto g = MakeModel(TinyConfig());
+  RandomizeNonWeights(*g, 4);
+  Result<float> want = g->ForwardBackward(in.data(), tg.data(), B, T, 0.5f);
+  ASSERT_TRUE(want.ok());
+  const std::vector<float> grads = Copy(g->grads(), g->num_parameters());
+  for (const int width : {2, 4}) {
+    std::vector<unsigned char> rows(tokens.size() * width);
+    for (size_t k = 0; k < tokens.size(); ++k) {  // little-endian by hand
+      for (int byte = 0; byte < width; ++byte) rows[k * width + byte] = static_cast<unsigned char>(tokens[k] >> (8 * byte));
+    }
+    g->ZeroGrad();
+    Result<float> got = g->ForwardBackwardRows(rows.data(), width, B, T, 0.5f);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(*got, *want) << "width " << width;
+    EXPECT_EQ(0, std::memcmp(grads.data(), g->grads(), grads.size() * sizeof(float))) << "width " << width;
+  }
+  std::vector<unsigned char> rows(tokens.size() * 4, 0);
+  EXPECT_EQ(g->ForwardBackwardRows(rows.data(), 3, B, T).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(g->ForwardBackwardRows(nullptr, 2, B, T).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(g->ForwardBackwardRows(rows.data(), 2, B, 9999).status().code(), Code::kInvalidArgument);
+  rows[2 * 4 + 1] = 0x7f;  // 4-byte token 2 of row 0 becomes 0x7f00: outside the vocabulary
+  Result<float> bad = g->ForwardBackwardRows(rows.data(), 4, B, T);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("outside [0, vocab_size"), std::string::npos) << bad.status().ToString();
+}
+
 TEST(gpt, LossScaleAndAccumulation) {
   auto g = MakeModel(TinyConfig());
   RandomizeNonWeights(*g, 3);

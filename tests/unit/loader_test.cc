@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <thread>
@@ -556,6 +557,79 @@ TEST_F(TokenShardSourceTest, ReadRowIsReadSplitIntoInputsAndTargets) {
       EXPECT_EQ((*src)->ReadRow((*src)->num_samples(), in.data(), tg.data()).code(), Code::kOutOfRange);
     }
   }
+}
+
+// The stored-rows layout hands over each sample's T+1 tokens as the shard stores them (2 or 4
+// bytes, little-endian); they decode to the pairs layout's inputs and targets.
+TEST_F(TokenShardSourceTest, StoredRowsAreTheShardBytesOfThePairs) {
+  for (const uint32_t vocab : {257u, 70000u}) {
+    dir_ = tmp_.path() + "/v" + std::to_string(vocab);
+    ASSERT_EQ(::mkdir(dir_.c_str(), 0755), 0);
+    Write("train-000.bin", 3, 2000, vocab);
+    Write("train-001.bin", 100, 1500, vocab);
+    const int T = 16, B = 4;
+    auto o = Opts(T);
+    o.vocab_size = vocab;
+    auto opened = OpenSampleSource(o);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    std::shared_ptr<const SampleSource> src = std::move(*opened);
+    const int width = vocab <= 65536 ? 2 : 4;
+    EXPECT_EQ(src->stored_width(), width);
+    auto lo = Options(B, 1, 2, 5);
+    lo.layout = Layout::kStoredRows;
+    auto rows = DataLoader::Create(src, lo);
+    auto pairs = DataLoader::Create(src, Options(B, 1, 2, 5));
+    ASSERT_TRUE(rows.ok() && pairs.ok());
+    for (int k = 0; k < 40; ++k) {
+      auto r = (*rows)->Next();
+      auto p = (*pairs)->Next();
+      ASSERT_TRUE(r.ok() && p.ok()) << r.status().ToString() << p.status().ToString();
+      EXPECT_EQ(r->position, p->position);
+      EXPECT_TRUE(r->inputs.empty());
+      ASSERT_EQ(r->token_width, width);
+      ASSERT_EQ(r->rows.size(), static_cast<size_t>(B * (T + 1) * width));
+      for (int b = 0; b < B; ++b) {
+        for (int t = 0; t <= T; ++t) {
+          uint32_t v = 0;
+          for (int byte = 0; byte < width; ++byte) v |= uint32_t{r->rows[(b * (T + 1) + t) * width + byte]} << (8 * byte);
+          if (t < T) ASSERT_EQ(static_cast<int32_t>(v), p->inputs[b * T + t]) << k << " " << b << " " << t;
+          if (t > 0) ASSERT_EQ(static_cast<int32_t>(v), p->targets[b * T + t - 1]) << k << " " << b << " " << t;
+        }
+      }
+    }
+    EXPECT_EQ((*rows)->state(), (*pairs)->state());
+  }
+}
+
+// Sources without a stored form of their own (HDF5, here a scripted one) give 4-byte rows.
+TEST(DataLoaderTest, StoredRowsOfASourceWithoutItsOwnAreFourByteTokens) {
+  auto src = std::make_shared<ScriptedSource>(100, 3);
+  auto o = Options(2, 0, 1);
+  o.shuffle = false;
+  o.layout = Layout::kStoredRows;
+  auto loader = DataLoader::Create(src, o);
+  ASSERT_TRUE(loader.ok());
+  auto b = (*loader)->Next();
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_EQ(b->token_width, 4);
+  const unsigned char want[] = {0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0,   // sample 0
+                                1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0};  // sample 1
+  ASSERT_EQ(b->rows.size(), sizeof want);
+  EXPECT_EQ(0, std::memcmp(b->rows.data(), want, sizeof want));
+}
+
+// A bad token in the stored layout is the same error, naming the file and offset.
+TEST_F(TokenShardSourceTest, OutOfVocabTokenIsCaughtByReadStored) {
+  const std::string p = Write("train-000.bin", 0, 100);
+  FlipByte(p, 64 + 2 * 8 + 1);  // T = 8: sample 0's last token
+  auto o = Opts(8);
+  o.verify_checksums = false;
+  auto src = OpenSampleSource(o);
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  std::vector<unsigned char> row(9 * 2);
+  Status st = (*src)->ReadStored(0, row.data());
+  EXPECT_EQ(st.code(), Code::kDataLoss) << st.ToString();
+  EXPECT_NE(st.message().find(p + ": byte offset 80"), std::string::npos) << st.ToString();
 }
 
 TEST_F(TokenShardSourceTest, BadFilesGetClearErrors) {
