@@ -20,6 +20,7 @@ void AddConfigCommands(CLI::App& app, Context& ctx);  // config_cmd.cc: config c
 void AddDataCommands(CLI::App& app, Context& ctx);    // data_cmd.cc:   data prepare|inspect
 void AddTrainCommand(CLI::App& app, Context& ctx);    // train_cmd.cc:  train
 void AddLaunchCommand(CLI::App& app, Context& ctx);   // launch_cmd.cc: launch sbatch
+void AddCkptCommands(CLI::App& app, Context& ctx);    // ckpt_cmd.cc:   ckpt list|verify
 
 // Exit codes shared by all subcommands (documented in README.md).
 inline constexpr int kExitOk = 0;

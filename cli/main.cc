@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   cohort::cli::AddDataCommands(app, ctx);
   cohort::cli::AddTrainCommand(app, ctx);
   cohort::cli::AddLaunchCommand(app, ctx);
+  cohort::cli::AddCkptCommands(app, ctx);
 
   try {
     app.parse(argc, argv);

@@ -17,22 +17,20 @@
 #include <utility>
 #include <vector>
 
+#include "common/hdf5_lock.h"
 #include "dataloader/source.h"
 
 namespace cohort::data {
 namespace {
 
-// Every HDF5 call in this file runs under this lock. Builds of libhdf5 without
+// Every HDF5 call in this file runs under Hdf5Mutex() (common/hdf5_lock.h). Builds of libhdf5 without
 // --enable-threadsafe (the usual source, conda and parallel builds) keep process-wide state (the
 // open-object tables, metadata caches, free lists, the error stack) with no synchronization, so two
 // threads may never be inside the library at once, not even for different files: the lock is
 // therefore per process, not per source, so that a training and a validation source (or several
 // loaders) reading concurrently are safe too. Thread-safe builds (Debian's serial package is one)
 // take an equivalent global lock inside the library, so this one costs nothing extra there.
-std::mutex& Hdf5Mutex() {
-  static std::mutex mutex;
-  return mutex;
-}
+// checkpoint/ takes the same lock, as its writer thread may run beside a loader.
 
 // Owns one HDF5 identifier and closes it with the matching H5*close. Must be destroyed (or Reset)
 // with Hdf5Mutex() held, like every other HDF5 call.

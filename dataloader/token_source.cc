@@ -160,9 +160,7 @@ class TokenShardSource final : public SampleSource {
   // mapping, without a copy) into both rows in one pass. The vocabulary check is the maximum over
   // the pass; the rare out-of-vocabulary sample is re-read by Read for the precise error.
   Status ReadRow(uint64_t index, int32_t* inputs, int32_t* targets) const override {
-    if (index >= num_samples()) {
-      return OutOfRange("sample " + std::to_string(index) + " of " + std::to_string(num_samples()));
-    }
+    RETURN_IF_ERROR(CheckIndex(index));
     const size_t f = FileOf(index);
     const Shard& s = shards_[f];
     const uint32_t width = s.header.token_width;
@@ -170,22 +168,13 @@ class TokenShardSource final : public SampleSource {
     RowDecode row{inputs, targets, static_cast<size_t>(T_), 0};
     RETURN_IF_ERROR(s.object->ReadVisit(offset, (static_cast<size_t>(T_) + 1) * width,
                                         width == 2 ? DecodeRow<uint16_t> : DecodeRow<uint32_t>, &row));
-    if (row.max >= s.header.vocab_size) {
-      thread_local std::vector<int32_t> sample;
-      sample.resize(static_cast<size_t>(T_) + 1);
-      RETURN_IF_ERROR(Read(index, sample.data()));
-      return DataLoss(Locate(index) + ": token out of the vocabulary (size " +
-                      std::to_string(s.header.vocab_size) + ")");
-    }
-    return Status::Ok();
+    return row.max < s.header.vocab_size ? Status::Ok() : VocabError(index, s.header.vocab_size);
   }
 
   int stored_width() const override { return stored_width_; }
 
   Status ReadStored(uint64_t index, unsigned char* out) const override {
-    if (index >= num_samples()) {
-      return OutOfRange("sample " + std::to_string(index) + " of " + std::to_string(num_samples()));
-    }
+    RETURN_IF_ERROR(CheckIndex(index));
     const size_t f = FileOf(index);
     const Shard& s = shards_[f];
     const uint32_t width = s.header.token_width;
@@ -194,14 +183,7 @@ class TokenShardSource final : public SampleSource {
     RowCopy row{out, 0};
     RETURN_IF_ERROR(s.object->ReadVisit(offset, (static_cast<size_t>(T_) + 1) * width,
                                         width == 2 ? CopyRow<uint16_t> : CopyRow<uint32_t>, &row));
-    if (row.max >= s.header.vocab_size) {
-      thread_local std::vector<int32_t> sample;
-      sample.resize(static_cast<size_t>(T_) + 1);
-      RETURN_IF_ERROR(Read(index, sample.data()));
-      return DataLoss(Locate(index) + ": token out of the vocabulary (size " +
-                      std::to_string(s.header.vocab_size) + ")");
-    }
-    return Status::Ok();
+    return row.max < s.header.vocab_size ? Status::Ok() : VocabError(index, s.header.vocab_size);
   }
 
   void Prefetch(uint64_t index) const override {
@@ -214,9 +196,7 @@ class TokenShardSource final : public SampleSource {
   }
 
   Status Read(uint64_t index, int32_t* out) const override {
-    if (index >= num_samples()) {
-      return OutOfRange("sample " + std::to_string(index) + " of " + std::to_string(num_samples()));
-    }
+    RETURN_IF_ERROR(CheckIndex(index));
     const size_t f = FileOf(index);
     const Shard& s = shards_[f];
     const uint32_t width = s.header.token_width;
@@ -262,6 +242,19 @@ class TokenShardSource final : public SampleSource {
   }
 
  private:
+  Status CheckIndex(uint64_t index) const {
+    if (index < num_samples()) return Status::Ok();
+    return OutOfRange("sample " + std::to_string(index) + " of " + std::to_string(num_samples()));
+  }
+
+  // A fast path saw a token >= vocab in sample `index`: Read finds it and names its byte offset.
+  Status VocabError(uint64_t index, uint32_t vocab) const {
+    thread_local std::vector<int32_t> sample;
+    sample.resize(static_cast<size_t>(T_) + 1);
+    RETURN_IF_ERROR(Read(index, sample.data()));
+    return DataLoss(Locate(index) + ": token out of the vocabulary (size " + std::to_string(vocab) + ")");
+  }
+
   // The file holding sample `index`: the last one whose first sample is <= index.
   size_t FileOf(uint64_t index) const {
     return static_cast<size_t>(

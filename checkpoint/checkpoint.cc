@@ -1,0 +1,671 @@
+#include "checkpoint/checkpoint.h"
+
+// hdf5.h is included here only (DESIGN: library headers stay behind our interfaces).
+#include <hdf5.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fcntl.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cctype>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "common/crc32c.h"
+#include "common/hdf5_lock.h"
+#include "proto/checkpoint.pb.h"
+#include "storage/file_util.h"
+
+namespace cohort::checkpoint {
+namespace {
+
+constexpr char kManifestName[] = "manifest.pb";
+constexpr char kLatestName[] = "latest";
+constexpr char kFormatName[] = "cohort-checkpoint";
+
+std::string Join(const std::string& dir, const std::string& name) {
+  return dir.empty() || dir.back() == '/' ? dir + name : dir + "/" + name;
+}
+
+// ---- HDF5 plumbing (every call with Hdf5Mutex() held) -------------------------------------------
+// The dataloader's HDF5 source has the same small wrappers; each module keeps its own, since
+// DESIGN keeps hdf5.h out of shared headers.
+
+class Hid {
+ public:
+  using Closer = herr_t (*)(hid_t);
+  Hid() = default;
+  Hid(hid_t id, Closer close) : id_(id), close_(close) {}
+  ~Hid() { Reset(); }
+  Hid(Hid&& o) noexcept : id_(std::exchange(o.id_, H5I_INVALID_HID)), close_(o.close_) {}
+  Hid& operator=(Hid&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      id_ = std::exchange(o.id_, H5I_INVALID_HID);
+      close_ = o.close_;
+    }
+    return *this;
+  }
+  Hid(const Hid&) = delete;
+  Hid& operator=(const Hid&) = delete;
+  hid_t get() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+  // Closes now and reports whether closing worked (a file's close flushes: a full disk shows here).
+  bool Close() {
+    const bool ok = id_ < 0 || close_ == nullptr || close_(id_) >= 0;
+    id_ = H5I_INVALID_HID;
+    return ok;
+  }
+  void Reset() { Close(); }
+
+ private:
+  hid_t id_ = H5I_INVALID_HID;
+  Closer close_ = nullptr;
+};
+
+// While alive, HDF5 does not print its error stack: failures come back as Status messages.
+class QuietHdf5Errors {
+ public:
+  QuietHdf5Errors() {
+    if (H5Eget_auto2(H5E_DEFAULT, &func_, &data_) < 0) func_ = nullptr;
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  }
+  ~QuietHdf5Errors() {
+    if (func_ != nullptr) H5Eset_auto2(H5E_DEFAULT, func_, data_);
+  }
+  QuietHdf5Errors(const QuietHdf5Errors&) = delete;
+  QuietHdf5Errors& operator=(const QuietHdf5Errors&) = delete;
+
+ private:
+  H5E_auto2_t func_ = nullptr;
+  void* data_ = nullptr;
+};
+
+herr_t KeepInnermost(unsigned n, const H5E_error2_t* err, void* data) {
+  if (n != 0) return 0;
+  auto* out = static_cast<std::string*>(data);
+  if (err->desc != nullptr) *out = err->desc;
+  char minor[128];
+  if (H5Eget_msg(err->min_num, nullptr, minor, sizeof minor) > 0 && out->find(minor) == std::string::npos) {
+    *out += out->empty() ? std::string(minor) : std::string(" (") + minor + ")";
+  }
+  return 0;
+}
+
+// The innermost message of the calling thread's HDF5 error stack (cleared).
+std::string TakeHdf5Error() {
+  std::string e;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, KeepInnermost, &e);
+  H5Eclear2(H5E_DEFAULT);
+  return e.empty() ? "unknown HDF5 error" : e;
+}
+
+Status WriteError(const std::string& path, const std::string& what) {
+  return IoError(path + ": " + what + ": " + TakeHdf5Error() + " (disk full, or the directory not writable?)");
+}
+Status ReadError(const std::string& path, const std::string& what) {
+  return DataLoss(path + ": " + what + ": " + TakeHdf5Error());
+}
+
+Hid Scalar() { return Hid(H5Screate(H5S_SCALAR), H5Sclose); }
+
+template <typename T>
+hid_t MemType();
+template <>
+hid_t MemType<uint64_t>() { return H5T_NATIVE_UINT64; }
+template <>
+hid_t MemType<int64_t>() { return H5T_NATIVE_INT64; }
+template <>
+hid_t MemType<uint32_t>() { return H5T_NATIVE_UINT32; }
+template <>
+hid_t MemType<int32_t>() { return H5T_NATIVE_INT32; }
+template <typename T>
+hid_t FileType();
+template <>
+hid_t FileType<uint64_t>() { return H5T_STD_U64LE; }
+template <>
+hid_t FileType<int64_t>() { return H5T_STD_I64LE; }
+template <>
+hid_t FileType<uint32_t>() { return H5T_STD_U32LE; }
+template <>
+hid_t FileType<int32_t>() { return H5T_STD_I32LE; }
+
+template <typename T>
+bool PutAttr(hid_t obj, const char* name, T value) {
+  Hid space = Scalar();
+  Hid attr(H5Acreate2(obj, name, FileType<T>(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  return attr.valid() && H5Awrite(attr.get(), MemType<T>(), &value) >= 0;
+}
+
+bool PutAttrArray(hid_t obj, const char* name, const std::vector<int64_t>& values) {
+  const hsize_t n = values.size();
+  Hid space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  Hid attr(H5Acreate2(obj, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  return attr.valid() && (n == 0 || H5Awrite(attr.get(), H5T_NATIVE_INT64, values.data()) >= 0);
+}
+
+bool PutAttrString(hid_t obj, const char* name, const std::string& value) {
+  Hid type(H5Tcopy(H5T_C_S1), H5Tclose);
+  if (!type.valid() || H5Tset_size(type.get(), std::max<size_t>(1, value.size())) < 0) return false;
+  Hid space = Scalar();
+  Hid attr(H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  std::string padded = value.empty() ? std::string(1, '\0') : value;
+  return attr.valid() && H5Awrite(attr.get(), type.get(), padded.data()) >= 0;
+}
+
+// Reads a scalar integer attribute; false when missing or not readable as T.
+template <typename T>
+bool GetAttr(hid_t obj, const char* name, T* value) {
+  if (H5Aexists(obj, name) <= 0) return false;
+  Hid attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+  if (!attr.valid()) return false;
+  Hid space(H5Aget_space(attr.get()), H5Sclose);
+  if (!space.valid() || H5Sget_simple_extent_npoints(space.get()) != 1) return false;
+  return H5Aread(attr.get(), MemType<T>(), value) >= 0;
+}
+
+bool ValidArrayName(const std::string& s) {
+  return !s.empty() && s.size() <= 64 &&
+         std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isalnum(c) || c == '_'; });
+}
+
+bool ValidTensorName(const std::string& s) {
+  return !s.empty() && s.size() <= 256 && s[0] != '.' &&
+         std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isalnum(c) || c == '_' || c == '.'; });
+}
+
+// CRC32C of floats as stored (little-endian IEEE; the host's own layout on the little-endian
+// machines Cohort builds for).
+static_assert(std::endian::native == std::endian::little, "checkpoint CRCs assume a little-endian host");
+uint32_t FloatCrc(const float* p, size_t n) { return Crc32c(p, n * sizeof(float)); }
+
+// CRC32C and size of a whole file, read in 8 MiB pieces.
+Status FileCrc(const std::string& path, uint64_t* size, uint32_t* crc) {
+  ASSIGN_OR_RETURN(storage::ScopedFd fd, storage::OpenRegularFile(path, size));
+  std::vector<unsigned char> buf(size_t{8} << 20);
+  uint32_t c = 0;
+  for (uint64_t off = 0; off < *size;) {
+    const ssize_t got = ::pread(fd.get(), buf.data(), buf.size(), static_cast<off_t>(off));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(path + ": read", errno);
+    }
+    if (got == 0) return DataLoss(path + ": shorter than its size while reading (truncated?)");
+    c = Crc32cExtend(c, buf.data(), static_cast<size_t>(got));
+    off += static_cast<uint64_t>(got);
+  }
+  *crc = c;
+  return Status::Ok();
+}
+
+// Removes a file on destruction unless released (the temporary shard on any failure).
+class RemoveOnFailure {
+ public:
+  explicit RemoveOnFailure(std::string path) : path_(std::move(path)) {}
+  ~RemoveOnFailure() {
+    if (!path_.empty()) ::unlink(path_.c_str());
+  }
+  void Release() { path_.clear(); }
+
+ private:
+  std::string path_;
+};
+
+Status FsyncFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError(path + ": open for fsync", errno);
+  storage::ScopedFd guard(fd);
+  if (::fsync(fd) != 0) return ErrnoError(path + ": fsync", errno);
+  return Status::Ok();
+}
+
+// ---- manifest <-> proto -----------------------------------------------------------------------
+
+proto::Manifest ToProto(const Manifest& m) {
+  proto::Manifest p;
+  p.set_format_version(m.format_version);
+  p.set_step(m.step);
+  p.set_world_size(m.world_size);
+  p.set_strategy(m.strategy);
+  p.set_job_spec_yaml(m.job_spec_yaml);
+  p.mutable_data()->set_seed(m.data.seed);
+  p.mutable_data()->set_epoch(m.data.epoch);
+  p.mutable_data()->set_cursor(m.data.cursor);
+  p.mutable_data()->set_fingerprint(m.data.fingerprint);
+  p.set_optimizer_step(m.optimizer_step);
+  p.set_num_parameters(m.num_parameters);
+  for (const std::string& s : m.states) p.add_states(s);
+  for (const ShardFileInfo& f : m.files) {
+    proto::ShardFile* pf = p.add_files();
+    pf->set_name(f.name);
+    pf->set_size(f.size);
+    pf->set_crc32c(f.crc32c);
+    pf->set_rank(f.rank);
+    for (const Range& r : f.ranges) {
+      proto::Range* pr = pf->add_ranges();
+      pr->set_offset(r.offset);
+      pr->set_size(r.size);
+    }
+  }
+  for (uint64_t s : m.rng_seeds) p.add_rng_seeds(s);
+  p.set_created_unix_ms(m.created_unix_ms);
+  return p;
+}
+
+Manifest FromProto(const proto::Manifest& p) {
+  Manifest m;
+  m.format_version = p.format_version();
+  m.step = p.step();
+  m.world_size = p.world_size();
+  m.strategy = p.strategy();
+  m.job_spec_yaml = p.job_spec_yaml();
+  m.data = {p.data().seed(), p.data().epoch(), p.data().cursor(), p.data().fingerprint()};
+  m.optimizer_step = p.optimizer_step();
+  m.num_parameters = p.num_parameters();
+  m.states.assign(p.states().begin(), p.states().end());
+  for (const proto::ShardFile& f : p.files()) {
+    ShardFileInfo info{f.name(), f.size(), f.crc32c(), f.rank(), {}};
+    for (const proto::Range& r : f.ranges()) info.ranges.push_back({r.offset(), r.size()});
+    m.files.push_back(std::move(info));
+  }
+  m.rng_seeds.assign(p.rng_seeds().begin(), p.rng_seeds().end());
+  m.created_unix_ms = p.created_unix_ms();
+  return m;
+}
+
+// The manifest's own consistency: what a reader relies on before touching any shard.
+Status ValidateManifest(const std::string& where, const Manifest& m) {
+  auto bad = [&](const std::string& why) { return DataLoss(where + ": " + why); };
+  if (m.format_version != kFormatVersion) {
+    return InvalidArgument(where + ": checkpoint format version " + std::to_string(m.format_version) +
+                           "; this Cohort reads version " + std::to_string(kFormatVersion));
+  }
+  if (m.step < 0) return bad("negative step " + std::to_string(m.step));
+  if (m.world_size < 1 || m.world_size > (1 << 20)) return bad("world size " + std::to_string(m.world_size));
+  if (m.files.size() != static_cast<size_t>(m.world_size)) {
+    return bad(std::to_string(m.files.size()) + " shard files listed for world size " + std::to_string(m.world_size));
+  }
+  if (m.states.empty()) return bad("no arrays listed");
+  for (const std::string& s : m.states) {
+    if (!ValidArrayName(s)) return bad("bad array name \"" + s + "\"");
+  }
+  std::vector<Range> all;
+  for (size_t r = 0; r < m.files.size(); ++r) {
+    const ShardFileInfo& f = m.files[r];
+    if (f.rank != static_cast<int>(r)) return bad("shard " + std::to_string(r) + " lists rank " + std::to_string(f.rank));
+    if (f.name != ShardFileName(f.rank, m.world_size)) return bad("unexpected shard file name \"" + f.name + "\"");
+    all.insert(all.end(), f.ranges.begin(), f.ranges.end());
+  }
+  std::sort(all.begin(), all.end(), [](const Range& a, const Range& b) { return a.offset < b.offset; });
+  uint64_t next = 0;
+  for (const Range& r : all) {
+    if (r.offset != next) return bad("the shards' ranges do not tile the parameters at element " + std::to_string(next));
+    next = r.offset + r.size;
+  }
+  if (next != m.num_parameters) {
+    return bad("the shards' ranges cover " + std::to_string(next) + " of " + std::to_string(m.num_parameters) +
+               " parameters");
+  }
+  return Status::Ok();
+}
+
+// One dataset of a shard: where its elements lie in the flat buffer.
+struct Piece {
+  std::string tensor;
+  uint64_t flat_offset = 0;
+  uint64_t numel = 0;
+};
+
+// The datasets of group `array` in an open shard, sorted by flat offset.
+Result<std::vector<Piece>> ListPieces(hid_t file, const std::string& path, const std::string& array) {
+  if (H5Lexists(file, array.c_str(), H5P_DEFAULT) <= 0) return DataLoss(path + ": no group /" + array);
+  Hid group(H5Gopen2(file, array.c_str(), H5P_DEFAULT), H5Gclose);
+  if (!group.valid()) return ReadError(path, "open group /" + array);
+  H5G_info_t info;
+  if (H5Gget_info(group.get(), &info) < 0) return ReadError(path, "list group /" + array);
+  std::vector<Piece> pieces;
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    char name[512];
+    const ssize_t len = H5Lget_name_by_idx(group.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name, H5P_DEFAULT);
+    if (len < 0 || static_cast<size_t>(len) >= sizeof name) return ReadError(path, "list group /" + array);
+    Hid ds(H5Dopen2(group.get(), name, H5P_DEFAULT), H5Dclose);
+    if (!ds.valid()) return ReadError(path, "open /" + array + "/" + name);
+    Hid space(H5Dget_space(ds.get()), H5Sclose);
+    const hssize_t n = space.valid() ? H5Sget_simple_extent_npoints(space.get()) : -1;
+    Piece p{name, 0, static_cast<uint64_t>(n)};
+    if (n < 0 || !GetAttr(ds.get(), "flat_offset", &p.flat_offset)) {
+      return DataLoss(path + ": /" + array + "/" + name + ": missing its size or flat_offset attribute");
+    }
+    pieces.push_back(std::move(p));
+  }
+  std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.flat_offset < b.flat_offset; });
+  return pieces;
+}
+
+// Reads dataset /array/tensor into out (numel floats) and checks its CRC32C.
+Status ReadPiece(hid_t file, const std::string& path, const std::string& array, const Piece& p, float* out) {
+  const std::string ds_path = "/" + array + "/" + p.tensor;
+  Hid ds(H5Dopen2(file, ds_path.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!ds.valid()) return ReadError(path, "open " + ds_path);
+  uint32_t want = 0;
+  if (!GetAttr(ds.get(), "crc32c", &want)) return DataLoss(path + ": " + ds_path + ": no crc32c attribute");
+  Hid type(H5Dget_type(ds.get()), H5Tclose);
+  if (!type.valid() || H5Tget_class(type.get()) != H5T_FLOAT || H5Tget_size(type.get()) != 4) {
+    return DataLoss(path + ": " + ds_path + ": not a float32 dataset");
+  }
+  if (p.numel > 0 && H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) {
+    return ReadError(path, "read " + ds_path);
+  }
+  const uint32_t got = FloatCrc(out, p.numel);
+  if (got != want) {
+    char detail[64];
+    std::snprintf(detail, sizeof detail, "stored 0x%08x, computed 0x%08x", want, got);
+    return DataLoss(path + ": tensor " + ds_path + ": checksum mismatch (" + detail + "): the shard is corrupt");
+  }
+  return Status::Ok();
+}
+
+Result<Hid> OpenShard(const std::string& path) {
+  Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!file.valid()) return ReadError(path, "open checkpoint shard");
+  return file;
+}
+
+}  // namespace
+
+std::string StepDirName(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof name, "step-%09" PRId64, step);
+  return name;
+}
+
+std::string StepDir(const std::string& root, int64_t step) { return Join(root, StepDirName(step)); }
+
+std::string ShardFileName(int rank, int world) {
+  char name[48];
+  std::snprintf(name, sizeof name, "rank-%05d-of-%05d.h5", rank, world);
+  return name;
+}
+
+Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& w) {
+  if (w.world < 1 || w.rank < 0 || w.rank >= w.world) {
+    return InvalidArgument("checkpoint shard: rank " + std::to_string(w.rank) + " of " + std::to_string(w.world));
+  }
+  uint64_t total = 0;
+  for (const TensorSpec& t : w.tensors) {
+    if (t.offset != total || !ValidTensorName(t.name)) {
+      return InvalidArgument("checkpoint shard: tensor table does not tile the buffer at \"" + t.name + "\"");
+    }
+    total += t.numel;
+  }
+  uint64_t elements = 0, end_of_previous = 0;
+  for (const Range& r : w.ranges) {
+    if (r.offset < end_of_previous || r.offset > total || r.size > total - r.offset) {
+      return InvalidArgument("checkpoint shard: range [" + std::to_string(r.offset) + ", +" + std::to_string(r.size) +
+                             ") overlaps the one before or lies outside the " + std::to_string(total) + " parameters");
+    }
+    end_of_previous = r.offset + r.size;
+    elements += r.size;
+  }
+  if (w.arrays.empty()) return InvalidArgument("checkpoint shard: no arrays to write");
+  for (const RangeArray& a : w.arrays) {
+    if (!ValidArrayName(a.name) || (a.data == nullptr && elements > 0)) {
+      return InvalidArgument("checkpoint shard: bad array \"" + a.name + "\"");
+    }
+  }
+  RETURN_IF_ERROR(storage::MakeDirectories(step_dir));
+  ShardFileInfo info;
+  info.name = ShardFileName(w.rank, w.world);
+  info.rank = w.rank;
+  info.ranges = w.ranges;
+  const std::string path = Join(step_dir, info.name);
+  const std::string tmp = Join(step_dir, "." + info.name + ".tmp-" + std::to_string(::getpid()));
+  RemoveOnFailure cleanup(tmp);
+  ::unlink(tmp.c_str());  // a leftover of an earlier process with the same pid
+  {
+    std::lock_guard<std::mutex> lock(Hdf5Mutex());
+    QuietHdf5Errors quiet;
+    Hid file(H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    if (!file.valid()) return WriteError(tmp, "create");
+    const bool attrs_ok = PutAttrString(file.get(), "format", kFormatName) &&
+                          PutAttr<uint32_t>(file.get(), "format_version", kFormatVersion) &&
+                          PutAttr<int64_t>(file.get(), "step", w.step) && PutAttr<int32_t>(file.get(), "rank", w.rank) &&
+                          PutAttr<int32_t>(file.get(), "world_size", w.world);
+    // The ranges as an n x 2 array of (offset, size).
+    std::vector<int64_t> flat_ranges;
+    for (const Range& r : w.ranges) {
+      flat_ranges.push_back(static_cast<int64_t>(r.offset));
+      flat_ranges.push_back(static_cast<int64_t>(r.size));
+    }
+    if (!attrs_ok || !PutAttrArray(file.get(), "ranges", flat_ranges)) return WriteError(tmp, "write file attributes");
+    for (const RangeArray& a : w.arrays) {
+      Hid group(H5Gcreate2(file.get(), a.name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+      if (!group.valid()) return WriteError(tmp, "create group /" + a.name);
+      const float* range_data = a.data;  // the data of the current range
+      for (const Range& r : w.ranges) {
+        const uint64_t lo = r.offset, hi = r.offset + r.size;
+        for (const TensorSpec& t : w.tensors) {
+          const uint64_t begin = std::max(lo, t.offset), end = std::min(hi, t.offset + t.numel);
+          if (begin >= end) continue;
+          const bool whole = begin == t.offset && end == t.offset + t.numel;
+          std::vector<hsize_t> dims;
+          if (whole && !t.shape.empty()) {
+            for (int64_t d : t.shape) dims.push_back(static_cast<hsize_t>(d));
+          } else {
+            dims.push_back(end - begin);
+          }
+          Hid space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+          // A piece's name says where it starts, so a tensor cut by two of the rank's ranges gives two.
+          const std::string ds_name = whole ? t.name : t.name + "@" + std::to_string(begin - t.offset);
+          Hid ds(H5Dcreate2(group.get(), ds_name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT,
+                            H5P_DEFAULT),
+                 H5Dclose);
+          const std::string where = "/" + a.name + "/" + ds_name;
+          if (!ds.valid()) return WriteError(tmp, "create " + where);
+          const float* data = range_data + (begin - lo);
+          if (H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
+            return WriteError(tmp, "write " + where);
+          }
+          bool ok = PutAttr<uint32_t>(ds.get(), "crc32c", FloatCrc(data, end - begin)) &&
+                    PutAttr<uint64_t>(ds.get(), "flat_offset", begin);
+          if (!whole) {
+            ok = ok && PutAttr<uint64_t>(ds.get(), "tensor_offset", begin - t.offset) &&
+                 PutAttrArray(ds.get(), "tensor_shape", t.shape);
+          }
+          if (!ok) return WriteError(tmp, "write the attributes of " + where);
+        }
+        range_data += r.size;
+      }
+    }
+    if (!file.Close()) return WriteError(tmp, "close (flush)");
+  }
+  RETURN_IF_ERROR(FsyncFile(tmp));
+  RETURN_IF_ERROR(FileCrc(tmp, &info.size, &info.crc32c));
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoError(tmp + ": rename to " + path, errno);
+  cleanup.Release();
+  RETURN_IF_ERROR(storage::SyncDirectory(step_dir));
+  return info;
+}
+
+Status Commit(const std::string& root, const Manifest& m) {
+  const std::string dir = StepDir(root, m.step);
+  RETURN_IF_ERROR(ValidateManifest(Join(dir, kManifestName), m));
+  for (const ShardFileInfo& f : m.files) {
+    const std::string path = Join(dir, f.name);
+    ASSIGN_OR_RETURN(uint64_t size, storage::RegularFileSize(path));
+    if (size != f.size) {
+      return DataLoss(path + ": " + std::to_string(size) + " bytes, but its rank reported " + std::to_string(f.size));
+    }
+  }
+  Manifest stamped = m;
+  if (stamped.created_unix_ms == 0) {
+    stamped.created_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::system_clock::now().time_since_epoch()).count();
+  }
+  proto::ManifestFile file;
+  const std::string body = ToProto(stamped).SerializeAsString();
+  file.set_body(body);
+  file.set_body_crc32c(Crc32c(body.data(), body.size()));
+  RETURN_IF_ERROR(storage::WriteFileAtomically(Join(dir, kManifestName), file.SerializeAsString()));
+  return storage::WriteFileAtomically(Join(root, kLatestName), StepDirName(m.step) + "\n");
+}
+
+Result<Manifest> ReadManifest(const std::string& step_dir) {
+  const std::string path = Join(step_dir, kManifestName);
+  ASSIGN_OR_RETURN(std::string bytes, storage::ReadFileToString(path));
+  proto::ManifestFile file;
+  if (!file.ParseFromString(bytes)) return DataLoss(path + ": not a checkpoint manifest (unparseable)");
+  const uint32_t crc = Crc32c(file.body().data(), file.body().size());
+  if (crc != file.body_crc32c()) {
+    char detail[64];
+    std::snprintf(detail, sizeof detail, "stored 0x%08x, computed 0x%08x", file.body_crc32c(), crc);
+    return DataLoss(path + ": manifest checksum mismatch (" + detail + "): the manifest is corrupt");
+  }
+  proto::Manifest p;
+  if (!p.ParseFromString(file.body())) return DataLoss(path + ": manifest body unparseable");
+  Manifest m = FromProto(p);
+  RETURN_IF_ERROR(ValidateManifest(path, m));
+  return m;
+}
+
+Result<std::vector<Entry>> List(const std::string& root) {
+  if (!storage::IsDirectory(root)) return NotFound(root + ": no such checkpoint directory");
+  ASSIGN_OR_RETURN(std::vector<std::string> names, storage::ListDirectory(root));
+  std::vector<Entry> out;
+  for (const std::string& name : names) {
+    if (name.size() <= 5 || name.compare(0, 5, "step-") != 0 || name.size() > 5 + 18) continue;
+    if (!std::all_of(name.begin() + 5, name.end(), [](unsigned char c) { return std::isdigit(c); })) continue;
+    Entry e;
+    e.step = std::stoll(name.substr(5));
+    e.dir = Join(root, name);
+    if (!storage::IsDirectory(e.dir)) continue;
+    auto m = ReadManifest(e.dir);
+    if (!m.ok()) {
+      e.problem = m.status().code() == Code::kNotFound ? "no manifest (an interrupted save)" : m.status().message();
+    } else if (m->step != e.step) {
+      e.problem = "its manifest is for step " + std::to_string(m->step);
+    } else {
+      for (const ShardFileInfo& f : m->files) {
+        auto size = storage::RegularFileSize(Join(e.dir, f.name));
+        if (!size.ok()) {
+          e.problem = size.status().message();
+          break;
+        }
+        if (*size != f.size) {
+          e.problem = Join(e.dir, f.name) + ": " + std::to_string(*size) + " bytes, the manifest says " +
+                      std::to_string(f.size) + " (truncated?)";
+          break;
+        }
+      }
+    }
+    e.complete = e.problem.empty();
+    out.push_back(std::move(e));
+  }
+  std::sort(out.begin(), out.end(), [](const Entry& a, const Entry& b) { return a.step < b.step; });
+  return out;
+}
+
+Result<Entry> FindLatest(const std::string& root) {
+  ASSIGN_OR_RETURN(std::vector<Entry> entries, List(root));
+  std::string skipped;
+  for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+    if (it->complete) return *it;
+    skipped += "; " + StepDirName(it->step) + " skipped: " + it->problem;
+  }
+  return NotFound(root + ": no complete checkpoint" + skipped);
+}
+
+Status Verify(const std::string& step_dir, Manifest* out) {
+  ASSIGN_OR_RETURN(Manifest m, ReadManifest(step_dir));
+  for (const ShardFileInfo& f : m.files) {
+    const std::string path = Join(step_dir, f.name);
+    uint64_t size = 0;
+    uint32_t crc = 0;
+    RETURN_IF_ERROR(FileCrc(path, &size, &crc));
+    if (size != f.size) {
+      return DataLoss(path + ": " + std::to_string(size) + " bytes, the manifest says " + std::to_string(f.size) +
+                      " (truncated?)");
+    }
+    if (crc != f.crc32c) {
+      char detail[64];
+      std::snprintf(detail, sizeof detail, "manifest 0x%08x, file 0x%08x", f.crc32c, crc);
+      return DataLoss(path + ": file checksum mismatch (" + detail + "): the shard is corrupt");
+    }
+    std::lock_guard<std::mutex> lock(Hdf5Mutex());
+    QuietHdf5Errors quiet;
+    ASSIGN_OR_RETURN(Hid file, OpenShard(path));
+    for (const std::string& array : m.states) {
+      ASSIGN_OR_RETURN(std::vector<Piece> pieces, ListPieces(file.get(), path, array));
+      // The pieces, in flat order, must be exactly the shard's ranges.
+      size_t k = 0;
+      std::vector<float> buf;
+      for (const Range& r : f.ranges) {
+        uint64_t next = r.offset;
+        while (next < r.offset + r.size) {
+          if (k >= pieces.size() || pieces[k].flat_offset != next) {
+            return DataLoss(path + ": /" + array + " does not hold element " + std::to_string(next) + " of its ranges");
+          }
+          buf.resize(pieces[k].numel);
+          RETURN_IF_ERROR(ReadPiece(file.get(), path, array, pieces[k], buf.data()));
+          next += pieces[k++].numel;
+        }
+        if (next != r.offset + r.size) {
+          return DataLoss(path + ": /" + array + " runs past its range ending at element " + std::to_string(r.offset + r.size));
+        }
+      }
+      if (k != pieces.size()) {
+        return DataLoss(path + ": /" + array + " holds " + std::to_string(pieces.size() - k) + " dataset(s) outside its ranges");
+      }
+    }
+  }
+  if (out != nullptr) *out = std::move(m);
+  return Status::Ok();
+}
+
+Status ReadRange(const std::string& step_dir, const Manifest& m, const std::string& name, uint64_t offset,
+                 uint64_t count, float* out) {
+  if (std::find(m.states.begin(), m.states.end(), name) == m.states.end()) {
+    return NotFound(step_dir + ": the checkpoint holds no array \"" + name + "\"");
+  }
+  if (offset > m.num_parameters || count > m.num_parameters - offset) {
+    return InvalidArgument(step_dir + ": range [" + std::to_string(offset) + ", +" + std::to_string(count) +
+                           ") outside the checkpoint's " + std::to_string(m.num_parameters) + " parameters");
+  }
+  const uint64_t hi = offset + count;
+  uint64_t covered = 0;
+  std::vector<float> buf;
+  for (const ShardFileInfo& f : m.files) {
+    const bool overlaps = std::any_of(f.ranges.begin(), f.ranges.end(), [&](const Range& r) {
+      return r.offset < hi && r.offset + r.size > offset;
+    });
+    if (!overlaps) continue;
+    const std::string path = Join(step_dir, f.name);
+    std::lock_guard<std::mutex> lock(Hdf5Mutex());
+    QuietHdf5Errors quiet;
+    ASSIGN_OR_RETURN(Hid file, OpenShard(path));
+    ASSIGN_OR_RETURN(std::vector<Piece> pieces, ListPieces(file.get(), path, name));
+    for (const Piece& p : pieces) {
+      const uint64_t begin = std::max(offset, p.flat_offset), end = std::min(hi, p.flat_offset + p.numel);
+      if (begin >= end) continue;
+      buf.resize(p.numel);
+      RETURN_IF_ERROR(ReadPiece(file.get(), path, name, p, buf.data()));
+      std::memcpy(out + (begin - offset), buf.data() + (begin - p.flat_offset), (end - begin) * sizeof(float));
+      covered += end - begin;
+    }
+  }
+  if (covered != count) {
+    return DataLoss(step_dir + ": the shards hold " + std::to_string(covered) + " of the " + std::to_string(count) +
+                    " elements of \"" + name + "\" asked for");
+  }
+  return Status::Ok();
+}
+
+}  // namespace cohort::checkpoint

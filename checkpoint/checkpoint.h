@@ -1,0 +1,139 @@
+// Checkpoints on local storage (docs/checkpoint-format.md):
+//
+//   <root>/step-<N>/rank-<r>-of-<W>.h5   one HDF5 file per rank: its range of the flat parameter
+//                                        buffer, for the model and each optimizer state
+//   <root>/step-<N>/manifest.pb          written last, once every shard is durable
+//   <root>/latest                        "step-<N>", moved only after that manifest is committed
+//
+// N is zero-padded to 9 digits so names sort by step. Every rank writes the same ranges of every
+// array: its ZeRO-1 shard (a chunk of every gradient bucket), or under DDP an even split of the
+// buffer (the I/O is spread over the ranks either way). Inside a shard, a tensor lying wholly in a
+// range is a dataset with the tensor's name and shape ("/model/h.0.attn.c_attn.weight"); a part of
+// one cut by a range's ends is a 1-D piece named "<tensor>@<first element>", with its place in the
+// tensor as attributes. Every dataset carries the CRC32C of its
+// little-endian float32 bytes, and the manifest the size and CRC32C of every file.
+//
+// Errors name the file (and the tensor, for a checksum mismatch). This is the synchronous layer:
+// the trainer's asynchronous saver (snapshot into host buffers, a writer thread, a collective
+// commit) is built on it. Thread-safe: every HDF5 call holds Hdf5Mutex() (common/hdf5_lock.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace cohort::checkpoint {
+
+inline constexpr uint32_t kFormatVersion = 1;
+
+// One tensor of the flat parameter buffer (model::TensorInfo without the model dependency).
+struct TensorSpec {
+  std::string name;  // GPT-2 name, e.g. "h.3.attn.c_attn.weight"
+  uint64_t offset = 0;
+  uint64_t numel = 0;
+  std::vector<int64_t> shape;
+};
+
+// Elements [offset, offset + size) of the flat parameter buffer.
+struct Range {
+  uint64_t offset = 0;
+  uint64_t size = 0;
+  bool operator==(const Range&) const = default;
+};
+
+// An array laid out like the parameter buffer, given for the shard's ranges only: the ranges'
+// elements one after the other (data[0] is element ranges[0].offset).
+struct RangeArray {
+  std::string name;  // "model", "adam_m", "adam_v": [A-Za-z0-9_]+
+  const float* data = nullptr;
+};
+
+struct ShardWrite {
+  int rank = 0;
+  int world = 1;
+  int64_t step = 0;
+  std::vector<TensorSpec> tensors;  // the whole table, in buffer order, tiling [0, total)
+  std::vector<Range> ranges;        // ascending, disjoint; the ranks' ranges tile [0, total)
+  std::vector<RangeArray> arrays;
+};
+
+struct ShardFileInfo {
+  std::string name;  // inside the step directory
+  uint64_t size = 0;
+  uint32_t crc32c = 0;
+  int rank = 0;
+  std::vector<Range> ranges;
+};
+
+struct DataState {
+  uint64_t seed = 0;
+  uint64_t epoch = 0;
+  uint64_t cursor = 0;
+  uint64_t fingerprint = 0;  // of the training data; 0 = not recorded
+  bool operator==(const DataState&) const = default;
+};
+
+struct Manifest {
+  uint32_t format_version = kFormatVersion;
+  int64_t step = 0;
+  int world_size = 1;
+  std::string strategy = "ddp";  // ddp | zero1
+  std::string job_spec_yaml;
+  DataState data;
+  int64_t optimizer_step = 0;
+  uint64_t num_parameters = 0;
+  std::vector<std::string> states;  // array names in every shard, e.g. {"model", "adam_m", "adam_v"}
+  std::vector<ShardFileInfo> files;  // by rank
+  std::vector<uint64_t> rng_seeds;   // by rank; may be empty
+  int64_t created_unix_ms = 0;
+};
+
+// "step-000001200" and <root>/step-000001200.
+std::string StepDirName(int64_t step);
+std::string StepDir(const std::string& root, int64_t step);
+// "rank-00002-of-00004.h5".
+std::string ShardFileName(int rank, int world);
+
+// Writes this rank's shard into `step_dir` (created if missing) durably: an HDF5 file under a
+// temporary name, fsync, rename, fsync of the directory. InvalidArgument for a range or table
+// that does not fit; Io (naming the file) when writing fails, e.g. a full disk; the temporary
+// file is removed on every failure.
+Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& shard);
+
+// Commits the checkpoint in `m.step`'s directory under `root`: checks that every file the
+// manifest lists is there with its recorded size, writes manifest.pb (temporary file, fsync,
+// rename, fsync of the directory), then points <root>/latest at it the same way. Until the
+// manifest's rename the step does not exist for readers.
+Status Commit(const std::string& root, const Manifest& m);
+
+// Reads and validates <step_dir>/manifest.pb (checksum, version, fields). NotFound when there is
+// none; DataLoss naming the file when it is corrupt.
+Result<Manifest> ReadManifest(const std::string& step_dir);
+
+struct Entry {
+  int64_t step = 0;
+  std::string dir;
+  bool complete = false;  // a valid manifest, every file present with its size
+  std::string problem;    // why not complete
+};
+
+// The step directories under `root`, oldest first. NotFound when root does not exist.
+Result<std::vector<Entry>> List(const std::string& root);
+
+// The newest complete checkpoint under `root`; NotFound (naming root and, when there are some,
+// why each newer directory was skipped) when there is none.
+Result<Entry> FindLatest(const std::string& root);
+
+// Full verification of one checkpoint: the manifest, every file's size and CRC32C, and every
+// dataset's CRC32C. DataLoss naming the file (and tensor) at the first mismatch.
+Status Verify(const std::string& step_dir, Manifest* manifest = nullptr);
+
+// Reads elements [offset, offset + count) of array `name` in flat-buffer coordinates from the
+// shards that hold them, checking each dataset's CRC32C: loading at any world size (resharding)
+// is reading the ranges the new ranks need.
+Status ReadRange(const std::string& step_dir, const Manifest& m, const std::string& name, uint64_t offset,
+                 uint64_t count, float* out);
+
+}  // namespace cohort::checkpoint

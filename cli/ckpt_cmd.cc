@@ -1,0 +1,98 @@
+// `cohort ckpt list ROOT` and `cohort ckpt verify PATH` (checkpoint/checkpoint.h).
+#include <cinttypes>
+#include <cstdio>
+#include <ctime>
+#include <memory>
+#include <string>
+
+#include "checkpoint/checkpoint.h"
+#include "cli/commands.h"
+
+namespace cohort::cli {
+namespace {
+
+std::string Utc(int64_t unix_ms) {
+  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return buf;
+}
+
+void PrintManifest(const std::string& dir, const checkpoint::Manifest& m) {
+  uint64_t bytes = 0;
+  for (const auto& f : m.files) bytes += f.size;
+  std::printf("checkpoint %s\n", dir.c_str());
+  std::printf("  format version   %u\n", m.format_version);
+  std::printf("  step             %" PRId64 " (optimizer step %" PRId64 ")\n", m.step, m.optimizer_step);
+  std::printf("  written          %s by %d rank(s), strategy %s\n", Utc(m.created_unix_ms).c_str(), m.world_size,
+              m.strategy.c_str());
+  std::printf("  parameters       %" PRIu64 "\n", m.num_parameters);
+  std::string states;
+  for (const auto& s : m.states) states += (states.empty() ? "" : ", ") + s;
+  std::printf("  arrays           %s\n", states.c_str());
+  std::printf("  data state       epoch %" PRIu64 ", cursor %" PRIu64 " (seed %" PRIu64 ", data fingerprint %016" PRIx64
+              ")\n",
+              m.data.epoch, m.data.cursor, m.data.seed, m.data.fingerprint);
+  std::printf("  files            %zu, %" PRIu64 " bytes\n", m.files.size(), bytes);
+  for (const auto& f : m.files) {
+    std::printf("    %s  %12" PRIu64 " bytes  crc32c %08x  elements [%" PRIu64 ", %" PRIu64 ")\n", f.name.c_str(),
+                f.size, f.crc32c, f.ranges.empty() ? 0 : f.ranges.front().offset, f.ranges.empty() ? 0 : f.ranges.back().offset + f.ranges.back().size);
+  }
+  if (!m.job_spec_yaml.empty()) {
+    std::printf("  job spec:\n");
+    std::string line;
+    for (char c : m.job_spec_yaml) {
+      if (c == '\n') {
+        std::printf("    %s\n", line.c_str());
+        line.clear();
+      } else {
+        line += c;
+      }
+    }
+    if (!line.empty()) std::printf("    %s\n", line.c_str());
+  }
+}
+
+}  // namespace
+
+void AddCkptCommands(CLI::App& app, Context& ctx) {
+  CLI::App* ckpt = app.add_subcommand("ckpt", "Inspect and verify checkpoints");
+  ckpt->require_subcommand(1);
+
+  auto list_root = std::make_shared<std::string>();
+  CLI::App* list = ckpt->add_subcommand("list", "List the checkpoints under a checkpoint root");
+  list->add_option("root", *list_root, "checkpoint root (train.checkpoint_dir)")->required();
+  list->callback([&ctx, list_root] {
+    auto entries = checkpoint::List(*list_root);
+    if (!entries.ok()) return ReportError(entries.status(), ctx);
+    auto latest = checkpoint::FindLatest(*list_root);
+    std::printf("%-16s %-10s %s\n", "step", "status", "");
+    for (const auto& e : *entries) {
+      const bool is_latest = latest.ok() && latest->step == e.step;
+      std::printf("%-16s %-10s %s\n", checkpoint::StepDirName(e.step).c_str(), e.complete ? "complete" : "INCOMPLETE",
+                  e.complete ? (is_latest ? "(latest: a resume starts here)" : "") : e.problem.c_str());
+    }
+    if (entries->empty()) std::printf("(no checkpoints)\n");
+  });
+
+  auto verify_path = std::make_shared<std::string>();
+  CLI::App* verify = ckpt->add_subcommand(
+      "verify", "Check every file and tensor checksum of one checkpoint and print its manifest");
+  verify->add_option("path", *verify_path, "a step directory (ROOT/step-N), or a root for its latest")->required();
+  verify->callback([&ctx, verify_path] {
+    std::string dir = *verify_path;
+    if (!checkpoint::ReadManifest(dir).ok()) {
+      auto latest = checkpoint::FindLatest(dir);  // a root: its newest complete checkpoint
+      if (latest.ok()) dir = latest->dir;
+    }
+    checkpoint::Manifest m;
+    Status s = checkpoint::Verify(dir, &m);
+    if (!s.ok()) return ReportError(s, ctx);
+    PrintManifest(dir, m);
+    std::printf("OK: every file and tensor checksum matches\n");
+  });
+}
+
+}  // namespace cohort::cli

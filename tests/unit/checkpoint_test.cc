@@ -1,0 +1,427 @@
+// Checkpoint format (checkpoint/checkpoint.h): shards written and read back at another world size,
+// the manifest committed last, corruption and truncation detected with the file named, incomplete
+// steps skipped, and a failed write leaving nothing behind.
+#include "checkpoint/checkpoint.h"
+
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "storage/file_util.h"
+#include "tests/unit/test_util.h"
+
+namespace cohort::checkpoint {
+namespace {
+
+// A small GPT-like table: 2-D weights and 1-D biases, 1,200 floats in all.
+std::vector<TensorSpec> Table() {
+  std::vector<TensorSpec> t = {{"wte", 0, 400, {40, 10}},           {"wpe", 0, 80, {8, 10}},
+                               {"h.0.attn.c_attn.weight", 0, 300, {30, 10}}, {"h.0.attn.c_attn.bias", 0, 30, {30}},
+                               {"h.0.mlp.c_fc.weight", 0, 380, {38, 10}},   {"ln_f.bias", 0, 10, {10}}};
+  uint64_t off = 0;
+  for (auto& x : t) {
+    x.offset = off;
+    off += x.numel;
+  }
+  return t;
+}
+constexpr uint64_t kTotal = 1200;
+
+std::vector<float> Random(uint64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d;
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+class CheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = tmp_.path() + "/ckpt";
+    model_ = Random(kTotal, 1);
+    m_ = Random(kTotal, 2);
+    v_ = Random(kTotal, 3);
+  }
+
+  // Writes and commits step `step` from `world` ranks (even split), returns the manifest.
+  Manifest Save(int64_t step, int world, bool commit = true) {
+    Manifest man;
+    man.step = step;
+    man.world_size = world;
+    man.strategy = "zero1";
+    man.job_spec_yaml = "model: {n_layer: 1}\n";
+    man.data = {1337, 2, 4242, 99};
+    man.optimizer_step = step;
+    man.num_parameters = kTotal;
+    man.states = {"model", "adam_m", "adam_v"};
+    for (int r = 0; r < world; ++r) {
+      const uint64_t lo = kTotal * r / world, hi = kTotal * (r + 1) / world;
+      ShardWrite w;
+      w.rank = r;
+      w.world = world;
+      w.step = step;
+      w.tensors = Table();
+      w.ranges = {{lo, hi - lo}};
+      w.arrays = {{"model", model_.data() + lo}, {"adam_m", m_.data() + lo}, {"adam_v", v_.data() + lo}};
+      auto info = WriteShard(StepDir(root_, step), w);
+      EXPECT_TRUE(info.ok()) << info.status().ToString();
+      if (info.ok()) man.files.push_back(*info);
+    }
+    if (commit) {
+      Status s = Commit(root_, man);
+      EXPECT_TRUE(s.ok()) << s.ToString();
+    }
+    return man;
+  }
+
+  std::string Shard(int64_t step, int rank, int world) { return StepDir(root_, step) + "/" + ShardFileName(rank, world); }
+
+  ::cohort::testing::TempDir tmp_;
+  std::string root_;
+  std::vector<float> model_, m_, v_;
+};
+
+void FlipByte(const std::string& path, uint64_t offset) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x10);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(&c, 1);
+}
+
+// Where dataset `name`'s bytes start in an HDF5 file (contiguous layout).
+uint64_t DatasetFileOffset(const std::string& path, const std::string& name) {
+  const hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  const hid_t d = H5Dopen2(f, name.c_str(), H5P_DEFAULT);
+  const haddr_t a = H5Dget_offset(d);
+  H5Dclose(d);
+  H5Fclose(f);
+  return a;
+}
+
+TEST_F(CheckpointTest, RoundTripAndReadAtAnotherWorldSize) {
+  const Manifest saved = Save(100, 3);
+  auto m = ReadManifest(StepDir(root_, 100));
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->step, 100);
+  EXPECT_EQ(m->world_size, 3);
+  EXPECT_EQ(m->strategy, "zero1");
+  EXPECT_EQ(m->job_spec_yaml, saved.job_spec_yaml);
+  EXPECT_EQ(m->data, saved.data);
+  EXPECT_EQ(m->states, saved.states);
+  ASSERT_EQ(m->files.size(), 3u);
+  EXPECT_GT(m->created_unix_ms, 0);
+  for (size_t r = 0; r < 3; ++r) {
+    EXPECT_EQ(m->files[r].crc32c, saved.files[r].crc32c);
+    EXPECT_EQ(m->files[r].size, saved.files[r].size);
+  }
+  Manifest verified;
+  Status v = Verify(StepDir(root_, 100), &verified);
+  ASSERT_TRUE(v.ok()) << v.ToString();
+  // The whole arrays, then the ranges ranks of a world of 2 and of 4 would load.
+  for (const auto& [name, want] : {std::pair{"model", &model_}, {"adam_m", &m_}, {"adam_v", &v_}}) {
+    std::vector<float> got(kTotal, -1.0f);
+    ASSERT_TRUE(ReadRange(StepDir(root_, 100), *m, name, 0, kTotal, got.data()).ok());
+    EXPECT_EQ(got, *want) << name;
+    for (const int world : {2, 4, 7}) {
+      for (int r = 0; r < world; ++r) {
+        const uint64_t lo = kTotal * r / world, hi = kTotal * (r + 1) / world;
+        std::vector<float> part(hi - lo);
+        ASSERT_TRUE(ReadRange(StepDir(root_, 100), *m, name, lo, hi - lo, part.data()).ok());
+        EXPECT_TRUE(std::equal(part.begin(), part.end(), want->begin() + static_cast<ptrdiff_t>(lo)))
+            << name << " rank " << r << " of " << world;
+      }
+    }
+  }
+  EXPECT_EQ(ReadRange(StepDir(root_, 100), *m, "momentum", 0, 1, model_.data()).code(), Code::kNotFound);
+  std::vector<float> x(2);
+  EXPECT_EQ(ReadRange(StepDir(root_, 100), *m, "model", kTotal - 1, 2, x.data()).code(), Code::kInvalidArgument);
+  auto latest = storage::ReadFileToString(root_ + "/latest");
+  ASSERT_TRUE(latest.ok());
+  EXPECT_EQ(*latest, "step-000000100\n");
+}
+
+// Tensors inside a shard's range keep their name and shape (h5py / h5dump show the model); a
+// tensor cut by the range is a 1-D piece that records its place.
+TEST_F(CheckpointTest, ShardsAreNamedShapedHdf5) {
+  Save(7, 3);
+  const std::string path = Shard(7, 0, 3);  // elements [0, 400): exactly wte
+  const hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  const hid_t d = H5Dopen2(f, "/model/wte", H5P_DEFAULT);
+  ASSERT_GE(d, 0);
+  const hid_t s = H5Dget_space(d);
+  hsize_t dims[2] = {0, 0};
+  ASSERT_EQ(H5Sget_simple_extent_ndims(s), 2);
+  H5Sget_simple_extent_dims(s, dims, nullptr);
+  EXPECT_EQ(dims[0], 40u);
+  EXPECT_EQ(dims[1], 10u);
+  std::vector<float> wte(400);
+  ASSERT_GE(H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, wte.data()), 0);
+  EXPECT_TRUE(std::equal(wte.begin(), wte.end(), model_.begin()));
+  H5Sclose(s);
+  H5Dclose(d);
+  H5Fclose(f);
+  // Rank 1 holds [400, 800): wpe and c_attn.weight whole, and the first 20 of c_attn.bias's 30
+  // (it spans [780, 810)).
+  const hid_t f1 = H5Fopen(Shard(7, 1, 3).c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  const hid_t piece = H5Dopen2(f1, "/adam_v/h.0.attn.c_attn.bias@0", H5P_DEFAULT);
+  ASSERT_GE(piece, 0);
+  const hid_t ps = H5Dget_space(piece);
+  EXPECT_EQ(H5Sget_simple_extent_npoints(ps), 20);
+  EXPECT_GT(H5Aexists(piece, "tensor_offset"), 0);
+  EXPECT_GT(H5Aexists(piece, "tensor_shape"), 0);
+  H5Sclose(ps);
+  H5Dclose(piece);
+  H5Fclose(f1);
+  // The whole thing through the command-line tool users have.
+  const std::string cmd = "h5dump -H " + path + " > " + tmp_.path() + "/dump.txt 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  auto dump = storage::ReadFileToString(tmp_.path() + "/dump.txt");
+  ASSERT_TRUE(dump.ok());
+  EXPECT_NE(dump->find("DATASET \"wte\""), std::string::npos) << *dump;
+  EXPECT_NE(dump->find("( 40, 10 )"), std::string::npos) << *dump;
+}
+
+// ZeRO-1 ranks own a chunk of every gradient bucket: several ranges per shard, tensors cut more
+// than once. Read back whole and at other world sizes.
+TEST_F(CheckpointTest, ShardsOfSeveralRangesEach) {
+  const int world = 3;
+  // Buckets [0, 500), [500, 1000), [1000, 1200), each split in 3 chunks.
+  const std::vector<std::pair<uint64_t, uint64_t>> buckets = {{0, 500}, {500, 1000}, {1000, 1200}};
+  Manifest man;
+  man.step = 8;
+  man.world_size = world;
+  man.num_parameters = kTotal;
+  man.states = {"model", "adam_m"};
+  for (int r = 0; r < world; ++r) {
+    ShardWrite w;
+    w.rank = r;
+    w.world = world;
+    w.step = 8;
+    w.tensors = Table();
+    std::vector<float> mine_p, mine_m;
+    for (auto [lo, hi] : buckets) {
+      const uint64_t a = lo + (hi - lo) * r / world, b = lo + (hi - lo) * (r + 1) / world;
+      w.ranges.push_back({a, b - a});
+      mine_p.insert(mine_p.end(), model_.begin() + static_cast<ptrdiff_t>(a), model_.begin() + static_cast<ptrdiff_t>(b));
+      mine_m.insert(mine_m.end(), m_.begin() + static_cast<ptrdiff_t>(a), m_.begin() + static_cast<ptrdiff_t>(b));
+    }
+    w.arrays = {{"model", mine_p.data()}, {"adam_m", mine_m.data()}};
+    auto info = WriteShard(StepDir(root_, 8), w);
+    ASSERT_TRUE(info.ok()) << info.status().ToString();
+    EXPECT_EQ(info->ranges, w.ranges);
+    man.files.push_back(*info);
+  }
+  ASSERT_TRUE(Commit(root_, man).ok());
+  Manifest m;
+  Status v = Verify(StepDir(root_, 8), &m);
+  ASSERT_TRUE(v.ok()) << v.ToString();
+  EXPECT_EQ(m.files[1].ranges.size(), 3u);
+  std::vector<float> got(kTotal);
+  ASSERT_TRUE(ReadRange(StepDir(root_, 8), m, "adam_m", 0, kTotal, got.data()).ok());
+  EXPECT_EQ(got, m_);
+  std::vector<float> part(333);
+  ASSERT_TRUE(ReadRange(StepDir(root_, 8), m, "model", 444, 333, part.data()).ok());
+  EXPECT_TRUE(std::equal(part.begin(), part.end(), model_.begin() + 444));
+  // A manifest whose ranges leave a gap is refused.
+  Manifest gap = man;
+  gap.files[2].ranges.pop_back();
+  EXPECT_EQ(Commit(root_, gap).code(), Code::kDataLoss);
+}
+
+TEST_F(CheckpointTest, AFlippedBitIsDetectedNamingTheFileAndTensor) {
+  Save(5, 2);
+  const std::string shard = Shard(5, 1, 2);  // [600, 1200): the tail of c_attn.weight onward
+  FlipByte(shard, DatasetFileOffset(shard, "/adam_m/h.0.mlp.c_fc.weight") + 17);
+  Status v = Verify(StepDir(root_, 5));
+  EXPECT_EQ(v.code(), Code::kDataLoss) << v.ToString();
+  EXPECT_NE(v.message().find(shard), std::string::npos) << v.ToString();
+  EXPECT_NE(v.message().find("checksum mismatch"), std::string::npos) << v.ToString();
+  // Loading reads the tensors themselves: the bad one is named.
+  auto m = ReadManifest(StepDir(root_, 5));
+  ASSERT_TRUE(m.ok());
+  std::vector<float> all(kTotal);
+  Status r = ReadRange(StepDir(root_, 5), *m, "adam_m", 0, kTotal, all.data());
+  EXPECT_EQ(r.code(), Code::kDataLoss) << r.ToString();
+  EXPECT_NE(r.message().find("/adam_m/h.0.mlp.c_fc.weight"), std::string::npos) << r.ToString();
+  // The other arrays of the same file are intact.
+  EXPECT_TRUE(ReadRange(StepDir(root_, 5), *m, "model", 0, kTotal, all.data()).ok());
+}
+
+TEST_F(CheckpointTest, IncompleteStepsAreSkippedForTheLatestCompleteOne) {
+  Save(10, 2);
+  Save(20, 2);
+  Save(30, 2, /*commit=*/false);  // an interrupted save: shards, no manifest
+  Save(40, 2);
+  ASSERT_EQ(::truncate(Shard(40, 0, 2).c_str(), 1000), 0);  // a truncated shard
+  auto entries = List(root_);
+  ASSERT_TRUE(entries.ok()) << entries.status().ToString();
+  ASSERT_EQ(entries->size(), 4u);
+  EXPECT_TRUE((*entries)[0].complete);
+  EXPECT_TRUE((*entries)[1].complete);
+  EXPECT_FALSE((*entries)[2].complete);
+  EXPECT_NE((*entries)[2].problem.find("no manifest"), std::string::npos) << (*entries)[2].problem;
+  EXPECT_FALSE((*entries)[3].complete);
+  EXPECT_NE((*entries)[3].problem.find(Shard(40, 0, 2)), std::string::npos) << (*entries)[3].problem;
+  auto latest = FindLatest(root_);
+  ASSERT_TRUE(latest.ok()) << latest.status().ToString();
+  EXPECT_EQ(latest->step, 20);
+  // A corrupt manifest is named too, and also skipped.
+  const std::string man = StepDir(root_, 20) + "/manifest.pb";
+  FlipByte(man, 12);
+  auto bad = ReadManifest(StepDir(root_, 20));
+  EXPECT_EQ(bad.status().code(), Code::kDataLoss) << bad.status().ToString();
+  EXPECT_NE(bad.status().message().find(man), std::string::npos);
+  latest = FindLatest(root_);
+  ASSERT_TRUE(latest.ok());
+  EXPECT_EQ(latest->step, 10);
+  // Nothing at all: NotFound saying why each was skipped.
+  ASSERT_EQ(::unlink((StepDir(root_, 10) + "/manifest.pb").c_str()), 0);
+  latest = FindLatest(root_);
+  EXPECT_EQ(latest.status().code(), Code::kNotFound);
+  EXPECT_NE(latest.status().message().find("step-000000040 skipped"), std::string::npos) << latest.status().ToString();
+  EXPECT_EQ(FindLatest(root_ + "/nope").status().code(), Code::kNotFound);
+}
+
+TEST_F(CheckpointTest, CommitRefusesMissingOrMismatchedShards) {
+  Manifest m = Save(3, 2, /*commit=*/false);
+  Manifest wrong = m;
+  wrong.files[1].size += 1;
+  Status s = Commit(root_, wrong);
+  EXPECT_EQ(s.code(), Code::kDataLoss) << s.ToString();
+  EXPECT_NE(s.message().find(Shard(3, 1, 2)), std::string::npos);
+  wrong = m;
+  wrong.files.pop_back();
+  EXPECT_FALSE(Commit(root_, wrong).ok());
+  EXPECT_EQ(ReadManifest(StepDir(root_, 3)).status().code(), Code::kNotFound);
+  EXPECT_FALSE(storage::RegularFileSize(root_ + "/latest").ok());  // latest never moved
+  EXPECT_TRUE(Commit(root_, m).ok());
+}
+
+TEST_F(CheckpointTest, BadShardRequestsAreRejected) {
+  ShardWrite w;
+  w.tensors = Table();
+  w.ranges = {{0, kTotal}};
+  w.arrays = {{"model", model_.data()}};
+  w.rank = 2;
+  w.world = 2;
+  EXPECT_EQ(WriteShard(StepDir(root_, 1), w).status().code(), Code::kInvalidArgument);
+  w.rank = 0;
+  w.ranges = {{0, kTotal + 1}};
+  EXPECT_EQ(WriteShard(StepDir(root_, 1), w).status().code(), Code::kInvalidArgument);
+  w.ranges = {{0, 100}, {50, 100}};  // overlapping
+  EXPECT_EQ(WriteShard(StepDir(root_, 1), w).status().code(), Code::kInvalidArgument);
+  w.ranges = {{0, kTotal}};
+  w.arrays = {{"../x", model_.data()}};
+  EXPECT_EQ(WriteShard(StepDir(root_, 1), w).status().code(), Code::kInvalidArgument);
+  w.arrays = {{"model", model_.data()}};
+  w.tensors[1].offset += 1;
+  EXPECT_EQ(WriteShard(StepDir(root_, 1), w).status().code(), Code::kInvalidArgument);
+}
+
+// A write that fails midway (here the file-size limit, as a full disk would) returns an error
+// naming the file and leaves no partial file behind. Run in a child process: the limit is
+// per process.
+TEST_F(CheckpointTest, AFailedWriteLeavesNothingBehind) {
+  const std::string dir = StepDir(root_, 9);
+  ASSERT_TRUE(storage::MakeDirectories(dir).ok());
+  const std::vector<float> big = Random(1 << 20, 4);  // 4 MiB
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim = {64 << 10, 64 << 10};
+    ::setrlimit(RLIMIT_FSIZE, &lim);
+    ShardWrite w;
+    w.tensors = {{"wte", 0, big.size(), {1024, 1024}}};
+    w.ranges = {{0, big.size()}};
+    w.arrays = {{"model", big.data()}};
+    auto r = WriteShard(dir, w);
+    const bool named = !r.ok() && r.status().message().find(dir) != std::string::npos;
+    std::_Exit(r.ok() ? 1 : r.status().code() != Code::kIo ? 2 : !named ? 3 : 0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: the write succeeded, 2: not an I/O error, 3: the file not named";
+  auto names = storage::ListDirectory(dir);
+  ASSERT_TRUE(names.ok());
+  EXPECT_TRUE(names->empty()) << (*names)[0];
+}
+
+// The h5py snippet in docs/checkpoint-format.md, run as written (Debian's python3-h5py for
+// /usr/bin/python3, installed by scripts/test), rebuilds whole and cut tensors from the shards.
+TEST_F(CheckpointTest, TheDocumentedH5pySnippetReadsTheShards) {
+  Save(12, 3);
+  auto doc = storage::ReadFileToString(::cohort::testing::SourceDir() + "/docs/checkpoint-format.md");
+  ASSERT_TRUE(doc.ok()) << doc.status().ToString();
+  const size_t a = doc->find("```python\n"), b = doc->find("```", a + 10);
+  ASSERT_NE(a, std::string::npos);
+  ASSERT_NE(b, std::string::npos);
+  std::string script = doc->substr(a + 10, b - a - 10);
+  script = script.substr(0, script.find("\nwte = load_tensor"));  // keep the function, not the example call
+  // c_attn.bias [780, 810) is cut by ranks 1 and 2 (pieces @0 and @20); wte is whole in rank 0;
+  // both must come back
+  // exactly, shaped.
+  script += "\nimport sys\n"
+            "want = np.fromfile(sys.argv[2], dtype='<f4')\n"
+            "b = load_tensor(sys.argv[1], 'h.0.attn.c_attn.bias', 'adam_m')\n"
+            "w = load_tensor(sys.argv[1], 'wte')\n"
+            "assert b.shape == (30,), b.shape\n"
+            "assert w.shape == (40, 10), w.shape\n"
+            "assert (b == want[780:810]).all()\n"
+            "want_w = np.fromfile(sys.argv[3], dtype='<f4')\n"
+            "assert (w.ravel() == want_w[0:400]).all()\n"
+            "print('h5py ok')\n";
+  const std::string py = tmp_.path() + "/read.py", m_bin = tmp_.path() + "/m.bin", w_bin = tmp_.path() + "/w.bin";
+  ASSERT_TRUE(storage::WriteFileAtomically(py, script).ok());
+  ASSERT_TRUE(storage::WriteFileAtomically(m_bin, std::string_view(reinterpret_cast<const char*>(m_.data()), m_.size() * 4)).ok());
+  ASSERT_TRUE(storage::WriteFileAtomically(w_bin, std::string_view(reinterpret_cast<const char*>(model_.data()), model_.size() * 4)).ok());
+  std::string out;
+  const int rc = ::cohort::testing::RunCommand(
+      "/usr/bin/python3 " + py + " " + StepDir(root_, 12) + " " + m_bin + " " + w_bin + " 2>&1", &out);
+  EXPECT_EQ(rc, 0) << out << "\n(needs Debian's python3-h5py: scripts/test installs it)";
+  EXPECT_NE(out.find("h5py ok"), std::string::npos) << out;
+}
+
+// `cohort ckpt list` and `cohort ckpt verify`, through the real binary.
+TEST_F(CheckpointTest, CkptCommands) {
+  Save(10, 2);
+  Save(20, 2);
+  Save(30, 2, /*commit=*/false);
+  const std::string bin = ::cohort::testing::CohortBin();
+  std::string out;
+  ASSERT_EQ(::cohort::testing::RunCommand(bin + " ckpt list " + root_, &out), 0) << out;
+  EXPECT_NE(out.find("step-000000010   complete"), std::string::npos) << out;
+  EXPECT_NE(out.find("step-000000020   complete   (latest"), std::string::npos) << out;
+  EXPECT_NE(out.find("step-000000030   INCOMPLETE no manifest"), std::string::npos) << out;
+  ASSERT_EQ(::cohort::testing::RunCommand(bin + " ckpt verify " + StepDir(root_, 10), &out), 0) << out;
+  EXPECT_NE(out.find("step             10"), std::string::npos) << out;
+  EXPECT_NE(out.find("epoch 2, cursor 4242 (seed 1337"), std::string::npos) << out;
+  EXPECT_NE(out.find(ShardFileName(1, 2)), std::string::npos) << out;
+  EXPECT_NE(out.find("OK: every file and tensor checksum matches"), std::string::npos) << out;
+  ASSERT_EQ(::cohort::testing::RunCommand(bin + " ckpt verify " + root_ + " 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find("step-000000020"), std::string::npos) << out;  // a root: its latest
+  const std::string shard = Shard(10, 0, 2);
+  FlipByte(shard, DatasetFileOffset(shard, "/model/wte") + 5);
+  EXPECT_EQ(::cohort::testing::RunCommand(bin + " ckpt verify " + StepDir(root_, 10) + " 2>&1", &out), 2);
+  EXPECT_NE(out.find("error: " + shard), std::string::npos) << out;
+  EXPECT_EQ(::cohort::testing::RunCommand(bin + " ckpt list " + root_ + "/missing 2>&1", &out), 2);
+  EXPECT_NE(out.find(root_ + "/missing"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace cohort::checkpoint
