@@ -29,6 +29,7 @@ void AddTrainCommand(CLI::App& app, Context& ctx) {
     std::vector<std::string> overrides;
     bool no_progress = false;
     std::string metrics;
+    std::string resume = "auto";
   };
   auto args = std::make_shared<Args>();
   CLI::App* train = app.add_subcommand("train", "Train the model described by a job spec");
@@ -36,6 +37,10 @@ void AddTrainCommand(CLI::App& app, Context& ctx) {
   train->add_option("--set", args->overrides,
                     "override a field, e.g. --set train.steps=100 (repeatable)");
   train->add_flag("--no-progress", args->no_progress, "never draw the progress line");
+  train->add_option("--resume", args->resume,
+                    "auto: continue from the newest complete checkpoint in checkpoint.dir (a fresh start "
+                    "only when there is none at all); never; or PATH: a step directory or checkpoint root")
+      ->capture_default_str();
   train->add_option("--metrics", args->metrics,
                     "write one JSON line per step (loss, lr, grad norm, timings) and a final "
                     "summary to this file (rank 0)");
@@ -79,6 +84,7 @@ void AddTrainCommand(CLI::App& app, Context& ctx) {
 
     worker::TrainOptions options;
     options.stop = launch::StopFlag();
+    options.resume = args->resume;
     options.progress = !args->no_progress && isatty(STDERR_FILENO) != 0;
     options.comm = comm->get();
     if (world->local_size_known) {
@@ -106,12 +112,14 @@ void AddTrainCommand(CLI::App& app, Context& ctx) {
       *metrics << fmt::format(
           "{{\"summary\": true, \"steps\": {}, \"interrupted\": {}, \"world_size\": {}, "
           "\"final_val_loss\": {}, \"param_l2\": {:.17g}, \"param_crc32c\": \"{:08x}\", "
-          "\"optimizer_state_floats\": {}, \"tokens_per_s\": {:.1f}}}\n",
+          "\"optimizer_state_floats\": {}, \"tokens_per_s\": {:.1f}, \"resumed_from_step\": {}, "
+          "\"checkpoints_committed\": {}, \"last_checkpoint_step\": {}, \"checkpoint_stall_ms\": {:.3f}}}\n",
           result->steps, result->interrupted ? "true" : "false", result->world_size,
           std::isnan(result->final_val_loss) ? std::string("null")
                                              : fmt::format("{:.9g}", result->final_val_loss),
           result->param_l2, result->param_crc32c,
-          result->optimizer_state_floats, result->tokens_per_second);
+          result->optimizer_state_floats, result->tokens_per_second, result->resumed_from_step,
+          result->checkpoints_committed, result->last_checkpoint_step, 1e3 * result->checkpoint_stall_seconds);
     }
     const int sig = launch::StopSignal();
     ctx.exit_code = result->interrupted ? kExitSignalBase + (sig != 0 ? sig : SIGINT) : kExitOk;

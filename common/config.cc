@@ -347,6 +347,9 @@ Status Validate(const JobSpec& s, std::string_view source, const Reader& r) {
   if (s.checkpoint.interval > 0 && s.checkpoint.dir.empty()) {
     return err("checkpoint.dir", "required when checkpoint.interval > 0");
   }
+  if (s.checkpoint.dir.find("://") != std::string::npos && s.checkpoint.dir.rfind("file://", 0) != 0) {
+    return err("checkpoint.dir", "\"" + s.checkpoint.dir + "\": checkpoints go to local paths in this version");
+  }
   return Status::Ok();
 }
 
@@ -536,6 +539,8 @@ Result<JobSpec> ParseJobSpec(std::string_view yaml, std::string_view source, con
            {"dir", [&](auto& v, auto& q) { r.String(v, q, &s.checkpoint.dir); }},
            {"interval", [&](auto& v, auto& q) { r.Int<int64_t>(v, q, &s.checkpoint.interval, 0, kMaxSteps); }},
            {"keep_last", [&](auto& v, auto& q) { r.Int(v, q, &s.checkpoint.keep_last, 1, 1 << 20); }},
+           {"keep_every", [&](auto& v, auto& q) { r.Int<int64_t>(v, q, &s.checkpoint.keep_every, 0, kMaxSteps); }},
+           {"on_busy", [&](auto& v, auto& q) { r.Enum(v, q, &s.checkpoint.on_busy, {"wait", "skip"}); }},
          });
        }},
       {"parallel", [&](const YAML::Node& n, const std::string& p) {
@@ -640,7 +645,9 @@ std::string ToYaml(const JobSpec& s) {
   e << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap
     << YAML::Key << "dir" << YAML::Value << YAML::DoubleQuoted << s.checkpoint.dir
     << YAML::Key << "interval" << YAML::Value << s.checkpoint.interval
-    << YAML::Key << "keep_last" << YAML::Value << s.checkpoint.keep_last << YAML::EndMap;
+    << YAML::Key << "keep_last" << YAML::Value << s.checkpoint.keep_last
+    << YAML::Key << "keep_every" << YAML::Value << s.checkpoint.keep_every
+    << YAML::Key << "on_busy" << YAML::Value << s.checkpoint.on_busy << YAML::EndMap;
   e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap
     << YAML::Key << "strategy" << YAML::Value << s.parallel.strategy
     << YAML::Key << "backend" << YAML::Value << s.parallel.backend

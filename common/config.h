@@ -68,11 +68,14 @@ struct TrainSpec {
   int threads = 0;               // compute threads per rank; 0 = all cores of the machine
 };
 
-// Reserved for the checkpoint issue: validated now so job files written today stay valid.
+// Checkpoints (docs/checkpoint-format.md): saved asynchronously every `interval` steps, at the end
+// and when stopped by a signal; a run resumes from the newest complete one (cohort train --resume).
 struct CheckpointSpec {
-  std::string dir;               // checkpoint root (URI or path); empty = no checkpoints
-  int64_t interval = 0;          // steps between saves; 0 = never
-  int keep_last = 3;
+  std::string dir;               // checkpoint root (local path); empty = no checkpoints
+  int64_t interval = 0;          // steps between saves; 0 = only at the end / on a stop signal
+  int keep_last = 3;             // committed checkpoints kept
+  int64_t keep_every = 0;        // also keep the steps that are multiples of this; 0 = none
+  std::string on_busy = "wait";  // a save due while two are still being written: wait | skip
 };
 
 // Data parallelism across the ranks the launcher started (see docs/job-spec.md).

@@ -20,6 +20,8 @@
 #include "dataloader/source.h"
 #include "dataloader/tokenizer.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "storage/storage.h"
+#include "worker/checkpointer.h"
 #include "model/gpt.h"
 #include "model/optimizer.h"
 #include "model/schedule.h"
@@ -165,11 +167,6 @@ Status CheckSameJob(const config::JobSpec& spec, size_t num_params, uint64_t dat
 namespace {
 
 Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOptions& options) {
-  // Reserved section: refuse rather than silently train without what the user asked for.
-  if (spec.checkpoint.interval > 0) {
-    return InvalidArgument("checkpoint.interval: checkpointing is not implemented in this version; "
-                           "set checkpoint.interval: 0");
-  }
   Ranks ranks;
   if (options.comm != nullptr && options.comm->size() > 1) {
     ranks.comm = options.comm;
@@ -328,13 +325,142 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   summary.num_parameters = static_cast<int64_t>(n);
   summary.world_size = ranks.world;
   summary.optimizer_state_floats = state_floats;
+
+  // ---- checkpoints: resume, then save asynchronously (worker/checkpointer.h) ----
+  std::string ckpt_root;
+  if (!spec.checkpoint.dir.empty()) {
+    auto local = storage::LocalPath(spec.checkpoint.dir);
+    if (!local.ok()) return local.status().WithContext("checkpoint.dir");
+    ckpt_root = *local;
+  }
+  int64_t start_step = 0;
+  data::DataState start_data{spec.train.seed, 0, 0};
+  if (options.resume != "never" && (!ckpt_root.empty() || options.resume != "auto")) {
+    // Rank 0 chooses (and verifies every checksum of) the checkpoint; every rank loads it.
+    int64_t chosen = -1;  // -1: fresh start; -2: rank 0 failed
+    Status found_status;
+    checkpoint::Manifest manifest;
+    std::string dir;
+    if (ranks.rank == 0) {
+      auto p = FindResumePoint(options.resume, ckpt_root);
+      if (!p.ok()) {
+        found_status = p.status();
+        chosen = -2;
+      } else if (p->found) {
+        chosen = p->manifest.step;
+        dir = p->dir;
+        manifest = p->manifest;
+      }
+    }
+    std::string dir_bytes = dir;
+    if (ranks.distributed()) {
+      RETURN_IF_ERROR(ranks.comm->Broadcast(&chosen, sizeof chosen, 0).WithContext("resume"));
+      uint64_t len = dir.size();
+      RETURN_IF_ERROR(ranks.comm->Broadcast(&len, sizeof len, 0).WithContext("resume"));
+      dir_bytes.resize(len);
+      if (len > 0) RETURN_IF_ERROR(ranks.comm->Broadcast(dir_bytes.data(), len, 0).WithContext("resume"));
+    }
+    if (chosen == -2) {
+      if (ranks.rank == 0) return found_status;
+      return DataLoss("resume: rank 0 found no usable checkpoint (see its error)");
+    }
+    if (chosen >= 0) {
+      dir = dir_bytes;
+      if (ranks.rank != 0) {
+        ASSIGN_OR_RETURN(manifest, checkpoint::ReadManifest(dir));
+      }
+      if (manifest.num_parameters != n) {
+        return InvalidArgument(dir + ": the checkpoint holds " + std::to_string(manifest.num_parameters) +
+                               " parameters, this model " + std::to_string(n) + " (model section changed?)");
+      }
+      if (manifest.data.fingerprint != 0 && manifest.data.fingerprint != train_data->Fingerprint()) {
+        return InvalidArgument(dir + ": the training data differ from the data the checkpoint was trained on "
+                               "(files, sizes or data.seq_len changed); its data position would be meaningless");
+      }
+      if (manifest.step > spec.train.steps) {
+        return InvalidArgument(dir + ": the checkpoint is at step " + std::to_string(manifest.step) +
+                               ", beyond train.steps = " + std::to_string(spec.train.steps));
+      }
+      RETURN_IF_ERROR(checkpoint::ReadRange(dir, manifest, "model", 0, n, gpt->params()));
+      for (auto& opt : optimizers) {
+        const model::ParamRange r = opt->range();
+        RETURN_IF_ERROR(checkpoint::ReadRange(dir, manifest, "adam_m", r.offset, r.size, opt->m()));
+        RETURN_IF_ERROR(checkpoint::ReadRange(dir, manifest, "adam_v", r.offset, r.size, opt->v()));
+        opt->set_step(manifest.optimizer_step);
+      }
+      start_step = manifest.step;
+      start_data = {manifest.data.seed, manifest.data.epoch, manifest.data.cursor};
+      summary.resumed_from_step = start_step;
+      COHORT_LOG_INFO("resumed from {} (step {}, written by {} rank(s) with {}; data state {})", dir,
+                      manifest.step, manifest.world_size, manifest.strategy, data::ToString(start_data));
+    } else if (ranks.rank == 0 && !ckpt_root.empty()) {
+      COHORT_LOG_INFO("checkpoints: none in {} yet, starting at step 0", ckpt_root);
+    }
+  }
+  std::unique_ptr<Checkpointer> checkpointer;
+  if (!ckpt_root.empty()) {
+    CheckpointerOptions co;
+    co.root = ckpt_root;
+    co.comm = ranks.comm;
+    co.skip_when_busy = spec.checkpoint.on_busy == "skip";
+    co.keep_last = spec.checkpoint.keep_last;
+    co.keep_every = spec.checkpoint.keep_every;
+    co.strategy = zero1 ? "zero1" : "ddp";
+    co.job_spec_yaml = config::ToYaml(spec);
+    for (const model::TensorInfo& t : gpt->tensors()) co.tensors.push_back({t.name, t.offset, t.numel, t.shape});
+    // ZeRO-1: the optimizer's own chunks; DDP: an even split, so the ranks share the writing.
+    if (zero1) {
+      for (const auto& r : owned) co.ranges.push_back({r.offset, r.size});
+    } else {
+      const uint64_t lo = n * static_cast<uint64_t>(ranks.rank) / ranks.world;
+      const uint64_t hi = n * static_cast<uint64_t>(ranks.rank + 1) / ranks.world;
+      co.ranges.push_back({lo, hi - lo});
+    }
+    co.states = {"model", "adam_m", "adam_v"};
+    ASSIGN_OR_RETURN(checkpointer, Checkpointer::Create(std::move(co)));
+  }
+  // Copies this rank's ranges of an array into a checkpoint buffer (the only blocking part).
+  auto save = [&](int64_t at_step, const data::DataState& ds) -> Status {
+    SaveRequest req;
+    req.step = at_step;
+    req.optimizer_step = optimizers.front()->step();
+    req.data = {ds.seed, ds.epoch, ds.cursor, train_data->Fingerprint()};
+    req.fill = [&](const std::string& state, float* dst) {
+      if (state == "model") {
+        if (zero1) {
+          for (const auto& r : owned) {
+            std::memcpy(dst, gpt->params() + r.offset, r.size * sizeof(float));
+            dst += r.size;
+          }
+        } else {
+          const uint64_t lo = n * static_cast<uint64_t>(ranks.rank) / ranks.world;
+          const uint64_t hi = n * static_cast<uint64_t>(ranks.rank + 1) / ranks.world;
+          std::memcpy(dst, gpt->params() + lo, (hi - lo) * sizeof(float));
+        }
+        return;
+      }
+      const bool m = state == "adam_m";
+      if (zero1) {
+        for (auto& opt : optimizers) {
+          std::memcpy(dst, m ? opt->m() : opt->v(), opt->state_size() * sizeof(float));
+          dst += opt->state_size();
+        }
+      } else {
+        const uint64_t lo = n * static_cast<uint64_t>(ranks.rank) / ranks.world;
+        const uint64_t hi = n * static_cast<uint64_t>(ranks.rank + 1) / ranks.world;
+        model::AdamW& opt = *optimizers.front();  // DDP: one optimizer over everything
+        std::memcpy(dst, (m ? opt.m() : opt.v()) + lo, (hi - lo) * sizeof(float));
+      }
+    };
+    return checkpointer->Save(req);
+  };
   ProgressLine progress(options.progress && ranks.rank == 0);
   // This rank's rows of every global batch of N*B samples, read ahead by the loader's threads.
   data::LoaderOptions lo;
   lo.batch_size = B;
   lo.rank = ranks.rank;
   lo.world = ranks.world;
-  lo.start = {spec.train.seed, 0, 0};
+  lo.start = start_data;
   lo.shuffle = spec.data.order == "shuffle";
   lo.layout = data::Layout::kStoredRows;  // the model widens the stored tokens itself
   lo.depth = spec.data.prefetch;
@@ -360,7 +486,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
                       "{} samples; some are counted more than once",
                       wanted, val_data->num_samples());
     }
-    auto v = run_eval(0);
+    auto v = run_eval(start_step);
     if (!v.ok() && !interrupted(v.status())) return v.status();
     if (v.ok()) summary.initial_val_loss = *v;
   }
@@ -369,7 +495,8 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   double timed_seconds = 0;  // steps after the first (which pays one-time allocation costs)
   double timed_tokens = 0;
   double comm_total = 0, exposed_total = 0;
-  int64_t step = 0;
+  int64_t step = start_step;
+  int64_t last_saved = start_step;  // a resumed run does not save the step it started from again
   bool stop_all = false;  // distributed: some rank asked to stop; all stop after this step
   std::optional<data::DataState> abandoned_state;  // set when a step is cut short
   for (; step < spec.train.steps && !stop_all; ++step) {
@@ -508,6 +635,14 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
       const double eta = (spec.train.steps - m.step) * tokens_per_step / rate;
       progress.Draw(m.step, m.total_steps, loss, rate, eta);
     }
+    if (checkpointer) {
+      const int64_t done = step + 1;
+      if (spec.checkpoint.interval > 0 && done % spec.checkpoint.interval == 0 && !last && !stop_all) {
+        RETURN_IF_ERROR(save(done, loader->state()));
+        last_saved = done;
+      }
+      RETURN_IF_ERROR(checkpointer->Poll());
+    }
     if (val_data && !last && !stop_all && spec.train.eval_interval > 0 &&
         (step + 1) % spec.train.eval_interval == 0) {
       auto v = run_eval(step + 1);
@@ -519,6 +654,20 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   summary.data_state = abandoned_state ? *abandoned_state : loader->state();
   summary.data_wait_seconds = loader->total_wait_seconds();
   loader.reset();  // stop the readers before the (possibly long) final evaluation
+  if (checkpointer) {
+    // The end of the run, or a stop (preemption): the last completed step is saved and committed
+    // before Train returns, so a requeued job continues from here.
+    if (step > last_saved) RETURN_IF_ERROR(save(step, summary.data_state));
+    Status fin = checkpointer->Finish();
+    const CheckpointStats& cs = checkpointer->stats();
+    summary.checkpoints_committed = cs.committed;
+    summary.checkpoint_stall_seconds = cs.total_stall_seconds;
+    summary.last_checkpoint_step = cs.last_committed_step;
+    if (!fin.ok()) return fin.WithContext("checkpoint");
+    COHORT_LOG_INFO("checkpoints: {} committed ({} skipped while busy), training stalled {:.1f} ms in all for "
+                    "them; the last is step {}",
+                    cs.committed, cs.skipped, 1e3 * cs.total_stall_seconds, cs.last_committed_step);
+  }
   summary.tokens_per_second = timed_seconds > 0 ? timed_tokens / timed_seconds : 0;
   progress.Clear();
 

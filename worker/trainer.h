@@ -58,6 +58,10 @@ struct TrainOptions {
   // launcher said; 1 = unknown. data.verify splits the checksum pass over these ranks.
   int local_rank = 0;
   int local_size = 1;
+  // With checkpoint.dir set: auto (the newest complete checkpoint there, else a fresh start when
+  // there is none at all), never, or a path (a step directory or a checkpoint root). See
+  // FindResumePoint (worker/checkpointer.h).
+  std::string resume = "auto";
 };
 
 struct TrainSummary {
@@ -75,6 +79,10 @@ struct TrainSummary {
   size_t optimizer_state_floats = 0;  // AdamW m + v held by this rank (ZeRO-1: ~1/N)
   data::DataState data_state;        // after the last step: where a resume continues
   double data_wait_seconds = 0;      // time this rank waited for batches, over the whole run
+  int64_t resumed_from_step = -1;    // the checkpoint's step, or -1 for a fresh start
+  int64_t checkpoints_committed = 0;
+  int64_t last_checkpoint_step = -1;
+  double checkpoint_stall_seconds = 0;  // training time spent in Save (snapshots), over the run
 };
 
 Result<TrainSummary> Train(const config::JobSpec& spec, const TrainOptions& options);

@@ -53,6 +53,39 @@ expect_exit 0 "2 ranks again" -- mpi 2 "$COHORT_BIN" train job.yaml --no-progres
 crc() { grep -o '"param_crc32c": "[0-9a-f]*"' "$1"; }
 if [ "$(crc again.jsonl)" = "$(crc m2-ddp.jsonl)" ]; then pass "rerun is bit-identical"; else fail "rerun differs: $(crc again.jsonl) vs $(crc m2-ddp.jsonl)"; fi
 
+# Checkpoints across world sizes (issue 5): 4 ranks save every 8 steps; the newer checkpoints are
+# removed and 2 ranks resume from step 8 (another strategy), then 3 ranks from step 16. Global batch
+# 12 throughout; the three segments together must follow the 1-rank batch-12 trajectory.
+expect_exit 0 "1 rank, batch 12" -- "$COHORT_BIN" train job.yaml --no-progress --set data.batch_size=12 \
+  --set train.grad_accum=1 --metrics c1.jsonl
+for pair in "ddp zero1 ddp" "zero1 ddp zero1"; do
+  set -- $pair
+  ck="$WORK/ck-$1"
+  common=(--no-progress --set train.grad_accum=1 --set checkpoint.dir="$ck" --set checkpoint.interval=8)
+  expect_exit 0 "4 ranks x 3 ($1), checkpoints every 8 steps" -- mpi 4 "$COHORT_BIN" train job.yaml "${common[@]}" \
+    --set data.batch_size=3 --set parallel.strategy=$1 --metrics s1.jsonl
+  rm -r "$ck/step-000000016" "$ck/step-000000024"
+  expect_exit 0 "2 ranks x 6 ($2) resume from step 8" -- mpi 2 "$COHORT_BIN" train job.yaml "${common[@]}" \
+    --set data.batch_size=6 --set parallel.strategy=$2 --metrics s2.jsonl
+  expect_output "resumed from $ck/step-000000008 \(step 8, written by 4 rank\(s\) with $1" "2 ranks resume the 4-rank checkpoint"
+  rm -r "$ck/step-000000024"
+  expect_exit 0 "3 ranks x 4 ($3) resume from step 16" -- mpi 3 "$COHORT_BIN" train job.yaml "${common[@]}" \
+    --set data.batch_size=4 --set parallel.strategy=$3 --metrics s3.jsonl
+  expect_output "resumed from $ck/step-000000016 \(step 16, written by 2 rank\(s\) with $2" "3 ranks resume the 2-rank checkpoint"
+  /usr/bin/python3 - s1.jsonl s2.jsonl s3.jsonl joined.jsonl <<'PY'
+import json, sys
+rows = []
+for i, (path, lo, hi) in enumerate(zip(sys.argv[1:4], (1, 9, 17), (8, 16, 24))):
+    for line in open(path):
+        r = json.loads(line)
+        if "step" in r and lo <= r["step"] <= hi: rows.append(r)
+        if r.get("summary") and i == 2: summary = r
+with open(sys.argv[4], "w") as f:
+    for r in rows + [summary]: f.write(json.dumps(r) + "\n")
+PY
+  expect_exit 0 "4 -> 2 -> 3 ranks ($pair) follow 1 rank with the whole batch" -- same_trajectory c1.jsonl joined.jsonl 24
+done
+
 # SIGUSR1 to mpirun is forwarded to every rank: all stop after the same step, exit 138.
 "$MPIRUN" --oversubscribe -np 2 "$COHORT_BIN" train job.yaml --no-progress --set data.batch_size=4 --set train.steps=100000 \
   --set train.log_interval=1 > usr1.log 2>&1 &

@@ -22,6 +22,7 @@
 #include "model/optimizer.h"
 #include "tests/unit/hdf5_test_util.h"
 #include "tests/unit/test_util.h"
+#include "checkpoint/checkpoint.h"
 #include "worker/trainer.h"
 
 namespace cohort::worker {
@@ -309,10 +310,128 @@ TEST_F(TrainerTest, SequenceLongerThanTheDataIsRefused) {
   EXPECT_THAT(r.status().message(), HasSubstr("tiny.bin"));
 }
 
-TEST_F(TrainerTest, ReservedFeaturesAreRefusedNotIgnored) {
-  auto r = Train(Spec({"checkpoint.interval=10", "checkpoint.dir=/tmp/x"}), TrainOptions());
-  ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("checkpoint.interval"));
+// ---- checkpoints (worker/checkpointer.h) ----
+
+// Trains `spec`; when stop_after > 0 the run is stopped (as by SIGTERM) after that step.
+struct RunResult {
+  Result<TrainSummary> summary = Internal("not run");
+  std::vector<double> losses;
+  std::vector<float> params;
+};
+RunResult TrainOnce(const config::JobSpec& spec, int64_t stop_after = 0, const std::string& resume = "auto") {
+  RunResult run;
+  std::atomic<bool> stop{false};
+  TrainOptions o;
+  o.stop = &stop;
+  o.resume = resume;
+  o.final_params = &run.params;
+  o.on_step = [&](const StepMetrics& m) {
+    run.losses.push_back(m.loss);
+    if (stop_after > 0 && m.step == stop_after) stop = true;
+  };
+  run.summary = Train(spec, o);
+  return run;
+}
+
+// Interrupted and resumed (same world size): the same losses and bit-identical final weights as
+// an uninterrupted run; the stop itself writes a checkpoint; saves every 4 steps are committed.
+TEST_F(TrainerTest, ResumeAfterAStopIsBitExact) {
+  const std::vector<std::string> common = {"train.steps=12", "train.eval_interval=0", "optimizer.weight_decay=0.1",
+                                           "checkpoint.interval=4"};
+  auto with_dir = [&](const std::string& d) {
+    auto v = common;
+    v.push_back("checkpoint.dir=" + dir_ + "/" + d);
+    return Spec(v);
+  };
+  const RunResult ref = TrainOnce(with_dir("ref"));
+  ASSERT_TRUE(ref.summary.ok()) << ref.summary.status().ToString();
+  EXPECT_EQ(ref.summary->checkpoints_committed, 3);  // steps 4, 8 and the end, 12
+  EXPECT_EQ(ref.summary->last_checkpoint_step, 12);
+  EXPECT_EQ(ref.summary->resumed_from_step, -1);
+
+  const RunResult first = TrainOnce(with_dir("run"), /*stop_after=*/6);
+  ASSERT_TRUE(first.summary.ok()) << first.summary.status().ToString();
+  EXPECT_TRUE(first.summary->interrupted);
+  EXPECT_EQ(first.summary->steps, 6);
+  EXPECT_EQ(first.summary->last_checkpoint_step, 6);  // written on the stop
+  auto latest = checkpoint::FindLatest(dir_ + "/run");
+  ASSERT_TRUE(latest.ok()) << latest.status().ToString();
+  EXPECT_EQ(latest->step, 6);
+
+  const RunResult second = TrainOnce(with_dir("run"));
+  ASSERT_TRUE(second.summary.ok()) << second.summary.status().ToString();
+  EXPECT_EQ(second.summary->resumed_from_step, 6);
+  EXPECT_EQ(second.summary->steps, 12);
+  ASSERT_EQ(second.losses.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ(second.losses[i], ref.losses[6 + i]) << "step " << 7 + i;
+  EXPECT_EQ(second.params, ref.params);  // bit-identical
+  EXPECT_EQ(second.summary->data_state, ref.summary->data_state);
+
+  // Nothing left to do: a third run resumes at step 12 and ends at once with the same weights.
+  const RunResult third = TrainOnce(with_dir("run"));
+  ASSERT_TRUE(third.summary.ok()) << third.summary.status().ToString();
+  EXPECT_EQ(third.summary->resumed_from_step, 12);
+  EXPECT_EQ(third.params, ref.params);
+  // --resume=never starts over (and trains the same run from scratch).
+  const RunResult fresh = TrainOnce(with_dir("run"), 0, "never");
+  ASSERT_TRUE(fresh.summary.ok());
+  EXPECT_EQ(fresh.summary->resumed_from_step, -1);
+  EXPECT_EQ(fresh.params, ref.params);
+}
+
+// A damaged newest checkpoint (one flipped bit) is named and skipped for the one before; a root
+// holding only damaged or incomplete checkpoints fails the run rather than starting over.
+TEST_F(TrainerTest, ResumeFallsBackPastADamagedCheckpointAndNeverStartsOverSilently) {
+  const std::string root = dir_ + "/ck";
+  auto spec = [&](int steps) {
+    return Spec({"train.steps=" + std::to_string(steps), "train.eval_interval=0", "checkpoint.interval=4",
+                 "checkpoint.dir=" + root});
+  };
+  ASSERT_TRUE(TrainOnce(spec(8)).summary.ok());
+  const std::string shard = checkpoint::StepDir(root, 8) + "/" + checkpoint::ShardFileName(0, 1);
+  auto flip = [&] {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-100, std::ios::end);
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 1);
+    f.seekp(-100, std::ios::end);
+    f.write(&c, 1);
+  };
+  flip();
+  const RunResult resumed = TrainOnce(spec(10));
+  ASSERT_TRUE(resumed.summary.ok()) << resumed.summary.status().ToString();
+  EXPECT_EQ(resumed.summary->resumed_from_step, 4);
+  // That run saved steps 8 (again) and 10. Damage all three: step 8's shard, the manifests of 4
+  // and 10. Checkpoint directories exist but none is usable: an error, not a fresh start.
+  flip();
+  ASSERT_EQ(::unlink((checkpoint::StepDir(root, 4) + "/manifest.pb").c_str()), 0);
+  ASSERT_EQ(::unlink((checkpoint::StepDir(root, 10) + "/manifest.pb").c_str()), 0);
+  const RunResult refused = TrainOnce(spec(12));
+  ASSERT_FALSE(refused.summary.ok());
+  EXPECT_EQ(refused.summary.status().code(), Code::kDataLoss) << refused.summary.status().ToString();
+  EXPECT_THAT(refused.summary.status().message(), HasSubstr("none is complete and intact"));
+  EXPECT_THAT(refused.summary.status().message(), HasSubstr(shard));
+  // An explicit path that holds no checkpoint is an error too.
+  const RunResult missing = TrainOnce(spec(12), 0, dir_ + "/nowhere");
+  EXPECT_FALSE(missing.summary.ok());
+}
+
+// keep_last committed checkpoints plus the multiples of keep_every; nothing else stays.
+TEST_F(TrainerTest, RetentionKeepsTheLastAndEveryMth) {
+  const std::string root = dir_ + "/ret";
+  const RunResult run = TrainOnce(Spec({"train.steps=20", "train.eval_interval=0", "checkpoint.interval=2",
+                                  "checkpoint.keep_last=2", "checkpoint.keep_every=8", "checkpoint.dir=" + root}));
+  ASSERT_TRUE(run.summary.ok()) << run.summary.status().ToString();
+  EXPECT_EQ(run.summary->checkpoints_committed, 10);
+  auto entries = checkpoint::List(root);
+  ASSERT_TRUE(entries.ok());
+  std::vector<int64_t> steps;
+  for (const auto& e : *entries) {
+    EXPECT_TRUE(e.complete) << e.dir << ": " << e.problem;
+    steps.push_back(e.step);
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{8, 16, 18, 20}));
 }
 
 // ---- data parallelism, N ranks as threads of an in-process group ----
@@ -402,6 +521,60 @@ TEST_P(DataParallelTest, NRanksEqualOneRankWithNTimesTheBatch) {
     } else {
       EXPECT_EQ(ratio, 1.0);
     }
+  }
+}
+
+// A checkpoint written by 2 ranks is resumed by 3 and then by 1 (global batch 6 throughout), for
+// DDP and ZeRO-1: optimizer state and data position are resharded, and the run ends where an
+// uninterrupted one-rank run with batch 6 ends (within the fp32 reduction-order tolerance of
+// NRanksEqualOneRankWithNTimesTheBatch).
+TEST_F(TrainerTest, ResumeAtAnotherWorldSize) {
+  for (const std::string strategy : {"ddp", "zero1"}) {
+    const std::string root = dir_ + "/ws-" + strategy;
+    auto spec = [&](int batch) {
+      return Spec({"model.n_layer=2", "train.steps=12", "train.eval_interval=0", "train.threads=1",
+                   "parallel.bucket_mb=1", "optimizer.weight_decay=0.1", "data.batch_size=" + std::to_string(batch),
+                   "parallel.strategy=" + strategy, "checkpoint.interval=100", "checkpoint.dir=" + root});
+    };
+    auto stop_at = [](int64_t at) {
+      return [at](int r, config::JobSpec&, TrainOptions& o, collectives::InProcessGroup&) {
+        static std::atomic<bool> flag;
+        flag = false;
+        o.stop = &flag;
+        auto inner = o.on_step;
+        o.on_step = [inner, at](const StepMetrics& m) {
+          inner(m);
+          if (m.step == at) flag = true;
+        };
+      };
+    };
+    std::vector<RankResult> ref = TrainRanks(1, Spec({"model.n_layer=2", "train.steps=12", "train.eval_interval=0",
+                                                      "train.threads=1", "optimizer.weight_decay=0.1",
+                                                      "data.batch_size=6"}));
+    ASSERT_TRUE(ref[0].summary.ok());
+    std::vector<RankResult> two = TrainRanks(2, spec(3), std::chrono::seconds(60), stop_at(4));
+    for (auto& r : two) ASSERT_TRUE(r.summary.ok()) << strategy << ": " << r.summary.status().ToString();
+    // Several ranks stop together after the step in which the stop was seen (the vote travels in
+    // the next step's reduction): step 5.
+    const int64_t first_stop = two[0].summary->last_checkpoint_step;
+    EXPECT_EQ(first_stop, 5) << strategy;
+    std::vector<RankResult> three = TrainRanks(3, spec(2), std::chrono::seconds(60), stop_at(8));
+    for (auto& r : three) {
+      ASSERT_TRUE(r.summary.ok()) << strategy << ": " << r.summary.status().ToString();
+      EXPECT_EQ(r.summary->resumed_from_step, first_stop);
+    }
+    const int64_t second_stop = three[0].summary->last_checkpoint_step;
+    EXPECT_EQ(second_stop, 9) << strategy;
+    std::vector<RankResult> one = TrainRanks(1, spec(6));
+    ASSERT_TRUE(one[0].summary.ok()) << strategy << ": " << one[0].summary.status().ToString();
+    EXPECT_EQ(one[0].summary->resumed_from_step, second_stop);
+    EXPECT_EQ(one[0].summary->steps, 12);
+    float worst = 0;
+    for (size_t i = 0; i < ref[0].params.size(); ++i) {
+      worst = std::max(worst, std::fabs(one[0].params[i] - ref[0].params[i]));
+    }
+    EXPECT_LT(worst, 1e-4f) << strategy;
+    EXPECT_EQ(one[0].summary->data_state, ref[0].summary->data_state) << strategy;
   }
 }
 

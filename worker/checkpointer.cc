@@ -1,0 +1,348 @@
+#include "worker/checkpointer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "common/logging.h"
+#include "storage/file_util.h"
+
+namespace cohort::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+// Removes a step directory's files and the directory; files already gone are fine.
+void RemoveStepDir(const std::string& dir) {
+  auto names = storage::ListDirectory(dir);
+  if (names.ok()) {
+    for (const std::string& name : *names) {
+      const std::string path = dir + "/" + name;
+      if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+        COHORT_LOG_WARN("checkpoint retention: cannot remove {}: {}", path, std::strerror(errno));
+      }
+    }
+  }
+  if (::rmdir(dir.c_str()) != 0 && errno != ENOENT) {
+    COHORT_LOG_WARN("checkpoint retention: cannot remove {}: {}", dir, std::strerror(errno));
+  }
+}
+
+}  // namespace
+
+struct Checkpointer::Impl {
+  CheckpointerOptions o;
+  int rank = 0;
+  int world = 1;
+  uint64_t elements = 0;  // this rank's elements per array
+  std::vector<std::vector<checkpoint::Range>> all_ranges;  // every rank's ranges (for the manifest)
+
+  struct Job {
+    SaveRequest request;  // without `fill`
+    int buffer = 0;
+    bool done = false;    // under mu
+    Status result;
+    checkpoint::ShardFileInfo info;
+    double write_seconds = 0;
+  };
+  std::vector<float> buffers[2];
+  bool buffer_busy[2] = {false, false};
+  std::deque<std::shared_ptr<Job>> pending;  // saves not yet committed, oldest first
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<Job>> queue;  // for the writer
+  bool stop = false;
+  std::thread writer;
+  Status last_error;  // of a failed save, for Finish
+
+  bool distributed() const { return o.comm != nullptr && o.comm->size() > 1; }
+
+  void WriterLoop() {
+    std::unique_lock<std::mutex> lk(mu);
+    for (;;) {
+      cv.wait(lk, [&] { return stop || !queue.empty(); });
+      if (queue.empty()) return;  // stop, nothing left
+      std::shared_ptr<Job> job = queue.front();
+      queue.pop_front();
+      lk.unlock();
+      const auto t0 = Clock::now();
+      checkpoint::ShardWrite w;
+      w.rank = rank;
+      w.world = world;
+      w.step = job->request.step;
+      w.tensors = o.tensors;
+      w.ranges = o.ranges;
+      const float* base = buffers[job->buffer].data();
+      for (size_t i = 0; i < o.states.size(); ++i) w.arrays.push_back({o.states[i], base + i * elements});
+      auto info = checkpoint::WriteShard(checkpoint::StepDir(o.root, job->request.step), w);
+      const double secs = Seconds(t0, Clock::now());
+      lk.lock();
+      job->write_seconds = secs;
+      if (info.ok()) {
+        job->info = *info;
+      } else {
+        job->result = info.status();
+      }
+      job->done = true;
+      cv.notify_all();
+    }
+  }
+};
+
+Checkpointer::Checkpointer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Checkpointer::~Checkpointer() {
+  {
+    std::lock_guard<std::mutex> lk(impl_->mu);
+    impl_->stop = true;
+  }
+  impl_->cv.notify_all();
+  if (impl_->writer.joinable()) impl_->writer.join();
+}
+
+Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(CheckpointerOptions options) {
+  if (options.root.empty()) return InvalidArgument("checkpoint.dir: empty");
+  if (options.states.empty()) return InvalidArgument("checkpointer: no arrays to save");
+  auto impl = std::make_unique<Impl>();
+  impl->o = std::move(options);
+  if (impl->distributed()) {
+    impl->rank = impl->o.comm->rank();
+    impl->world = impl->o.comm->size();
+  }
+  for (const checkpoint::Range& r : impl->o.ranges) impl->elements += r.size;
+  RETURN_IF_ERROR(storage::MakeDirectories(impl->o.root).WithContext("checkpoint.dir"));
+  // Rank 0 writes the manifest, which lists every rank's ranges: gather them once.
+  impl->all_ranges.resize(static_cast<size_t>(impl->world));
+  impl->all_ranges[static_cast<size_t>(impl->rank)] = impl->o.ranges;
+  if (impl->distributed()) {
+    for (int r = 0; r < impl->world; ++r) {
+      uint64_t count = r == impl->rank ? impl->o.ranges.size() : 0;
+      RETURN_IF_ERROR(impl->o.comm->Broadcast(&count, sizeof count, r).WithContext("checkpoint layout exchange"));
+      std::vector<checkpoint::Range>& theirs = impl->all_ranges[static_cast<size_t>(r)];
+      theirs.resize(count);
+      if (count > 0) {
+        RETURN_IF_ERROR(impl->o.comm->Broadcast(theirs.data(), count * sizeof(checkpoint::Range), r)
+                            .WithContext("checkpoint layout exchange"));
+      }
+    }
+  }
+  for (auto& b : impl->buffers) b.assign(impl->elements * impl->o.states.size(), 0.0f);
+  Impl* raw = impl.get();
+  impl->writer = std::thread([raw] { raw->WriterLoop(); });
+  return std::unique_ptr<Checkpointer>(new Checkpointer(std::move(impl)));
+}
+
+Status Checkpointer::Save(const SaveRequest& request) {
+  Impl& s = *impl_;
+  const auto t0 = Clock::now();
+  // Both buffers in use (one being written, one queued or waiting for its commit): the policy.
+  // Buffers are freed only by the collective commit, so every rank sees the same answer here.
+  while (s.buffer_busy[0] && s.buffer_busy[1]) {
+    if (s.o.skip_when_busy) {
+      ++stats_.skipped;
+      COHORT_LOG_WARN("checkpoint: skipping the save of step {}: the saves of steps {} are still being "
+                      "written (checkpoint.on_busy: skip)",
+                      request.step, s.pending.front()->request.step);
+      return Status::Ok();
+    }
+    RETURN_IF_ERROR(CommitOldest(/*wait=*/true));
+  }
+  const int b = s.buffer_busy[0] ? 1 : 0;
+  s.buffer_busy[b] = true;
+  for (size_t i = 0; i < s.o.states.size(); ++i) request.fill(s.o.states[i], s.buffers[b].data() + i * s.elements);
+  auto job = std::make_shared<Impl::Job>();
+  job->request = request;
+  job->request.fill = nullptr;
+  job->buffer = b;
+  s.pending.push_back(job);
+  {
+    std::lock_guard<std::mutex> lk(s.mu);
+    s.queue.push_back(job);
+  }
+  s.cv.notify_all();
+  ++stats_.saves;
+  stats_.last_stall_seconds = Seconds(t0, Clock::now());
+  stats_.total_stall_seconds += stats_.last_stall_seconds;
+  return Status::Ok();
+}
+
+Status Checkpointer::Poll() {
+  if (impl_->pending.empty()) return Status::Ok();  // the same on every rank
+  return CommitOldest(/*wait=*/false);
+}
+
+Status Checkpointer::Finish() {
+  while (!impl_->pending.empty()) RETURN_IF_ERROR(CommitOldest(/*wait=*/true));
+  Status e = impl_->last_error;
+  impl_->last_error = Status::Ok();
+  return e;
+}
+
+Status Checkpointer::CommitOldest(bool wait) {
+  Impl& s = *impl_;
+  if (s.pending.empty()) return Status::Ok();
+  std::shared_ptr<Impl::Job> job = s.pending.front();
+  bool done = false;
+  {
+    std::unique_lock<std::mutex> lk(s.mu);
+    if (wait) s.cv.wait(lk, [&] { return job->done; });
+    done = job->done;
+  }
+  // 1. Has every rank written its shard? (One float per rank: a count.)
+  if (s.distributed()) {
+    float count = done ? 1.0f : 0.0f;
+    RETURN_IF_ERROR(s.o.comm->AllReduce(&count, 1, collectives::DataType::kFloat32, collectives::ReduceOp::kSum)
+                        .WithContext("checkpoint commit"));
+    if (static_cast<int>(count) < s.world) return Status::Ok();  // not yet: next step
+  } else if (!done) {
+    return Status::Ok();
+  }
+  // 2. Every rank's outcome (ok, size, CRC32C) to every rank.
+  struct Outcome {
+    uint64_t size;
+    uint32_t crc;
+    uint32_t ok;
+  };
+  std::vector<Outcome> outcomes(static_cast<size_t>(s.world));
+  outcomes[static_cast<size_t>(s.rank)] = {job->info.size, job->info.crc32c, job->result.ok() ? 1u : 0u};
+  if (s.distributed()) {
+    for (int r = 0; r < s.world; ++r) {
+      RETURN_IF_ERROR(s.o.comm->Broadcast(&outcomes[static_cast<size_t>(r)], sizeof(Outcome), r)
+                          .WithContext("checkpoint commit"));
+    }
+  }
+  const int64_t step = job->request.step;
+  const std::string dir = checkpoint::StepDir(s.o.root, step);
+  std::string failed_ranks;
+  for (int r = 0; r < s.world; ++r) {
+    if (!outcomes[static_cast<size_t>(r)].ok) failed_ranks += (failed_ranks.empty() ? "" : ", ") + std::to_string(r);
+  }
+  stats_.last_write_seconds = job->write_seconds;
+  stats_.last_write_bytes = static_cast<double>(job->info.size);
+  // 3. Rank 0 commits; the others learn whether it worked.
+  Status commit;
+  if (failed_ranks.empty() && s.rank == 0) {
+    checkpoint::Manifest m;
+    m.step = step;
+    m.world_size = s.world;
+    m.strategy = s.o.strategy;
+    m.job_spec_yaml = s.o.job_spec_yaml;
+    m.data = job->request.data;
+    m.optimizer_step = job->request.optimizer_step;
+    for (const checkpoint::TensorSpec& t : s.o.tensors) m.num_parameters += t.numel;
+    m.states = s.o.states;
+    for (int r = 0; r < s.world; ++r) {
+      m.files.push_back({checkpoint::ShardFileName(r, s.world), outcomes[static_cast<size_t>(r)].size,
+                         outcomes[static_cast<size_t>(r)].crc, r, s.all_ranges[static_cast<size_t>(r)]});
+    }
+    commit = checkpoint::Commit(s.o.root, m);
+  }
+  if (failed_ranks.empty() && s.distributed()) {
+    uint32_t ok = commit.ok() ? 1 : 0;
+    RETURN_IF_ERROR(s.o.comm->Broadcast(&ok, sizeof ok, 0).WithContext("checkpoint commit"));
+    if (!ok && s.rank != 0) commit = IoError("checkpoint of step " + std::to_string(step) + ": rank 0 could not commit it (see its log)");
+  }
+  const bool committed = failed_ranks.empty() && commit.ok();
+  if (committed) {
+    ++stats_.committed;
+    stats_.last_committed_step = step;
+    COHORT_LOG_INFO("checkpoint: step {} committed to {} (stall {:.1f} ms; this rank wrote {:.1f} MB in {:.2f} s, {:.0f} MB/s)",
+                    step, dir, 1e3 * stats_.last_stall_seconds, job->info.size / 1e6, job->write_seconds,
+                    job->write_seconds > 0 ? job->info.size / 1e6 / job->write_seconds : 0.0);
+  } else {
+    ++stats_.failed;
+    Status why = !job->result.ok() ? job->result
+                 : !commit.ok()    ? commit
+                                   : IoError("checkpoint of step " + std::to_string(step) + ": rank(s) " + failed_ranks +
+                                             " failed to write their shard (see their log)");
+    COHORT_LOG_ERROR("checkpoint of step {} abandoned, the previous ones are intact: {}", step, why.ToString());
+    if (s.last_error.ok()) s.last_error = why;
+    // Remove this rank's shard of the abandoned step; rank 0 also the directory once empty.
+    const std::string shard = dir + "/" + checkpoint::ShardFileName(s.rank, s.world);
+    ::unlink(shard.c_str());
+    if (s.rank == 0) ::rmdir(dir.c_str());  // fails harmlessly while others' files remain
+  }
+  s.buffer_busy[job->buffer] = false;
+  s.pending.pop_front();
+  // 4. Retention (rank 0, after a commit): keep the newest keep_last committed checkpoints and the
+  // multiples of keep_every; remove the other committed ones, and leftovers of interrupted saves
+  // older than this one. Never the one just committed (the latest); missing files are fine.
+  if (committed && s.rank == 0) {
+    auto entries = checkpoint::List(s.o.root);
+    if (entries.ok()) {
+      std::vector<int64_t> complete;
+      for (const auto& e : *entries) {
+        if (e.complete) complete.push_back(e.step);
+      }
+      std::set<int64_t> keep(complete.end() - std::min<ptrdiff_t>(static_cast<ptrdiff_t>(complete.size()), s.o.keep_last),
+                             complete.end());
+      keep.insert(step);
+      for (const auto& e : *entries) {
+        const bool every = s.o.keep_every > 0 && e.step % s.o.keep_every == 0;
+        if (e.complete ? (keep.count(e.step) || every) : e.step >= step) continue;
+        COHORT_LOG_INFO("checkpoint retention: removing {}{}", e.dir, e.complete ? "" : " (an interrupted save)");
+        RemoveStepDir(e.dir);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Result<ResumePoint> FindResumePoint(const std::string& resume, const std::string& root) {
+  ResumePoint p;
+  if (resume == "never") return p;
+  auto try_dir = [&](const std::string& dir) -> Status {
+    checkpoint::Manifest m;
+    RETURN_IF_ERROR(checkpoint::Verify(dir, &m));
+    p.found = true;
+    p.dir = dir;
+    p.manifest = std::move(m);
+    return Status::Ok();
+  };
+  std::string search_root = root;
+  if (resume != "auto") {
+    // A step directory: exactly that checkpoint.
+    if (checkpoint::ReadManifest(resume).ok() || !checkpoint::List(resume).ok()) {
+      RETURN_IF_ERROR(try_dir(resume).WithContext("--resume " + resume));
+      return p;
+    }
+    search_root = resume;  // a root: its newest good checkpoint, as with auto
+  } else if (root.empty() || !storage::IsDirectory(root)) {
+    return p;  // nothing saved yet: a fresh start
+  }
+  ASSIGN_OR_RETURN(std::vector<checkpoint::Entry> entries, checkpoint::List(search_root));
+  if (entries.empty()) {
+    if (resume == "auto") return p;
+    return NotFound("--resume " + resume + ": no checkpoint in it");
+  }
+  // Newest first; a checkpoint that fails verification is skipped for the one before (logged).
+  std::string why;
+  for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+    if (!it->complete) {
+      why += "; " + checkpoint::StepDirName(it->step) + ": " + it->problem;
+      continue;
+    }
+    Status s = try_dir(it->dir);
+    if (s.ok()) {
+      if (!why.empty()) COHORT_LOG_WARN("resume: newer checkpoints skipped{}", why);
+      return p;
+    }
+    COHORT_LOG_WARN("resume: {} is damaged, trying the one before: {}", it->dir, s.ToString());
+    why += "; " + checkpoint::StepDirName(it->step) + ": " + s.message();
+  }
+  return DataLoss("resume (" + resume + "): " + search_root +
+                  " holds checkpoint directories but none is complete and intact, so the run is not started "
+                  "over silently (use --resume=never to start over)" + why);
+}
+
+}  // namespace cohort::worker

@@ -1,0 +1,104 @@
+// The trainer's asynchronous checkpointing on top of checkpoint/ (docs/checkpoint-format.md).
+//
+// Save() is the only part that blocks training: it copies this rank's ranges of every array
+// (weights, AdamW moments) into one of two reusable host buffers and queues it for the writer
+// thread, which writes the shard durably. Poll(), called by every rank at every step boundary,
+// runs the commit once every rank's shard of the oldest pending save is durable: a collective
+// decision (all done? all succeeded?), then rank 0 writes the manifest and moves `latest`, and
+// applies retention. A save that failed on any rank is abandoned on every rank and its shards
+// removed; training goes on and the error is logged (Finish() returns it for the last save).
+//
+// When a save is due while both buffers are still in use, the policy decides: wait for the oldest
+// to be written and committed, or skip this save (logged). Every decision that involves other
+// ranks is taken collectively, so all ranks stay in step; Save, Poll and Finish are collective.
+// Not thread-safe: one training thread calls everything.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "checkpoint/checkpoint.h"
+#include "collectives/communicator.h"
+#include "common/status.h"
+
+namespace cohort::worker {
+
+struct CheckpointerOptions {
+  std::string root;                              // checkpoint.dir
+  collectives::Communicator* comm = nullptr;     // null or one rank: alone
+  bool skip_when_busy = false;                   // checkpoint.on_busy: skip (else wait)
+  int keep_last = 3;                             // committed checkpoints kept, newest first
+  int64_t keep_every = 0;                        // also keep steps that are multiples of this; 0 = none
+  std::string strategy = "ddp";
+  std::string job_spec_yaml;
+  std::vector<checkpoint::TensorSpec> tensors;   // the model's table
+  std::vector<checkpoint::Range> ranges;         // this rank's ranges (the same for every array)
+  std::vector<std::string> states;               // e.g. {"model", "adam_m", "adam_v"}
+};
+
+struct SaveRequest {
+  int64_t step = 0;
+  int64_t optimizer_step = 0;
+  checkpoint::DataState data;
+  // Fills dst with this rank's ranges of array `state` (CheckpointerOptions::states), one range
+  // after the other. Called on the training thread during Save().
+  std::function<void(const std::string& state, float* dst)> fill;
+};
+
+struct CheckpointStats {
+  int64_t saves = 0;          // snapshots taken
+  int64_t committed = 0;
+  int64_t skipped = 0;        // due while busy, policy skip
+  int64_t failed = 0;
+  double last_stall_seconds = 0;   // the blocking part of the last Save()
+  double total_stall_seconds = 0;
+  double last_write_seconds = 0;   // the writer's time for the last shard of this rank
+  double last_write_bytes = 0;
+  int64_t last_committed_step = -1;
+};
+
+class Checkpointer {
+ public:
+  static Result<std::unique_ptr<Checkpointer>> Create(CheckpointerOptions options);
+  ~Checkpointer();  // waits for the writer thread (never commits: call Finish for that)
+  Checkpointer(const Checkpointer&) = delete;
+  Checkpointer& operator=(const Checkpointer&) = delete;
+
+  // Snapshot and queue a save (collective). Errors only for collective failures (a dead peer);
+  // a failed write is reported by Poll / Finish.
+  Status Save(const SaveRequest& request);
+  // Commits what every rank has written (collective; cheap when nothing is pending).
+  Status Poll();
+  // Waits for every pending save and commits it (collective). Returns the error of a save that
+  // failed since the last Finish (e.g. a full disk), naming the file.
+  Status Finish();
+
+  const CheckpointStats& stats() const { return stats_; }
+
+ private:
+  struct Impl;
+  explicit Checkpointer(std::unique_ptr<Impl> impl);
+  Status CommitOldest(bool wait);
+
+  std::unique_ptr<Impl> impl_;
+  CheckpointStats stats_;
+};
+
+// What `--resume` found: the checkpoint to load, or none (a fresh start).
+struct ResumePoint {
+  bool found = false;
+  std::string dir;
+  checkpoint::Manifest manifest;
+};
+
+// Resolves `resume` (auto | never | PATH) against the checkpoint root: auto takes the newest
+// complete checkpoint, or starts fresh when the root holds no step directory at all; but when
+// there are step directories and none is complete it fails, saying why each was skipped (a resume
+// that silently starts over would throw away the run). PATH is a step directory or a root; it must
+// hold a complete checkpoint. The manifest is read and validated, the files' checksums verified.
+Result<ResumePoint> FindResumePoint(const std::string& resume, const std::string& root);
+
+}  // namespace cohort::worker
