@@ -13,6 +13,7 @@
 #include <cctype>
 #include <chrono>
 #include <cinttypes>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -219,10 +220,20 @@ class RemoveOnFailure {
   std::string path_;
 };
 
-Status FsyncFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoError(path + ": open for fsync", errno);
+// Creates `path` (which must not exist), writes `n` bytes in large pieces and fsyncs it. Errors
+// name the file (ENOSPC: "No space left on device").
+Status WriteWholeFile(const std::string& path, const unsigned char* data, size_t n) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError(path + ": create", errno);
   storage::ScopedFd guard(fd);
+  for (size_t done = 0; done < n;) {
+    const ssize_t put = ::write(fd, data + done, std::min<size_t>(n - done, size_t{64} << 20));
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(path + ": write at offset " + std::to_string(done), errno);
+    }
+    done += static_cast<size_t>(put);
+  }
   if (::fsync(fd) != 0) return ErrnoError(path + ": fsync", errno);
   return Status::Ok();
 }
@@ -379,7 +390,31 @@ Result<Hid> OpenShard(const std::string& path) {
   return file;
 }
 
+std::string g_crash_phase;  // set once, before training starts
+int64_t g_crash_step = -1;
+
 }  // namespace
+
+Status SetCrashPointForTesting(const std::string& point) {
+  static const char* const kPhases[] = {"shard-tmp", "shard-final", "manifest-tmp", "manifest", "latest", "retention"};
+  const size_t colon = point.rfind(':');
+  const std::string phase = point.substr(0, colon);
+  if (colon == std::string::npos || std::none_of(std::begin(kPhases), std::end(kPhases), [&](const char* p) { return phase == p; }) ||
+      point.size() == colon + 1 || !std::all_of(point.begin() + static_cast<ptrdiff_t>(colon) + 1, point.end(), [](unsigned char c) { return std::isdigit(c); })) {
+    return InvalidArgument("crash point \"" + point + "\": want PHASE:STEP, PHASE one of shard-tmp, shard-final, "
+                           "manifest-tmp, manifest, latest, retention");
+  }
+  g_crash_phase = phase;
+  g_crash_step = std::stoll(point.substr(colon + 1));
+  return Status::Ok();
+}
+
+void CrashPoint(const char* phase, int64_t step) {
+  if (step != g_crash_step || g_crash_phase != phase) return;
+  std::fprintf(stderr, "checkpoint: crash point %s at step %lld: SIGKILL\n", phase, static_cast<long long>(step));
+  std::fflush(stderr);
+  ::raise(SIGKILL);
+}
 
 std::string StepDirName(int64_t step) {
   char name[32];
@@ -428,12 +463,21 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
   info.ranges = w.ranges;
   const std::string path = Join(step_dir, info.name);
   const std::string tmp = Join(step_dir, "." + info.name + ".tmp-" + std::to_string(::getpid()));
-  RemoveOnFailure cleanup(tmp);
-  ::unlink(tmp.c_str());  // a leftover of an earlier process with the same pid
+  // The HDF5 file is built in memory (the core driver, no backing store) and written out with
+  // plain large writes. The library never touches the disk, so a full disk or an I/O error is an
+  // error of ours, handled here; HDF5 cannot fail to close a file (after which it would try to
+  // flush it again at process exit and crash, as it did with a full disk). The cost is a second
+  // copy of the shard in memory while it is written.
+  std::vector<unsigned char> image;
   {
     std::lock_guard<std::mutex> lock(Hdf5Mutex());
     QuietHdf5Errors quiet;
-    Hid file(H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    const size_t increment = std::max<size_t>(size_t{1} << 20, elements * w.arrays.size() * sizeof(float) + (size_t{1} << 20));
+    if (!fapl.valid() || H5Pset_fapl_core(fapl.get(), increment, /*backing_store=*/0) < 0) {
+      return WriteError(tmp, "set up the in-memory file");
+    }
+    Hid file(H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get()), H5Fclose);
     if (!file.valid()) return WriteError(tmp, "create");
     const bool attrs_ok = PutAttrString(file.get(), "format", kFormatName) &&
                           PutAttr<uint32_t>(file.get(), "format_version", kFormatVersion) &&
@@ -485,13 +529,23 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
         range_data += r.size;
       }
     }
-    if (!file.Close()) return WriteError(tmp, "close (flush)");
+    if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0) return WriteError(tmp, "flush");
+    const ssize_t size = H5Fget_file_image(file.get(), nullptr, 0);
+    if (size < 0) return WriteError(tmp, "get the file image");
+    image.resize(static_cast<size_t>(size));
+    if (H5Fget_file_image(file.get(), image.data(), image.size()) != size) return WriteError(tmp, "get the file image");
+    if (!file.Close()) return WriteError(tmp, "close");
   }
-  RETURN_IF_ERROR(FsyncFile(tmp));
-  RETURN_IF_ERROR(FileCrc(tmp, &info.size, &info.crc32c));
+  info.size = image.size();
+  info.crc32c = Crc32c(image.data(), image.size());
+  RemoveOnFailure cleanup(tmp);
+  ::unlink(tmp.c_str());  // a leftover of an earlier process with the same pid
+  RETURN_IF_ERROR(WriteWholeFile(tmp, image.data(), image.size()));
+  CrashPoint("shard-tmp", w.step);
   if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoError(tmp + ": rename to " + path, errno);
   cleanup.Release();
   RETURN_IF_ERROR(storage::SyncDirectory(step_dir));
+  CrashPoint("shard-final", w.step);
   return info;
 }
 
@@ -514,8 +568,17 @@ Status Commit(const std::string& root, const Manifest& m) {
   const std::string body = ToProto(stamped).SerializeAsString();
   file.set_body(body);
   file.set_body_crc32c(Crc32c(body.data(), body.size()));
-  RETURN_IF_ERROR(storage::WriteFileAtomically(Join(dir, kManifestName), file.SerializeAsString()));
-  return storage::WriteFileAtomically(Join(root, kLatestName), StepDirName(m.step) + "\n");
+  {
+    ASSIGN_OR_RETURN(storage::AtomicFileWriter w, storage::AtomicFileWriter::Create(Join(dir, kManifestName)));
+    const std::string bytes = file.SerializeAsString();
+    RETURN_IF_ERROR(w.Append(bytes.data(), bytes.size()));
+    CrashPoint("manifest-tmp", m.step);
+    RETURN_IF_ERROR(w.Commit());
+  }
+  CrashPoint("manifest", m.step);
+  RETURN_IF_ERROR(storage::WriteFileAtomically(Join(root, kLatestName), StepDirName(m.step) + "\n"));
+  CrashPoint("latest", m.step);
+  return Status::Ok();
 }
 
 Result<Manifest> ReadManifest(const std::string& step_dir) {
@@ -548,6 +611,7 @@ Result<std::vector<Entry>> List(const std::string& root) {
     e.dir = Join(root, name);
     if (!storage::IsDirectory(e.dir)) continue;
     auto m = ReadManifest(e.dir);
+    e.has_manifest = m.ok() || m.status().code() != Code::kNotFound;
     if (!m.ok()) {
       e.problem = m.status().code() == Code::kNotFound ? "no manifest (an interrupted save)" : m.status().message();
     } else if (m->step != e.step) {
@@ -571,6 +635,28 @@ Result<std::vector<Entry>> List(const std::string& root) {
   }
   std::sort(out.begin(), out.end(), [](const Entry& a, const Entry& b) { return a.step < b.step; });
   return out;
+}
+
+int RemoveTemporaryFiles(const std::string& root) {
+  auto is_tmp = [](const std::string& name) {
+    return name.size() > 1 && name[0] == '.' && name.find(".tmp") != std::string::npos;
+  };
+  int removed = 0;
+  auto sweep = [&](const std::string& dir) {
+    auto names = storage::ListDirectory(dir);
+    if (!names.ok()) return;
+    for (const std::string& name : *names) {
+      if (is_tmp(name) && ::unlink(Join(dir, name).c_str()) == 0) ++removed;
+    }
+  };
+  sweep(root);
+  auto names = storage::ListDirectory(root);
+  if (names.ok()) {
+    for (const std::string& name : *names) {
+      if (name.rfind("step-", 0) == 0 && storage::IsDirectory(Join(root, name))) sweep(Join(root, name));
+    }
+  }
+  return removed;
 }
 
 Result<Entry> FindLatest(const std::string& root) {

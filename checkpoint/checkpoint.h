@@ -115,8 +115,9 @@ Result<Manifest> ReadManifest(const std::string& step_dir);
 struct Entry {
   int64_t step = 0;
   std::string dir;
-  bool complete = false;  // a valid manifest, every file present with its size
-  std::string problem;    // why not complete
+  bool complete = false;      // a valid manifest, every file present with its size
+  bool has_manifest = false;  // false: never committed (what an interrupted save leaves)
+  std::string problem;        // why not complete
 };
 
 // The step directories under `root`, oldest first. NotFound when root does not exist.
@@ -135,5 +136,21 @@ Status Verify(const std::string& step_dir, Manifest* manifest = nullptr);
 // is reading the ranges the new ranks need.
 Status ReadRange(const std::string& step_dir, const Manifest& m, const std::string& name, uint64_t offset,
                  uint64_t count, float* out);
+
+// Removes the temporary files that writers killed mid-write leave behind (".latest.tmp.*" in the
+// root; ".rank-*.h5.tmp-*" and ".manifest.pb.tmp.*" in step directories). Only for a root no other
+// process is writing to (the trainer calls it on rank 0 before its first save). Returns how many
+// files it removed; errors other than a missing root are ignored.
+int RemoveTemporaryFiles(const std::string& root);
+
+// Fault injection for the crash tests (tests/integration/ckpt_crash_test.sh): after
+// SetCrashPointForTesting("PHASE:STEP") the process kills itself with SIGKILL when the save of
+// step STEP reaches PHASE: shard-tmp (this rank's shard written and fsynced under its temporary
+// name), shard-final (renamed to its final name, not committed), manifest-tmp (the manifest written
+// under its temporary name, not renamed), manifest (committed; `latest` not moved), latest (moved;
+// retention not run), retention (an old checkpoint's files removed, its directory not). `cohort
+// train` sets it from $COHORT_CRASH_AT. InvalidArgument for a malformed point.
+Status SetCrashPointForTesting(const std::string& point);
+void CrashPoint(const char* phase, int64_t step);
 
 }  // namespace cohort::checkpoint

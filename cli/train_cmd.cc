@@ -8,6 +8,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -19,6 +20,7 @@
 #include "launch/bootstrap.h"
 #include "launch/signals.h"
 #include "launch/world.h"
+#include "checkpoint/checkpoint.h"
 #include "worker/trainer.h"
 
 namespace cohort::cli {
@@ -85,6 +87,11 @@ void AddTrainCommand(CLI::App& app, Context& ctx) {
     worker::TrainOptions options;
     options.stop = launch::StopFlag();
     options.resume = args->resume;
+    // Crash tests only (docs/checkpoint-format.md): SIGKILL at a phase of one save.
+    if (const char* crash = std::getenv("COHORT_CRASH_AT"); crash != nullptr && *crash != '\0') {
+      Status s = checkpoint::SetCrashPointForTesting(crash);
+      if (!s.ok()) return ReportError(s.WithContext("COHORT_CRASH_AT"), ctx);
+    }
     options.progress = !args->no_progress && isatty(STDERR_FILENO) != 0;
     options.comm = comm->get();
     if (world->local_size_known) {

@@ -21,8 +21,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-// Removes a step directory's files and the directory; files already gone are fine.
-void RemoveStepDir(const std::string& dir) {
+// Removes a step directory's files and the directory; files already gone are fine. `step` is the
+// commit that triggered the removal (for the crash tests).
+void RemoveStepDir(const std::string& dir, int64_t step) {
   auto names = storage::ListDirectory(dir);
   if (names.ok()) {
     for (const std::string& name : *names) {
@@ -32,6 +33,7 @@ void RemoveStepDir(const std::string& dir) {
       }
     }
   }
+  checkpoint::CrashPoint("retention", step);
   if (::rmdir(dir.c_str()) != 0 && errno != ENOENT) {
     COHORT_LOG_WARN("checkpoint retention: cannot remove {}: {}", dir, std::strerror(errno));
   }
@@ -121,6 +123,11 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(CheckpointerOptions o
   }
   for (const checkpoint::Range& r : impl->o.ranges) impl->elements += r.size;
   RETURN_IF_ERROR(storage::MakeDirectories(impl->o.root).WithContext("checkpoint.dir"));
+  if (impl->rank == 0) {
+    // Leftovers of writers killed mid-write (a crashed or preempted earlier run of this job).
+    const int removed = checkpoint::RemoveTemporaryFiles(impl->o.root);
+    if (removed > 0) COHORT_LOG_INFO("checkpoint: removed {} temporary file(s) left by an interrupted run", removed);
+  }
   // Rank 0 writes the manifest, which lists every rank's ranges: gather them once.
   impl->all_ranges.resize(static_cast<size_t>(impl->world));
   impl->all_ranges[static_cast<size_t>(impl->rank)] = impl->o.ranges;
@@ -291,7 +298,7 @@ Status Checkpointer::CommitOldest(bool wait) {
         const bool every = s.o.keep_every > 0 && e.step % s.o.keep_every == 0;
         if (e.complete ? (keep.count(e.step) || every) : e.step >= step) continue;
         COHORT_LOG_INFO("checkpoint retention: removing {}{}", e.dir, e.complete ? "" : " (an interrupted save)");
-        RemoveStepDir(e.dir);
+        RemoveStepDir(e.dir, step);
       }
     }
   }
@@ -321,9 +328,22 @@ Result<ResumePoint> FindResumePoint(const std::string& resume, const std::string
     return p;  // nothing saved yet: a fresh start
   }
   ASSIGN_OR_RETURN(std::vector<checkpoint::Entry> entries, checkpoint::List(search_root));
-  if (entries.empty()) {
-    if (resume == "auto") return p;
-    return NotFound("--resume " + resume + ": no checkpoint in it");
+  // Directories without a manifest were never committed (a save interrupted before its commit):
+  // they hold nothing to resume. With only such leftovers nothing was ever saved, so auto starts
+  // at step 0; but a checkpoint that was committed and is now damaged is never passed over for a
+  // fresh start.
+  const bool any_committed =
+      std::any_of(entries.begin(), entries.end(), [](const checkpoint::Entry& e) { return e.has_manifest; });
+  if (!any_committed) {
+    if (resume == "auto") {
+      if (!entries.empty()) {
+        COHORT_LOG_WARN("resume: {} holds {} step director{} from interrupted saves and no committed checkpoint: "
+                        "starting at step 0",
+                        search_root, entries.size(), entries.size() == 1 ? "y" : "ies");
+      }
+      return p;
+    }
+    return NotFound("--resume " + resume + ": no committed checkpoint in it");
   }
   // Newest first; a checkpoint that fails verification is skipped for the one before (logged).
   std::string why;

@@ -126,4 +126,28 @@ if [ "$code" = 0 ]; then fail "kill -9 of rank 1: the job succeeded"
 elif [ "$elapsed" -gt 25 ]; then fail "kill -9 of rank 1: the job took ${elapsed}s to fail"
 elif ! grep -qiE "rank 1 .*(signal 9|killed)" kill.log; then fail "kill -9 of rank 1: the failure does not name rank 1:"; tail -8 kill.log >&2
 else pass "kill -9 of rank 1: job failed in ${elapsed}s (exit $code), rank 1 named"; fi
+
+# Interrupted run (issue 5): 2 ranks train 2,000 steps saving every 100; rank 1 is killed with
+# SIGKILL at a random step after a checkpoint; the same command then resumes from the newest
+# complete checkpoint and ends with weights bit-identical to an uninterrupted 2-rank run.
+long=(--no-progress --set data.batch_size=4 --set train.grad_accum=1 --set train.steps=2000 --set train.eval_interval=1000
+      --set train.log_interval=1 --set checkpoint.interval=100)
+expect_exit 0 "2 ranks, 2,000 steps, uninterrupted" -- mpi 2 "$COHORT_BIN" train job.yaml "${long[@]}" \
+  --set checkpoint.dir="$WORK/long-ref" --metrics long-ref.jsonl
+kill_after=$(/usr/bin/python3 -c "import random; print(random.randint(150, 1500))")
+"$MPIRUN" --oversubscribe -np 2 "$COHORT_BIN" train job.yaml "${long[@]}" --set checkpoint.dir="$WORK/long" > long.log 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do grep -qE "step +$kill_after/2000 \| loss" long.log && break; sleep 0.05; done
+victim=""
+for child in $(ps --ppid "$pid" -o pid=); do
+  if tr '\0' '\n' < /proc/$child/environ 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1; then victim=$child; fi
+done
+[ -n "$victim" ] && kill -KILL "$victim" || { fail "could not find rank 1"; kill -KILL "$pid"; }
+code=0; wait "$pid" || code=$?
+[ "$code" != 0 ] && pass "kill -9 of rank 1 near step $kill_after fails the job (exit $code)" || fail "the job survived the kill"
+expect_exit 0 "the same command resumes" -- mpi 2 "$COHORT_BIN" train job.yaml "${long[@]}" \
+  --set checkpoint.dir="$WORK/long" --metrics long.jsonl
+expect_output "resumed from $WORK/long/step-0+[1-9][0-9]*00 " "it resumes from a checkpoint taken before the kill"
+if [ "$(crc long.jsonl)" = "$(crc long-ref.jsonl)" ]; then pass "final weights bit-identical to the uninterrupted run ($(crc long.jsonl))"
+else fail "final weights differ: $(crc long.jsonl) vs $(crc long-ref.jsonl)"; fi
 finish
