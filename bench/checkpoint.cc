@@ -18,6 +18,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "kernels/cpu/cpu_kernels.h"
 #include "model/gpt.h"
 #include "model/optimizer.h"
 #include "worker/checkpointer.h"
@@ -91,7 +92,7 @@ int main(int argc, char** argv) {
   worker::SaveRequest req;
   req.fill = [&](const std::string& state, float* dst) {
     const float* src = state == "model" ? (*gpt)->params() : state == "adam_m" ? (*adamw)->m() : (*adamw)->v();
-    std::memcpy(dst, src, n * sizeof(float));
+    kernels::Copy(dst, src, n);  // as the trainer snapshots (all compute threads)
   };
   std::vector<double> stall, write_s, write_bytes, sync_s;
   {

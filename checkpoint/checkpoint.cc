@@ -15,6 +15,7 @@
 #include <cinttypes>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -220,20 +221,31 @@ class RemoveOnFailure {
   std::string path_;
 };
 
-// Creates `path` (which must not exist), writes `n` bytes in large pieces and fsyncs it. Errors
-// name the file (ENOSPC: "No space left on device").
+// Creates `path` (which must not exist), writes `n` bytes in large pieces and fsyncs it. `data`
+// is 4 KiB-aligned and readable up to n rounded up to 4 KiB (zero padding): the writes bypass the
+// page cache (O_DIRECT) where the file system allows, so a multi-GB shard neither waits on nor
+// evicts the page cache (the data loader's files), and goes at the disk's sequential speed; the
+// padding is cut off after. Errors name the file (ENOSPC: "No space left on device").
 Status WriteWholeFile(const std::string& path, const unsigned char* data, size_t n) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  bool direct = true;
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
+  if (fd < 0 && errno == EINVAL) {  // no O_DIRECT here (tmpfs): the page cache then
+    direct = false;
+    fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  }
   if (fd < 0) return ErrnoError(path + ": create", errno);
   storage::ScopedFd guard(fd);
-  for (size_t done = 0; done < n;) {
-    const ssize_t put = ::write(fd, data + done, std::min<size_t>(n - done, size_t{64} << 20));
+  const size_t total = direct ? (n + 4095) & ~size_t{4095} : n;
+  for (size_t done = 0; done < total;) {
+    const ssize_t put = ::write(fd, data + done, std::min<size_t>(total - done, size_t{64} << 20));
     if (put < 0) {
       if (errno == EINTR) continue;
       return ErrnoError(path + ": write at offset " + std::to_string(done), errno);
     }
+    if (put == 0) return IoError(path + ": write at offset " + std::to_string(done) + " wrote nothing");
     done += static_cast<size_t>(put);
   }
+  if (total != n && ::ftruncate(fd, static_cast<off_t>(n)) != 0) return ErrnoError(path + ": truncate", errno);
   if (::fsync(fd) != 0) return ErrnoError(path + ": fsync", errno);
   return Status::Ok();
 }
@@ -390,10 +402,39 @@ Result<Hid> OpenShard(const std::string& path) {
   return file;
 }
 
+// The core driver's memory, from a caller-kept buffer (ShardWrite::scratch), so consecutive
+// shards reuse already-mapped pages. HDF5 asks for `size` bytes at open and on every growth
+// (keeping the contents), and frees at close: here a no-op, the buffer outlives the file.
+void* ArenaRealloc(void* ptr, size_t size, H5FD_file_image_op_t, void* udata) {
+  auto* arena = static_cast<ImageBuffer*>(udata);
+  return arena->Reserve(size) ? arena->data() : nullptr;  // keeps the contents, as realloc would
+}
+void* ArenaMalloc(size_t size, H5FD_file_image_op_t op, void* udata) { return ArenaRealloc(nullptr, size, op, udata); }
+void* ArenaMemcpy(void* dest, const void* src, size_t size, H5FD_file_image_op_t, void*) {
+  return std::memcpy(dest, src, size);
+}
+herr_t ArenaFree(void*, H5FD_file_image_op_t, void*) { return 0; }
+void* ArenaUdataCopy(void* udata) { return udata; }
+herr_t ArenaUdataFree(void*) { return 0; }
+
 std::string g_crash_phase;  // set once, before training starts
 int64_t g_crash_step = -1;
 
 }  // namespace
+
+ImageBuffer::~ImageBuffer() { std::free(data_); }
+
+bool ImageBuffer::Reserve(size_t n) {
+  if (n <= capacity_) return true;
+  const size_t cap = (n + 4095) & ~size_t{4095};
+  void* p = nullptr;
+  if (::posix_memalign(&p, 4096, cap) != 0) return false;
+  if (capacity_ > 0) std::memcpy(p, data_, capacity_);
+  std::free(data_);
+  data_ = static_cast<unsigned char*>(p);
+  capacity_ = cap;
+  return true;
+}
 
 Status SetCrashPointForTesting(const std::string& point) {
   static const char* const kPhases[] = {"shard-tmp", "shard-final", "manifest-tmp", "manifest", "latest", "retention"};
@@ -468,13 +509,19 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
   // error of ours, handled here; HDF5 cannot fail to close a file (after which it would try to
   // flush it again at process exit and crash, as it did with a full disk). The cost is a second
   // copy of the shard in memory while it is written.
-  std::vector<unsigned char> image;
+  ImageBuffer own_scratch;
+  ImageBuffer& arena = w.scratch != nullptr ? *w.scratch : own_scratch;
+  size_t image_size = 0;
   {
     std::lock_guard<std::mutex> lock(Hdf5Mutex());
     QuietHdf5Errors quiet;
     Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-    const size_t increment = std::max<size_t>(size_t{1} << 20, elements * w.arrays.size() * sizeof(float) + (size_t{1} << 20));
-    if (!fapl.valid() || H5Pset_fapl_core(fapl.get(), increment, /*backing_store=*/0) < 0) {
+    // Grown in one step to the data plus room for the metadata.
+    const size_t increment = std::max<size_t>(size_t{1} << 20, elements * w.arrays.size() * sizeof(float) + (size_t{4} << 20));
+    H5FD_file_image_callbacks_t callbacks = {ArenaMalloc, ArenaMemcpy, ArenaRealloc, ArenaFree,
+                                             ArenaUdataCopy, ArenaUdataFree, &arena};
+    if (!fapl.valid() || H5Pset_fapl_core(fapl.get(), increment, /*backing_store=*/0) < 0 ||
+        H5Pset_file_image_callbacks(fapl.get(), &callbacks) < 0) {
       return WriteError(tmp, "set up the in-memory file");
     }
     Hid file(H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get()), H5Fclose);
@@ -530,17 +577,21 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
       }
     }
     if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0) return WriteError(tmp, "flush");
-    const ssize_t size = H5Fget_file_image(file.get(), nullptr, 0);
-    if (size < 0) return WriteError(tmp, "get the file image");
-    image.resize(static_cast<size_t>(size));
-    if (H5Fget_file_image(file.get(), image.data(), image.size()) != size) return WriteError(tmp, "get the file image");
-    if (!file.Close()) return WriteError(tmp, "close");
+    const ssize_t size = H5Fget_file_image(file.get(), nullptr, 0);  // the size only
+    if (size < 0 || static_cast<size_t>(size) > arena.capacity()) return WriteError(tmp, "get the file image");
+    if (!file.Close()) return WriteError(tmp, "close");  // the image stays in the arena
+    image_size = static_cast<size_t>(size);
   }
-  info.size = image.size();
-  info.crc32c = Crc32c(image.data(), image.size());
+  unsigned char* image = arena.data();
+  info.size = image_size;
+  info.crc32c = Crc32c(image, image_size);
   RemoveOnFailure cleanup(tmp);
   ::unlink(tmp.c_str());  // a leftover of an earlier process with the same pid
-  RETURN_IF_ERROR(WriteWholeFile(tmp, image.data(), image.size()));
+  // The last block padded with zeros for O_DIRECT (the file is cut to its size after).
+  if (!arena.Reserve((image_size + 4095) & ~size_t{4095})) return Internal(tmp + ": out of memory for the shard image");
+  image = arena.data();
+  std::memset(image + image_size, 0, ((image_size + 4095) & ~size_t{4095}) - image_size);
+  RETURN_IF_ERROR(WriteWholeFile(tmp, image, image_size));
   CrashPoint("shard-tmp", w.step);
   if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoError(tmp + ": rename to " + path, errno);
   cleanup.Release();

@@ -50,6 +50,25 @@ struct RangeArray {
   const float* data = nullptr;
 };
 
+// Page-aligned memory that only grows, for a shard's in-memory image: kept by the writer and reused
+// by every WriteShard (fresh memory costs a page fault and a page clear per 4 KiB, most of a save's
+// time on a VM when it was allocated per shard), and aligned for O_DIRECT writes. Move-only.
+class ImageBuffer {
+ public:
+  ImageBuffer() = default;
+  ~ImageBuffer();
+  ImageBuffer(const ImageBuffer&) = delete;
+  ImageBuffer& operator=(const ImageBuffer&) = delete;
+  unsigned char* data() { return data_; }
+  size_t capacity() const { return capacity_; }
+  // Grows to at least n bytes (rounded up to 4 KiB), keeping the contents. False when out of memory.
+  bool Reserve(size_t n);
+
+ private:
+  unsigned char* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
 struct ShardWrite {
   int rank = 0;
   int world = 1;
@@ -57,6 +76,8 @@ struct ShardWrite {
   std::vector<TensorSpec> tensors;  // the whole table, in buffer order, tiling [0, total)
   std::vector<Range> ranges;        // ascending, disjoint; the ranks' ranges tile [0, total)
   std::vector<RangeArray> arrays;
+  // Memory for the shard's in-memory image, kept by the caller across shards; null: a temporary one.
+  ImageBuffer* scratch = nullptr;
 };
 
 struct ShardFileInfo {

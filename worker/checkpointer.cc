@@ -63,6 +63,7 @@ struct Checkpointer::Impl {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<std::shared_ptr<Job>> queue;  // for the writer
+  checkpoint::ImageBuffer image_arena;  // the writer's in-memory HDF5 image, reused
   bool stop = false;
   std::thread writer;
   Status last_error;  // of a failed save, for Finish
@@ -84,6 +85,7 @@ struct Checkpointer::Impl {
       w.step = job->request.step;
       w.tensors = o.tensors;
       w.ranges = o.ranges;
+      w.scratch = &image_arena;
       const float* base = buffers[job->buffer].data();
       for (size_t i = 0; i < o.states.size(); ++i) w.arrays.push_back({o.states[i], base + i * elements});
       auto info = checkpoint::WriteShard(checkpoint::StepDir(o.root, job->request.step), w);

@@ -429,27 +429,27 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
       if (state == "model") {
         if (zero1) {
           for (const auto& r : owned) {
-            std::memcpy(dst, gpt->params() + r.offset, r.size * sizeof(float));
+            kernels::Copy(dst, gpt->params() + r.offset, r.size);
             dst += r.size;
           }
         } else {
           const uint64_t lo = n * static_cast<uint64_t>(ranks.rank) / ranks.world;
           const uint64_t hi = n * static_cast<uint64_t>(ranks.rank + 1) / ranks.world;
-          std::memcpy(dst, gpt->params() + lo, (hi - lo) * sizeof(float));
+          kernels::Copy(dst, gpt->params() + lo, hi - lo);
         }
         return;
       }
       const bool m = state == "adam_m";
       if (zero1) {
         for (auto& opt : optimizers) {
-          std::memcpy(dst, m ? opt->m() : opt->v(), opt->state_size() * sizeof(float));
+          kernels::Copy(dst, m ? opt->m() : opt->v(), opt->state_size());
           dst += opt->state_size();
         }
       } else {
         const uint64_t lo = n * static_cast<uint64_t>(ranks.rank) / ranks.world;
         const uint64_t hi = n * static_cast<uint64_t>(ranks.rank + 1) / ranks.world;
         model::AdamW& opt = *optimizers.front();  // DDP: one optimizer over everything
-        std::memcpy(dst, (m ? opt.m() : opt.v()) + lo, (hi - lo) * sizeof(float));
+        kernels::Copy(dst, (m ? opt.m() : opt.v()) + lo, hi - lo);
       }
     };
     return checkpointer->Save(req);

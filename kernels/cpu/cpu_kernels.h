@@ -170,4 +170,8 @@ void Scale(float* x, size_t n, float s);
 // x[i] = value (parallel memset for big buffers).
 void Fill(float* x, size_t n, float value);
 
+// dst[i] = src[i] (parallel memcpy for big buffers: a checkpoint snapshot blocks training, so it
+// uses every compute thread; one thread alone is bound well below the memory bandwidth).
+void Copy(float* dst, const float* src, size_t n);
+
 }  // namespace cohort::kernels

@@ -77,6 +77,15 @@ void Scale(float* x, size_t n, float s) {
   for (int64_t i = 0; i < total; ++i) x[i] *= s;
 }
 
+void Copy(float* dst, const float* src, size_t n) {
+  internal::ParallelSplit(static_cast<int64_t>((n + 16383) / 16384), 1, n >= (size_t{1} << 20),
+                          [&](int64_t lo, int64_t hi) {
+                            const size_t a = static_cast<size_t>(lo) * 16384;
+                            const size_t b = std::min(n, static_cast<size_t>(hi) * 16384);
+                            std::memcpy(dst + a, src + a, sizeof(float) * (b - a));
+                          });
+}
+
 void Fill(float* x, size_t n, float value) {
   const int64_t total = static_cast<int64_t>(n);
   if (value == 0.0f) {
