@@ -688,6 +688,110 @@ Result<std::vector<Entry>> List(const std::string& root) {
   return out;
 }
 
+Status ExportSafetensors(const std::string& step_dir, const std::string& out_path, bool hf_layout) {
+  ASSIGN_OR_RETURN(Manifest m, ReadManifest(step_dir));
+  // The tensor table, from the datasets of /model in every shard: a whole tensor has its shape; a
+  // piece records the tensor's shape and its place in it.
+  struct Tensor {
+    uint64_t offset = 0;  // flat offset of element 0
+    uint64_t numel = 0;
+    std::vector<int64_t> shape;
+  };
+  std::map<std::string, Tensor> table;
+  for (const ShardFileInfo& f : m.files) {
+    const std::string path = Join(step_dir, f.name);
+    std::lock_guard<std::mutex> lock(Hdf5Mutex());
+    QuietHdf5Errors quiet;
+    ASSIGN_OR_RETURN(Hid file, OpenShard(path));
+    ASSIGN_OR_RETURN(std::vector<Piece> pieces, ListPieces(file.get(), path, "model"));
+    for (const Piece& p : pieces) {
+      Hid ds(H5Dopen2(file.get(), ("/model/" + p.tensor).c_str(), H5P_DEFAULT), H5Dclose);
+      if (!ds.valid()) return ReadError(path, "open /model/" + p.tensor);
+      const size_t at = p.tensor.rfind('@');
+      const std::string name = p.tensor.substr(0, at);
+      Tensor t;
+      uint64_t within = 0;
+      if (at == std::string::npos) {
+        Hid space(H5Dget_space(ds.get()), H5Sclose);
+        const int rank = space.valid() ? H5Sget_simple_extent_ndims(space.get()) : -1;
+        if (rank < 0 || rank > 8) return DataLoss(path + ": /model/" + p.tensor + ": bad shape");
+        hsize_t dims[8];
+        H5Sget_simple_extent_dims(space.get(), dims, nullptr);
+        for (int k = 0; k < rank; ++k) t.shape.push_back(static_cast<int64_t>(dims[k]));
+      } else {
+        Hid attr(H5Aopen(ds.get(), "tensor_shape", H5P_DEFAULT), H5Aclose);
+        Hid space(attr.valid() ? H5Aget_space(attr.get()) : H5I_INVALID_HID, H5Sclose);
+        const hssize_t rank = space.valid() ? H5Sget_simple_extent_npoints(space.get()) : -1;
+        if (rank < 0 || rank > 8 || !GetAttr(ds.get(), "tensor_offset", &within)) {
+          return DataLoss(path + ": /model/" + p.tensor + ": a piece without its tensor's shape or offset");
+        }
+        t.shape.resize(static_cast<size_t>(rank));
+        if (rank > 0 && H5Aread(attr.get(), H5T_NATIVE_INT64, t.shape.data()) < 0) return ReadError(path, "read tensor_shape");
+      }
+      t.numel = 1;
+      for (int64_t d : t.shape) t.numel *= static_cast<uint64_t>(d);
+      t.offset = p.flat_offset - within;
+      auto [it, fresh] = table.emplace(name, t);
+      if (!fresh && (it->second.offset != t.offset || it->second.shape != t.shape)) {
+        return DataLoss(path + ": /model/" + p.tensor + " disagrees with another piece of " + name);
+      }
+    }
+  }
+  std::vector<std::pair<std::string, Tensor>> order(table.begin(), table.end());
+  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.second.offset < b.second.offset; });
+  uint64_t next = 0;
+  for (const auto& [name, t] : order) {
+    if (t.offset != next) return DataLoss(step_dir + ": the tensors do not tile the weights at \"" + name + "\"");
+    next += t.numel;
+  }
+  if (next != m.num_parameters) return DataLoss(step_dir + ": the tensors cover " + std::to_string(next) + " weights");
+  std::vector<float> weights(m.num_parameters);
+  RETURN_IF_ERROR(ReadRange(step_dir, m, "model", 0, m.num_parameters, weights.data()));
+  auto conv1d = [&](const std::string& name) {
+    if (!hf_layout) return false;
+    for (const char* suffix : {".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight"}) {
+      const std::string s = suffix;
+      if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) return true;
+    }
+    return false;
+  };
+  // Header: names are [A-Za-z0-9_.] (checked when written), so no JSON escaping is needed.
+  std::string header = "{\"__metadata__\":{\"format\":\"pt\",\"producer\":\"cohort\",\"step\":\"" +
+                       std::to_string(m.step) + "\",\"layout\":\"" + (hf_layout ? "hf-gpt2-conv1d" : "cohort") + "\"}";
+  uint64_t begin = 0;
+  for (const auto& [name, t] : order) {
+    if (!ValidTensorName(name)) return DataLoss(step_dir + ": unexpected tensor name \"" + name + "\"");
+    std::vector<int64_t> shape = t.shape;
+    if (conv1d(name) && shape.size() == 2) std::swap(shape[0], shape[1]);
+    header += ",\"" + name + "\":{\"dtype\":\"F32\",\"shape\":[";
+    for (size_t k = 0; k < shape.size(); ++k) header += (k ? "," : "") + std::to_string(shape[k]);
+    header += "],\"data_offsets\":[" + std::to_string(begin) + "," + std::to_string(begin + 4 * t.numel) + "]}";
+    begin += 4 * t.numel;
+  }
+  header += "}";
+  header.append((8 - header.size() % 8) % 8, ' ');  // data starts 8-byte aligned
+  ASSIGN_OR_RETURN(storage::AtomicFileWriter out, storage::AtomicFileWriter::Create(out_path));
+  const uint64_t len = header.size();
+  unsigned char len_le[8];
+  for (int k = 0; k < 8; ++k) len_le[k] = static_cast<unsigned char>(len >> (8 * k));
+  RETURN_IF_ERROR(out.Append(len_le, 8));
+  RETURN_IF_ERROR(out.Append(header.data(), header.size()));
+  std::vector<float> transposed;
+  for (const auto& [name, t] : order) {
+    const float* src = weights.data() + t.offset;
+    if (conv1d(name) && t.shape.size() == 2) {
+      const size_t rows = static_cast<size_t>(t.shape[0]), cols = static_cast<size_t>(t.shape[1]);
+      transposed.resize(t.numel);
+      for (size_t r = 0; r < rows; ++r) {
+        for (size_t c = 0; c < cols; ++c) transposed[c * rows + r] = src[r * cols + c];
+      }
+      src = transposed.data();
+    }
+    RETURN_IF_ERROR(out.Append(src, t.numel * sizeof(float)));
+  }
+  return out.Commit();
+}
+
 int RemoveTemporaryFiles(const std::string& root) {
   auto is_tmp = [](const std::string& name) {
     return name.size() > 1 && name[0] == '.' && name.find(".tmp") != std::string::npos;

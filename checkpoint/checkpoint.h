@@ -158,6 +158,15 @@ Status Verify(const std::string& step_dir, Manifest* manifest = nullptr);
 Status ReadRange(const std::string& step_dir, const Manifest& m, const std::string& name, uint64_t offset,
                  uint64_t count, float* out);
 
+// Writes the model weights of a checkpoint (gathered from every shard, each piece's CRC32C checked)
+// into one safetensors file (https://huggingface.co/docs/safetensors: an 8-byte little-endian
+// header length, a JSON header, then the raw little-endian data), tensors in buffer order with
+// their GPT-2 names, atomically (temporary file, fsync, rename). `hf_layout`: the four matmul
+// weights of each block (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) are transposed to
+// Hugging Face GPT-2's Conv1D layout [in, out] (Cohort stores [out, in], like torch.nn.Linear), so
+// the file loads into transformers' GPT2LMHeadModel; otherwise they are written as stored.
+Status ExportSafetensors(const std::string& step_dir, const std::string& out_path, bool hf_layout);
+
 // Removes the temporary files that writers killed mid-write leave behind (".latest.tmp.*" in the
 // root; ".rank-*.h5.tmp-*" and ".manifest.pb.tmp.*" in step directories). Only for a root no other
 // process is writing to (the trainer calls it on rank 0 before its first save). Returns how many

@@ -77,6 +77,31 @@ void AddCkptCommands(CLI::App& app, Context& ctx) {
     if (entries->empty()) std::printf("(no checkpoints)\n");
   });
 
+  struct ExportArgs {
+    std::string path, format = "safetensors", output, layout = "hf";
+  };
+  auto ex = std::make_shared<ExportArgs>();
+  CLI::App* exp = ckpt->add_subcommand(
+      "export", "Write a checkpoint's full model weights into one file (safetensors, GPT-2 tensor names)");
+  exp->add_option("path", ex->path, "a step directory (ROOT/step-N), or a root for its latest")->required();
+  exp->add_option("--format", ex->format, "output format")->check(CLI::IsMember({"safetensors"}))->capture_default_str();
+  exp->add_option("-o,--output", ex->output, "output file")->required();
+  exp->add_option("--layout", ex->layout,
+                  "hf: matmul weights transposed to Hugging Face GPT-2's Conv1D [in, out] (loads into "
+                  "transformers' GPT2LMHeadModel); cohort: as stored, [out, in]")
+      ->check(CLI::IsMember({"hf", "cohort"}))
+      ->capture_default_str();
+  exp->callback([&ctx, ex] {
+    std::string dir = ex->path;
+    if (!checkpoint::ReadManifest(dir).ok()) {
+      auto latest = checkpoint::FindLatest(dir);
+      if (latest.ok()) dir = latest->dir;
+    }
+    Status s = checkpoint::ExportSafetensors(dir, ex->output, ex->layout == "hf");
+    if (!s.ok()) return ReportError(s, ctx);
+    std::printf("wrote %s from %s (%s layout)\n", ex->output.c_str(), dir.c_str(), ex->layout.c_str());
+  });
+
   auto verify_path = std::make_shared<std::string>();
   CLI::App* verify = ckpt->add_subcommand(
       "verify", "Check every file and tensor checksum of one checkpoint and print its manifest");

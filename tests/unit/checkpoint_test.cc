@@ -415,6 +415,35 @@ TEST_F(CheckpointTest, CkptCommands) {
   EXPECT_NE(out.find("OK: every file and tensor checksum matches"), std::string::npos) << out;
   ASSERT_EQ(::cohort::testing::RunCommand(bin + " ckpt verify " + root_ + " 2>&1", &out), 0) << out;
   EXPECT_NE(out.find("step-000000020"), std::string::npos) << out;  // a root: its latest
+  // Export: one safetensors file with every weight under its GPT-2 name; matmul weights transposed
+  // to Hugging Face's Conv1D layout by default. Read back with plain Python (json + numpy).
+  const std::string st = tmp_.path() + "/model.safetensors";
+  ASSERT_EQ(::cohort::testing::RunCommand(bin + " ckpt export " + root_ + " -o " + st + " 2>&1", &out), 0) << out;
+  const std::string w_bin = tmp_.path() + "/w.bin";
+  ASSERT_TRUE(storage::WriteFileAtomically(w_bin, std::string_view(reinterpret_cast<const char*>(model_.data()), model_.size() * 4)).ok());
+  const std::string check =
+      "import json, struct, sys, numpy as np\n"
+      "raw = open(sys.argv[1], 'rb').read()\n"
+      "n = struct.unpack('<Q', raw[:8])[0]\n"
+      "head = json.loads(raw[8:8 + n])\n"
+      "meta = head.pop('__metadata__')\n"
+      "assert meta['step'] == '20' and meta['layout'] == 'hf-gpt2-conv1d', meta\n"
+      "want = np.fromfile(sys.argv[2], dtype='<f4')\n"
+      "def get(k):\n"
+      "    a, b = head[k]['data_offsets']\n"
+      "    return np.frombuffer(raw[8 + n + a: 8 + n + b], dtype='<f4').reshape(head[k]['shape'])\n"
+      "assert len(head) == 6, list(head)\n"
+      "assert (get('wte') == want[0:400].reshape(40, 10)).all()\n"
+      "w = get('h.0.attn.c_attn.weight')\n"
+      "assert w.shape == (10, 30), w.shape\n"
+      "assert (w == want[480:780].reshape(30, 10).T).all()\n"
+      "assert (get('h.0.attn.c_attn.bias') == want[780:810]).all()\n"
+      "print('safetensors ok')\n";
+  ASSERT_TRUE(storage::WriteFileAtomically(tmp_.path() + "/st.py", check).ok());
+  ASSERT_EQ(::cohort::testing::RunCommand("/usr/bin/python3 " + tmp_.path() + "/st.py " + st + " " + w_bin + " 2>&1", &out), 0)
+      << out;
+  EXPECT_NE(out.find("safetensors ok"), std::string::npos) << out;
+
   const std::string shard = Shard(10, 0, 2);
   FlipByte(shard, DatasetFileOffset(shard, "/model/wte") + 5);
   EXPECT_EQ(::cohort::testing::RunCommand(bin + " ckpt verify " + StepDir(root_, 10) + " 2>&1", &out), 2);

@@ -23,6 +23,7 @@
 #include "tests/unit/hdf5_test_util.h"
 #include "tests/unit/test_util.h"
 #include "checkpoint/checkpoint.h"
+#include "worker/checkpointer.h"
 #include "worker/trainer.h"
 
 namespace cohort::worker {
@@ -415,6 +416,46 @@ TEST_F(TrainerTest, ResumeFallsBackPastADamagedCheckpointAndNeverStartsOverSilen
   // An explicit path that holds no checkpoint is an error too.
   const RunResult missing = TrainOnce(spec(12), 0, dir_ + "/nowhere");
   EXPECT_FALSE(missing.summary.ok());
+}
+
+// checkpoint.on_busy: a save due while both buffers still hold uncommitted saves (here: three
+// saves with no step boundary, i.e. no Poll, between them) waits for the oldest to be written and
+// committed, or is skipped; either way what was committed is complete and in order.
+TEST_F(TrainerTest, SavesDueWhileBusyWaitOrAreSkipped) {
+  for (const bool skip : {false, true}) {
+    const std::string root = dir_ + (skip ? "/skip" : "/wait");
+    CheckpointerOptions o;
+    o.root = root;
+    o.skip_when_busy = skip;
+    o.keep_last = 10;
+    o.tensors = {{"w", 0, 1000, {1000}}};
+    o.ranges = {{0, 1000}};
+    o.states = {"model"};
+    auto ck = Checkpointer::Create(o);
+    ASSERT_TRUE(ck.ok()) << ck.status().ToString();
+    std::vector<float> w(1000);
+    for (int step = 1; step <= 3; ++step) {
+      std::fill(w.begin(), w.end(), static_cast<float>(step));
+      SaveRequest req;
+      req.step = step;
+      req.fill = [&](const std::string&, float* dst) { std::copy(w.begin(), w.end(), dst); };
+      ASSERT_TRUE((*ck)->Save(req).ok());
+    }
+    ASSERT_TRUE((*ck)->Finish().ok());
+    EXPECT_EQ((*ck)->stats().skipped, skip ? 1 : 0);
+    EXPECT_EQ((*ck)->stats().committed, skip ? 2 : 3);
+    auto entries = checkpoint::List(root);
+    ASSERT_TRUE(entries.ok());
+    ASSERT_EQ(entries->size(), skip ? 2u : 3u);
+    for (const auto& e : *entries) {
+      EXPECT_TRUE(e.complete) << e.dir;
+      auto m = checkpoint::ReadManifest(e.dir);
+      ASSERT_TRUE(m.ok());
+      std::vector<float> got(1000);
+      ASSERT_TRUE(checkpoint::ReadRange(e.dir, *m, "model", 0, 1000, got.data()).ok());
+      EXPECT_EQ(got[999], static_cast<float>(e.step)) << "the snapshot of step " << e.step;
+    }
+  }
 }
 
 // keep_last committed checkpoints plus the multiples of keep_every; nothing else stays.
