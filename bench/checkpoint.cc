@@ -3,10 +3,13 @@
 //
 //   --mode table   the model's tensor table (names, shapes) for the torch.save peer
 //   --mode save    --dir DIR --reps R: for the weights + AdamW moments of the model,
-//                  async: the training stall of Checkpointer::Save (the snapshot into host
-//                         buffers), then the writer thread's time and bytes for the shard;
-//                  sync:  Save + Finish, i.e. snapshot, write, fsync and commit before training
-//                         may go on (what a synchronous save costs the step).
+//                  async: as the trainer saves: Save(), one training step (forward + backward of
+//                         B=1 x T=128, which only reads the weights) while the writer thread copies
+//                         the snapshot, then WaitForSnapshot() before the optimizer update; the
+//                         stall is the time in Save and WaitForSnapshot. Also the copy's own time
+//                         and the writer's time and bytes for the shard;
+//                  sync:  Save + WaitForSnapshot + Finish with nothing in between: snapshot,
+//                         write, fsync and commit before training may go on.
 //   Model flags as bench_train_step (--vocab --ctx --layers --heads --embd).
 #include <algorithm>
 #include <chrono>
@@ -92,9 +95,23 @@ int main(int argc, char** argv) {
   worker::SaveRequest req;
   req.fill = [&](const std::string& state, float* dst) {
     const float* src = state == "model" ? (*gpt)->params() : state == "adam_m" ? (*adamw)->m() : (*adamw)->v();
-    kernels::Copy(dst, src, n);  // as the trainer snapshots (all compute threads)
+    std::memcpy(dst, src, n * sizeof(float));  // on the writer thread, as the trainer's
   };
-  std::vector<double> stall, write_s, write_bytes, sync_s;
+  const int T = std::min(128, c.context_length);
+  std::vector<int32_t> tokens(static_cast<size_t>(T) + 1);
+  for (auto& t : tokens) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size));
+  auto step = [&]() -> Status {  // forward + backward: reads the weights, writes only gradients
+    auto l = (*gpt)->ForwardBackward(tokens.data(), tokens.data() + 1, 1, T);
+    return l.ok() ? Status::Ok() : l.status();
+  };
+  if (Status s = step(); !s.ok()) return Fail(s);  // warm-up
+  std::vector<double> alone;  // the same step without a snapshot being copied beside it
+  for (int r = 0; r < reps; ++r) {
+    const auto t = Clock::now();
+    if (Status s = step(); !s.ok()) return Fail(s);
+    alone.push_back(Since(t));
+  }
+  std::vector<double> stall, snapshot_s, step_s, write_s, write_bytes, sync_s;
   {
     auto ck = make(dir + "/async");
     if (!ck.ok()) return Fail(ck.status());
@@ -102,11 +119,17 @@ int main(int argc, char** argv) {
       req.step = r + 1;
       Status s = (*ck)->Save(req);
       if (!s.ok()) return Fail(s);
+      const auto t_step = Clock::now();
+      if (s = step(); !s.ok()) return Fail(s);
+      const double st_step = Since(t_step);
+      (*ck)->WaitForSnapshot();
       const double st = (*ck)->stats().last_stall_seconds;
       s = (*ck)->Finish();
       if (!s.ok()) return Fail(s);
       if (r == 0) continue;
       stall.push_back(st);
+      step_s.push_back(st_step);
+      snapshot_s.push_back((*ck)->stats().last_snapshot_seconds);
       write_s.push_back((*ck)->stats().last_write_seconds);
       write_bytes.push_back((*ck)->stats().last_write_bytes);
     }
@@ -118,6 +141,7 @@ int main(int argc, char** argv) {
       req.step = r + 1;
       const auto t0 = Clock::now();
       Status s = (*ck)->Save(req);
+      (*ck)->WaitForSnapshot();
       if (s.ok()) s = (*ck)->Finish();
       if (!s.ok()) return Fail(s);
       if (r > 0) sync_s.push_back(Since(t0));
@@ -125,8 +149,8 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "{\"parameters\": %zu, \"state_bytes\": %zu, \"shard_bytes\": %.0f, \"async_stall_s\": %.6f, "
-      "\"sync_save_s\": %.6f, \"write_s\": %.6f, \"write_bytes_per_s\": %.0f}\n",
-      n, 3 * n * sizeof(float), Median(write_bytes), Median(stall), Median(sync_s), Median(write_s),
-      Median(write_bytes) / Median(write_s));
+      "\"snapshot_s\": %.6f, \"step_s\": %.6f, \"step_alone_s\": %.6f, \"sync_save_s\": %.6f, \"write_s\": %.6f, \"write_bytes_per_s\": %.0f}\n",
+      n, 3 * n * sizeof(float), Median(write_bytes), Median(stall), Median(snapshot_s), Median(step_s), Median(alone), Median(sync_s),
+      Median(write_s), Median(write_bytes) / Median(write_s));
   return 0;
 }

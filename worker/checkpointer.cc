@@ -49,12 +49,14 @@ struct Checkpointer::Impl {
   std::vector<std::vector<checkpoint::Range>> all_ranges;  // every rank's ranges (for the manifest)
 
   struct Job {
-    SaveRequest request;  // without `fill`
+    SaveRequest request;
     int buffer = 0;
+    bool snapshot_taken = false;  // under mu
     bool done = false;    // under mu
     Status result;
     checkpoint::ShardFileInfo info;
     double write_seconds = 0;
+    double snapshot_seconds = 0;
   };
   std::vector<float> buffers[2];
   bool buffer_busy[2] = {false, false};
@@ -77,6 +79,16 @@ struct Checkpointer::Impl {
       if (queue.empty()) return;  // stop, nothing left
       std::shared_ptr<Job> job = queue.front();
       queue.pop_front();
+      lk.unlock();
+      // The snapshot first: training waits for it before its next optimizer update.
+      const auto t_snap = Clock::now();
+      float* buf = buffers[job->buffer].data();
+      for (size_t i = 0; i < o.states.size(); ++i) job->request.fill(o.states[i], buf + i * elements);
+      job->request.fill = nullptr;
+      lk.lock();
+      job->snapshot_taken = true;
+      job->snapshot_seconds = Seconds(t_snap, Clock::now());
+      cv.notify_all();
       lk.unlock();
       const auto t0 = Clock::now();
       checkpoint::ShardWrite w;
@@ -168,10 +180,8 @@ Status Checkpointer::Save(const SaveRequest& request) {
   }
   const int b = s.buffer_busy[0] ? 1 : 0;
   s.buffer_busy[b] = true;
-  for (size_t i = 0; i < s.o.states.size(); ++i) request.fill(s.o.states[i], s.buffers[b].data() + i * s.elements);
   auto job = std::make_shared<Impl::Job>();
   job->request = request;
-  job->request.fill = nullptr;
   job->buffer = b;
   s.pending.push_back(job);
   {
@@ -183,6 +193,21 @@ Status Checkpointer::Save(const SaveRequest& request) {
   stats_.last_stall_seconds = Seconds(t0, Clock::now());
   stats_.total_stall_seconds += stats_.last_stall_seconds;
   return Status::Ok();
+}
+
+void Checkpointer::WaitForSnapshot() {
+  Impl& s = *impl_;
+  if (s.pending.empty()) return;
+  const auto t0 = Clock::now();
+  std::shared_ptr<Impl::Job> last = s.pending.back();
+  {
+    std::unique_lock<std::mutex> lk(s.mu);
+    s.cv.wait(lk, [&] { return last->snapshot_taken; });
+    stats_.last_snapshot_seconds = last->snapshot_seconds;
+  }
+  const double waited = Seconds(t0, Clock::now());
+  stats_.last_stall_seconds += waited;
+  stats_.total_stall_seconds += waited;
 }
 
 Status Checkpointer::Poll() {

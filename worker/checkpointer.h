@@ -1,8 +1,11 @@
 // The trainer's asynchronous checkpointing on top of checkpoint/ (docs/checkpoint-format.md).
 //
-// Save() is the only part that blocks training: it copies this rank's ranges of every array
-// (weights, AdamW moments) into one of two reusable host buffers and queues it for the writer
-// thread, which writes the shard durably. Poll(), called by every rank at every step boundary,
+// Save() hands this rank's ranges of every array (weights, AdamW moments) to the writer thread,
+// which first copies them into one of two reusable host buffers (the snapshot), then writes the
+// shard durably. The snapshot is taken while training goes on: the state only has to stay
+// unchanged until WaitForSnapshot() returns, which the trainer calls just before its next
+// optimizer update (forward and backward only read the weights), so the copy overlaps the next
+// step's compute and the training stall is only what is left of it by then. Poll(), called by every rank at every step boundary,
 // runs the commit once every rank's shard of the oldest pending save is durable: a collective
 // decision (all done? all succeeded?), then rank 0 writes the manifest and moves `latest`, and
 // applies retention. A save that failed on any rank is abandoned on every rank and its shards
@@ -44,7 +47,9 @@ struct SaveRequest {
   int64_t optimizer_step = 0;
   checkpoint::DataState data;
   // Fills dst with this rank's ranges of array `state` (CheckpointerOptions::states), one range
-  // after the other. Called on the training thread during Save().
+  // after the other. Called on the writer thread after Save() returned: it may only read state
+  // that stays unchanged until WaitForSnapshot() returns, and should copy with one thread (the
+  // training threads are busy).
   std::function<void(const std::string& state, float* dst)> fill;
 };
 
@@ -53,8 +58,9 @@ struct CheckpointStats {
   int64_t committed = 0;
   int64_t skipped = 0;        // due while busy, policy skip
   int64_t failed = 0;
-  double last_stall_seconds = 0;   // the blocking part of the last Save()
+  double last_stall_seconds = 0;   // training blocked by the last save: in Save() and WaitForSnapshot()
   double total_stall_seconds = 0;
+  double last_snapshot_seconds = 0;  // the writer's copy of the last snapshot (overlapping training)
   double last_write_seconds = 0;   // the writer's time for the last shard of this rank
   double last_write_bytes = 0;
   int64_t last_committed_step = -1;
@@ -67,9 +73,12 @@ class Checkpointer {
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
 
-  // Snapshot and queue a save (collective). Errors only for collective failures (a dead peer);
-  // a failed write is reported by Poll / Finish.
+  // Queues a save (collective); the snapshot is taken by the writer thread. Errors only for
+  // collective failures (a dead peer); a failed write is reported by Poll / Finish.
   Status Save(const SaveRequest& request);
+  // Blocks until the snapshot of every queued save has been taken: call before changing the
+  // saved state (the optimizer update). Cheap when there is none. Not collective.
+  void WaitForSnapshot();
   // Commits what every rank has written (collective; cheap when nothing is pending).
   Status Poll();
   // Waits for every pending save and commits it (collective). Returns the error of a save that

@@ -419,37 +419,39 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     co.states = {"model", "adam_m", "adam_v"};
     ASSIGN_OR_RETURN(checkpointer, Checkpointer::Create(std::move(co)));
   }
-  // Copies this rank's ranges of an array into a checkpoint buffer (the only blocking part).
+  // Queues a save of this rank's ranges; the snapshot is copied while training goes on.
   auto save = [&](int64_t at_step, const data::DataState& ds) -> Status {
     SaveRequest req;
     req.step = at_step;
     req.optimizer_step = optimizers.front()->step();
     req.data = {ds.seed, ds.epoch, ds.cursor, train_data->Fingerprint()};
+    // Runs on the checkpoint writer thread while the next step computes (one thread: the compute
+    // threads are busy); the weights and moments stay unchanged until WaitForSnapshot() below.
     req.fill = [&](const std::string& state, float* dst) {
       if (state == "model") {
         if (zero1) {
           for (const auto& r : owned) {
-            kernels::Copy(dst, gpt->params() + r.offset, r.size);
+            std::memcpy(dst, gpt->params() + r.offset, r.size * sizeof(float));
             dst += r.size;
           }
         } else {
           const uint64_t lo = n * static_cast<uint64_t>(ranks.rank) / ranks.world;
           const uint64_t hi = n * static_cast<uint64_t>(ranks.rank + 1) / ranks.world;
-          kernels::Copy(dst, gpt->params() + lo, hi - lo);
+          std::memcpy(dst, gpt->params() + lo, (hi - lo) * sizeof(float));
         }
         return;
       }
       const bool m = state == "adam_m";
       if (zero1) {
         for (auto& opt : optimizers) {
-          kernels::Copy(dst, m ? opt->m() : opt->v(), opt->state_size());
+          std::memcpy(dst, m ? opt->m() : opt->v(), opt->state_size() * sizeof(float));
           dst += opt->state_size();
         }
       } else {
         const uint64_t lo = n * static_cast<uint64_t>(ranks.rank) / ranks.world;
         const uint64_t hi = n * static_cast<uint64_t>(ranks.rank + 1) / ranks.world;
         model::AdamW& opt = *optimizers.front();  // DDP: one optimizer over everything
-        kernels::Copy(dst, (m ? opt.m() : opt.v()) + lo, hi - lo);
+        std::memcpy(dst, (m ? opt.m() : opt.v()) + lo, (hi - lo) * sizeof(float));
       }
     };
     return checkpointer->Save(req);
@@ -586,6 +588,9 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
       return Internal("gradient norm is " + std::to_string(norm) + " at step " +
                       std::to_string(step + 1) + "; the run diverged");
     }
+    // A checkpoint's snapshot of the weights and moments may still be being copied (it overlaps
+    // forward and backward, which only read them): it must be complete before they change.
+    if (checkpointer) checkpointer->WaitForSnapshot();
     for (auto& opt : optimizers) opt->Step(gpt->params(), gpt->grads(), lr);
     if (zero1) {
       RETURN_IF_ERROR(reducer->AllGatherParams(gpt->params())

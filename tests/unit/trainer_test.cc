@@ -440,6 +440,7 @@ TEST_F(TrainerTest, SavesDueWhileBusyWaitOrAreSkipped) {
       req.step = step;
       req.fill = [&](const std::string&, float* dst) { std::copy(w.begin(), w.end(), dst); };
       ASSERT_TRUE((*ck)->Save(req).ok());
+      (*ck)->WaitForSnapshot();  // before the state changes (the trainer: before its optimizer update)
     }
     ASSERT_TRUE((*ck)->Finish().ok());
     EXPECT_EQ((*ck)->stats().skipped, skip ? 1 : 0);
