@@ -17,7 +17,7 @@ cat > job.yaml <<YAML
 name: crash
 model: {n_layer: 2, n_head: 2, n_embd: 32, context_length: 32}
 data: {train: shards/train-*.bin, batch_size: 4, tokenizer: byte}
-schedule: {warmup_steps: 2}
+schedule: {warmup_steps: 2, decay: constant}
 train: {steps: 30, eval_interval: 0, log_interval: 1000, threads: 1}
 checkpoint: {interval: 5, keep_last: 1}
 YAML
@@ -27,9 +27,13 @@ expect_exit 0 "uninterrupted reference run" -- "$COHORT_BIN" train job.yaml --no
   --set checkpoint.dir="$WORK/ref" --metrics ref.jsonl
 ref=$(crc ref.jsonl)
 
-# ---- a kill at each phase of the save of step 10 (step 5 is committed before it) ----
+# ---- a kill at each phase of the save of step 10 ----
+# Step 5 is committed first by a run that ends there (the schedule does not depend on train.steps,
+# so the runs stay on the reference trajectory); the run resuming from it is killed at the phase.
 for phase in shard-tmp shard-final manifest-tmp manifest latest retention; do
   root="$WORK/ph-$phase"
+  expect_exit 0 "a run to step 5 ($phase)" -- "$COHORT_BIN" train job.yaml --no-progress --set train.steps=5 \
+    --set checkpoint.dir="$root"
   expect_exit 137 "SIGKILL at $phase of the step-10 save" -- env COHORT_CRASH_AT="$phase:10" \
     "$COHORT_BIN" train job.yaml --no-progress --set checkpoint.dir="$root"
   case $phase in shard-tmp|shard-final|manifest-tmp) want=5 ;; *) want=10 ;; esac
