@@ -51,7 +51,8 @@ struct Checkpointer::Impl {
   struct Job {
     SaveRequest request;
     int buffer = 0;
-    bool snapshot_taken = false;  // under mu
+    bool snapshot_started = false;  // under mu: by the writer, or by the trainer in WaitForSnapshot
+    bool snapshot_taken = false;    // under mu
     bool done = false;    // under mu
     Status result;
     checkpoint::ShardFileInfo info;
@@ -72,6 +73,19 @@ struct Checkpointer::Impl {
 
   bool distributed() const { return o.comm != nullptr && o.comm->size() > 1; }
 
+  // Copies the job's state into its buffer (called without `mu`, by whoever started it), then
+  // marks it taken.
+  void TakeSnapshot(Job& job) {
+    const auto t0 = Clock::now();
+    float* buf = buffers[job.buffer].data();
+    for (size_t i = 0; i < o.states.size(); ++i) job.request.fill(o.states[i], buf + i * elements);
+    std::lock_guard<std::mutex> lk(mu);
+    job.request.fill = nullptr;
+    job.snapshot_taken = true;
+    job.snapshot_seconds = Seconds(t0, Clock::now());
+    cv.notify_all();
+  }
+
   void WriterLoop() {
     std::unique_lock<std::mutex> lk(mu);
     for (;;) {
@@ -79,16 +93,16 @@ struct Checkpointer::Impl {
       if (queue.empty()) return;  // stop, nothing left
       std::shared_ptr<Job> job = queue.front();
       queue.pop_front();
-      lk.unlock();
-      // The snapshot first: training waits for it before its next optimizer update.
-      const auto t_snap = Clock::now();
-      float* buf = buffers[job->buffer].data();
-      for (size_t i = 0; i < o.states.size(); ++i) job->request.fill(o.states[i], buf + i * elements);
-      job->request.fill = nullptr;
-      lk.lock();
-      job->snapshot_taken = true;
-      job->snapshot_seconds = Seconds(t_snap, Clock::now());
-      cv.notify_all();
+      // The snapshot first: training waits for it before its next optimizer update (unless the
+      // trainer got there first and took it itself).
+      if (!job->snapshot_started) {
+        job->snapshot_started = true;
+        lk.unlock();
+        TakeSnapshot(*job);
+        lk.lock();
+      } else {
+        cv.wait(lk, [&] { return job->snapshot_taken; });
+      }
       lk.unlock();
       const auto t0 = Clock::now();
       checkpoint::ShardWrite w;
@@ -199,11 +213,19 @@ void Checkpointer::WaitForSnapshot() {
   Impl& s = *impl_;
   if (s.pending.empty()) return;
   const auto t0 = Clock::now();
-  std::shared_ptr<Impl::Job> last = s.pending.back();
-  {
+  // A snapshot the writer has not started (it is still writing an earlier save, or has not been
+  // scheduled yet: the compute threads hold the cores) is taken here rather than waited for, so
+  // the wait is at most the copy itself.
+  for (const auto& job : s.pending) {
     std::unique_lock<std::mutex> lk(s.mu);
-    s.cv.wait(lk, [&] { return last->snapshot_taken; });
-    stats_.last_snapshot_seconds = last->snapshot_seconds;
+    if (!job->snapshot_started) {
+      job->snapshot_started = true;
+      lk.unlock();
+      s.TakeSnapshot(*job);
+      lk.lock();
+    }
+    s.cv.wait(lk, [&] { return job->snapshot_taken; });
+    stats_.last_snapshot_seconds = job->snapshot_seconds;
   }
   const double waited = Seconds(t0, Clock::now());
   stats_.last_stall_seconds += waited;
