@@ -55,6 +55,14 @@ void PrintManifest(const std::string& dir, const checkpoint::Manifest& m) {
   }
 }
 
+// PATH as the commands take it: a step directory (one with a manifest), or a checkpoint root for
+// its newest complete checkpoint; otherwise PATH itself, so the error names what the user gave.
+std::string StepDirOrLatest(const std::string& path) {
+  if (checkpoint::ReadManifest(path).ok()) return path;
+  auto latest = checkpoint::FindLatest(path);
+  return latest.ok() ? latest->dir : path;
+}
+
 }  // namespace
 
 void AddCkptCommands(CLI::App& app, Context& ctx) {
@@ -92,11 +100,7 @@ void AddCkptCommands(CLI::App& app, Context& ctx) {
       ->check(CLI::IsMember({"hf", "cohort"}))
       ->capture_default_str();
   exp->callback([&ctx, ex] {
-    std::string dir = ex->path;
-    if (!checkpoint::ReadManifest(dir).ok()) {
-      auto latest = checkpoint::FindLatest(dir);
-      if (latest.ok()) dir = latest->dir;
-    }
+    const std::string dir = StepDirOrLatest(ex->path);
     Status s = checkpoint::ExportSafetensors(dir, ex->output, ex->layout == "hf");
     if (!s.ok()) return ReportError(s, ctx);
     std::printf("wrote %s from %s (%s layout)\n", ex->output.c_str(), dir.c_str(), ex->layout.c_str());
@@ -107,11 +111,7 @@ void AddCkptCommands(CLI::App& app, Context& ctx) {
       "verify", "Check every file and tensor checksum of one checkpoint and print its manifest");
   verify->add_option("path", *verify_path, "a step directory (ROOT/step-N), or a root for its latest")->required();
   verify->callback([&ctx, verify_path] {
-    std::string dir = *verify_path;
-    if (!checkpoint::ReadManifest(dir).ok()) {
-      auto latest = checkpoint::FindLatest(dir);  // a root: its newest complete checkpoint
-      if (latest.ok()) dir = latest->dir;
-    }
+    const std::string dir = StepDirOrLatest(*verify_path);
     checkpoint::Manifest m;
     Status s = checkpoint::Verify(dir, &m);
     if (!s.ok()) return ReportError(s, ctx);

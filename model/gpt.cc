@@ -367,6 +367,28 @@ Result<float> Gpt::ForwardBackward(const int32_t* inputs, const int32_t* targets
   return static_cast<float>(sum / N);
 }
 
+namespace {
+
+// One stored row (T+1 little-endian tokens of sizeof(Word) bytes) into T inputs and T targets.
+template <typename Word>
+void WidenRow(const unsigned char* row, int T, int32_t* __restrict in, int32_t* __restrict tg) {
+  auto load = [row](int t) {
+    Word w;
+    std::memcpy(&w, row + sizeof(Word) * static_cast<size_t>(t), sizeof(Word));
+    if constexpr (sizeof(Word) == 2) {
+      return static_cast<int32_t>(le16toh(w));
+    } else {
+      return static_cast<int32_t>(le32toh(w));
+    }
+  };
+  for (int t = 0; t < T; ++t) {
+    in[t] = load(t);
+    tg[t] = load(t + 1);
+  }
+}
+
+}  // namespace
+
 Result<float> Gpt::ForwardBackwardRows(const unsigned char* rows, int width, int B, int T,
                                        float loss_scale) {
   if (width != 2 && width != 4) {
@@ -387,21 +409,9 @@ Result<float> Gpt::ForwardBackwardRows(const unsigned char* rows, int width, int
     int32_t* __restrict in = row_inputs_.data() + static_cast<size_t>(b) * T;
     int32_t* __restrict tg = row_targets_.data() + static_cast<size_t>(b) * T;
     if (width == 2) {
-      for (int t = 0; t < T; ++t) {
-        uint16_t x, y;
-        std::memcpy(&x, r + 2 * t, 2);
-        std::memcpy(&y, r + 2 * t + 2, 2);
-        in[t] = static_cast<int32_t>(le16toh(x));
-        tg[t] = static_cast<int32_t>(le16toh(y));
-      }
+      WidenRow<uint16_t>(r, T, in, tg);
     } else {
-      for (int t = 0; t < T; ++t) {
-        uint32_t x, y;
-        std::memcpy(&x, r + 4 * t, 4);
-        std::memcpy(&y, r + 4 * t + 4, 4);
-        in[t] = static_cast<int32_t>(le32toh(x));
-        tg[t] = static_cast<int32_t>(le32toh(y));
-      }
+      WidenRow<uint32_t>(r, T, in, tg);
     }
   }
   return ForwardBackward(row_inputs_.data(), row_targets_.data(), B, T, loss_scale);

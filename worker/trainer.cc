@@ -335,6 +335,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   }
   int64_t start_step = 0;
   data::DataState start_data{spec.train.seed, 0, 0};
+  const uint64_t data_fingerprint = train_data->Fingerprint();  // stored with every checkpoint
   if (options.resume != "never" && (!ckpt_root.empty() || options.resume != "auto")) {
     // Rank 0 chooses (and verifies every checksum of) the checkpoint; every rank loads it.
     int64_t chosen = -1;  // -1: fresh start; -2: rank 0 failed
@@ -373,7 +374,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
         return InvalidArgument(dir + ": the checkpoint holds " + std::to_string(manifest.num_parameters) +
                                " parameters, this model " + std::to_string(n) + " (model section changed?)");
       }
-      if (manifest.data.fingerprint != 0 && manifest.data.fingerprint != train_data->Fingerprint()) {
+      if (manifest.data.fingerprint != 0 && manifest.data.fingerprint != data_fingerprint) {
         return InvalidArgument(dir + ": the training data differ from the data the checkpoint was trained on "
                                "(files, sizes or data.seq_len changed); its data position would be meaningless");
       }
@@ -397,6 +398,16 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
       COHORT_LOG_INFO("checkpoints: none in {} yet, starting at step 0", ckpt_root);
     }
   }
+  // This rank's part of every checkpoint: under ZeRO-1 its optimizer chunks; under DDP an even
+  // split of the buffer, so the ranks share the writing.
+  std::vector<checkpoint::Range> save_ranges;
+  if (zero1) {
+    for (const auto& r : owned) save_ranges.push_back({r.offset, r.size});
+  } else {
+    const uint64_t lo = n * static_cast<uint64_t>(ranks.rank) / ranks.world;
+    const uint64_t hi = n * static_cast<uint64_t>(ranks.rank + 1) / ranks.world;
+    save_ranges.push_back({lo, hi - lo});
+  }
   std::unique_ptr<Checkpointer> checkpointer;
   if (!ckpt_root.empty()) {
     CheckpointerOptions co;
@@ -408,14 +419,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     co.strategy = zero1 ? "zero1" : "ddp";
     co.job_spec_yaml = config::ToYaml(spec);
     for (const model::TensorInfo& t : gpt->tensors()) co.tensors.push_back({t.name, t.offset, t.numel, t.shape});
-    // ZeRO-1: the optimizer's own chunks; DDP: an even split, so the ranks share the writing.
-    if (zero1) {
-      for (const auto& r : owned) co.ranges.push_back({r.offset, r.size});
-    } else {
-      const uint64_t lo = n * static_cast<uint64_t>(ranks.rank) / ranks.world;
-      const uint64_t hi = n * static_cast<uint64_t>(ranks.rank + 1) / ranks.world;
-      co.ranges.push_back({lo, hi - lo});
-    }
+    co.ranges = save_ranges;
     co.states = {"model", "adam_m", "adam_v"};
     ASSIGN_OR_RETURN(checkpointer, Checkpointer::Create(std::move(co)));
   }
@@ -424,34 +428,24 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     SaveRequest req;
     req.step = at_step;
     req.optimizer_step = optimizers.front()->step();
-    req.data = {ds.seed, ds.epoch, ds.cursor, train_data->Fingerprint()};
+    req.data = {ds.seed, ds.epoch, ds.cursor, data_fingerprint};
     // Runs on the checkpoint writer thread while the next step computes (one thread: the compute
     // threads are busy); the weights and moments stay unchanged until WaitForSnapshot() below.
+    // Each saved range lies within one optimizer's range (ZeRO-1: it is one; DDP: one optimizer
+    // covers everything), whose moments are indexed from its own offset.
     req.fill = [&](const std::string& state, float* dst) {
-      if (state == "model") {
-        if (zero1) {
-          for (const auto& r : owned) {
-            std::memcpy(dst, gpt->params() + r.offset, r.size * sizeof(float));
-            dst += r.size;
+      for (const checkpoint::Range& r : save_ranges) {
+        const float* src = gpt->params() + r.offset;
+        if (state != "model") {
+          for (const auto& opt : optimizers) {
+            const model::ParamRange o = opt->range();
+            if (r.offset < o.offset || r.offset >= o.offset + o.size) continue;
+            src = (state == "adam_m" ? opt->m() : opt->v()) + (r.offset - o.offset);
+            break;
           }
-        } else {
-          const uint64_t lo = n * static_cast<uint64_t>(ranks.rank) / ranks.world;
-          const uint64_t hi = n * static_cast<uint64_t>(ranks.rank + 1) / ranks.world;
-          std::memcpy(dst, gpt->params() + lo, (hi - lo) * sizeof(float));
         }
-        return;
-      }
-      const bool m = state == "adam_m";
-      if (zero1) {
-        for (auto& opt : optimizers) {
-          std::memcpy(dst, m ? opt->m() : opt->v(), opt->state_size() * sizeof(float));
-          dst += opt->state_size();
-        }
-      } else {
-        const uint64_t lo = n * static_cast<uint64_t>(ranks.rank) / ranks.world;
-        const uint64_t hi = n * static_cast<uint64_t>(ranks.rank + 1) / ranks.world;
-        model::AdamW& opt = *optimizers.front();  // DDP: one optimizer over everything
-        std::memcpy(dst, (m ? opt.m() : opt.v()) + lo, (hi - lo) * sizeof(float));
+        std::memcpy(dst, src, r.size * sizeof(float));
+        dst += r.size;
       }
     };
     return checkpointer->Save(req);

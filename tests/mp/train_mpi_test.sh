@@ -27,6 +27,13 @@ parallel: {timeout_s: 20}
 YAML
 
 mpi() { "$MPIRUN" --oversubscribe -np "$@"; }
+# rank_pid MPIRUN_PID RANK: the PID of that rank among mpirun's children (by its environment).
+rank_pid() {
+  local child
+  for child in $(ps --ppid "$1" -o pid=); do
+    if tr '\0' '\n' < "/proc/$child/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2"; then echo "$child"; return; fi
+  done
+}
 
 expect_exit 0 "1 rank, batch 8" -- "$COHORT_BIN" train job.yaml --no-progress --metrics m1.jsonl
 for strategy in ddp zero1; do
@@ -113,10 +120,7 @@ expect_output "\[r1\] error: .*nowhere.*aborting the MPI job" "the failing rank'
   --set train.log_interval=1 > kill.log 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do grep -q "step .*3/100000 | loss" kill.log && break; sleep 0.2; done
-victim=""
-for child in $(ps --ppid "$pid" -o pid=); do
-  if tr '\0' '\n' < /proc/$child/environ 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1; then victim=$child; fi
-done
+victim=$(rank_pid "$pid" 1)
 if [ -z "$victim" ]; then fail "could not find rank 1 among mpirun's children"; kill -KILL "$pid"; fi
 start=$(date +%s)
 [ -n "$victim" ] && kill -KILL "$victim"
@@ -138,10 +142,7 @@ kill_after=$(/usr/bin/python3 -c "import random; print(random.randint(150, 1500)
 "$MPIRUN" --oversubscribe -np 2 "$COHORT_BIN" train job.yaml "${long[@]}" --set checkpoint.dir="$WORK/long" > long.log 2>&1 &
 pid=$!
 for _ in $(seq 1 600); do grep -qE "step +$kill_after/2000 \| loss" long.log && break; sleep 0.05; done
-victim=""
-for child in $(ps --ppid "$pid" -o pid=); do
-  if tr '\0' '\n' < /proc/$child/environ 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1; then victim=$child; fi
-done
+victim=$(rank_pid "$pid" 1)
 [ -n "$victim" ] && kill -KILL "$victim" || { fail "could not find rank 1"; kill -KILL "$pid"; }
 code=0; wait "$pid" || code=$?
 [ "$code" != 0 ] && pass "kill -9 of rank 1 near step $kill_after fails the job (exit $code)" || fail "the job survived the kill"
