@@ -95,9 +95,9 @@ int main(int argc, char** argv) {
     return worker::Checkpointer::Create(std::move(o));
   };
   worker::SaveRequest req;
-  req.fill = [&](const std::string& state, float* dst) {
+  req.source = [&](const std::string& state, const checkpoint::Range& r) -> const float* {
     const float* src = state == "model" ? (*gpt)->params() : state == "adam_m" ? (*adamw)->m() : (*adamw)->v();
-    std::memcpy(dst, src, n * sizeof(float));  // on the writer thread, as the trainer's
+    return src + r.offset;  // copied by the writer thread (and the trainer's thread), as the trainer's
   };
   const int T = std::min(128, c.context_length);
   std::vector<int32_t> tokens(static_cast<size_t>(T) + 1);

@@ -18,7 +18,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <condition_variable>
+#include <memory>
 #include <mutex>
+#include <thread>
 #include <utility>
 
 #include "common/crc32c.h"
@@ -221,34 +224,173 @@ class RemoveOnFailure {
   std::string path_;
 };
 
-// Creates `path` (which must not exist), writes `n` bytes in large pieces and fsyncs it. `data`
-// is 4 KiB-aligned and readable up to n rounded up to 4 KiB (zero padding): the writes bypass the
-// page cache (O_DIRECT) where the file system allows, so a multi-GB shard neither waits on nor
-// evicts the page cache (the data loader's files), and goes at the disk's sequential speed; the
-// padding is cut off after. Errors name the file (ENOSPC: "No space left on device").
-Status WriteWholeFile(const std::string& path, const unsigned char* data, size_t n) {
-  bool direct = true;
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
-  if (fd < 0 && errno == EINVAL) {  // no O_DIRECT here (tmpfs): the page cache then
-    direct = false;
-    fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  }
-  if (fd < 0) return ErrnoError(path + ": create", errno);
-  storage::ScopedFd guard(fd);
-  const size_t total = direct ? (n + 4095) & ~size_t{4095} : n;
-  for (size_t done = 0; done < total;) {
-    const ssize_t put = ::write(fd, data + done, std::min<size_t>(total - done, size_t{64} << 20));
-    if (put < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError(path + ": write at offset " + std::to_string(done), errno);
+// Writes a shard's in-memory image to `path` while the image is still being built: WriteShard
+// reports each byte range that is final (a dataset's data, once HDF5 has copied it into the image:
+// contiguous storage never moves, and with the sieve buffer off nothing else writes there), and a
+// background thread writes every 4 KiB block whose bytes are all final. Finish writes the rest (the
+// metadata, and blocks shared with it) once the image is complete. The disk then works while the
+// image is built, instead of after: for a 10 MB shard the build took a third of the time.
+//
+// The file is created (it must not exist) with O_DIRECT where the file system allows, so a
+// multi-GB shard neither waits on nor evicts the page cache (the data loader's files), and goes at
+// the disk's sequential speed; tmpfs refuses O_DIRECT, and gets page-cache writes. The image is
+// 4 KiB-aligned; the last block is written padded and the file cut to size after. Errors name the
+// file (ENOSPC: "No space left on device").
+class ImageWriter {
+ public:
+  static constexpr size_t kBlock = 4096;
+
+  static Result<std::unique_ptr<ImageWriter>> Create(const std::string& path, ImageBuffer* arena) {
+    bool direct = true;
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
+    if (fd < 0 && errno == EINVAL) {  // no O_DIRECT here (tmpfs): the page cache then
+      direct = false;
+      fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     }
-    if (put == 0) return IoError(path + ": write at offset " + std::to_string(done) + " wrote nothing");
-    done += static_cast<size_t>(put);
+    if (fd < 0) return ErrnoError(path + ": create", errno);
+    return std::unique_ptr<ImageWriter>(new ImageWriter(path, storage::ScopedFd(fd), direct, arena));
   }
-  if (total != n && ::ftruncate(fd, static_cast<off_t>(n)) != 0) return ErrnoError(path + ": truncate", errno);
-  if (::fsync(fd) != 0) return ErrnoError(path + ": fsync", errno);
-  return Status::Ok();
-}
+
+  ~ImageWriter() { StopThread(); }
+
+  // Bytes [offset, offset + n) of the image are final. False once a write failed (Finish says why).
+  bool Final(uint64_t offset, uint64_t n) {
+    if (n == 0) return true;
+    const uint64_t first = offset / kBlock, last = (offset + n - 1) / kBlock;
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!error_.ok()) return false;
+    if (final_bytes_.size() <= last) final_bytes_.resize(last + 1, 0);
+    for (uint64_t b = first; b <= last; ++b) {
+      const uint64_t lo = std::max(offset, b * kBlock), hi = std::min(offset + n, (b + 1) * kBlock);
+      final_bytes_[b] = static_cast<uint16_t>(final_bytes_[b] + (hi - lo));
+    }
+    pending_.push_back({first, last + 1});
+    cv_.notify_one();
+    return true;
+  }
+
+  // The build failed on the writer's error: stops and returns it.
+  Status Abandon() {
+    StopThread();
+    return error_.ok() ? Internal(path_ + ": write abandoned") : error_;
+  }
+
+  // The arena is about to move (HDF5 grows the image past what was reserved): waits for the write
+  // in progress and holds off the next until the returned lock is released.
+  std::unique_lock<std::mutex> HoldBuffer() { return std::unique_lock<std::mutex>(buffer_mu_); }
+
+  // The image is complete (`n` bytes, in the arena, which has room for n rounded up to 4 KiB):
+  // writes what is left, cuts the file to n bytes and fsyncs it.
+  Status Finish(size_t n) {
+    StopThread();
+    RETURN_IF_ERROR(error_);
+    const uint64_t blocks = (n + kBlock - 1) / kBlock;
+    unsigned char* image = arena_->data();
+    std::memset(image + n, 0, blocks * kBlock - n);  // the padding of the last block
+    if (written_.size() < blocks) written_.resize(blocks, false);
+    for (uint64_t b = 0; b < blocks;) {
+      if (written_[b]) {
+        ++b;
+        continue;
+      }
+      uint64_t e = b + 1;
+      while (e < blocks && !written_[e]) ++e;
+      const uint64_t end = direct_ ? e * kBlock : std::min<uint64_t>(e * kBlock, n);
+      RETURN_IF_ERROR(WriteRange(image, b * kBlock, end));
+      b = e;
+    }
+    if (direct_ && blocks * kBlock != n && ::ftruncate(fd_.get(), static_cast<off_t>(n)) != 0) {
+      return ErrnoError(path_ + ": truncate", errno);
+    }
+    if (::fsync(fd_.get()) != 0) return ErrnoError(path_ + ": fsync", errno);
+    return Status::Ok();
+  }
+
+ private:
+  ImageWriter(std::string path, storage::ScopedFd fd, bool direct, ImageBuffer* arena)
+      : path_(std::move(path)), fd_(std::move(fd)), direct_(direct), arena_(arena) {
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  void StopThread() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Writes [begin, end) of the image at the same file offset, in pieces of at most 64 MiB.
+  Status WriteRange(const unsigned char* image, uint64_t begin, uint64_t end) {
+    for (uint64_t off = begin; off < end;) {
+      const size_t len = static_cast<size_t>(std::min<uint64_t>(end - off, uint64_t{64} << 20));
+      const ssize_t put = ::pwrite(fd_.get(), image + off, len, static_cast<off_t>(off));
+      if (put < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoError(path_ + ": write at offset " + std::to_string(off), errno);
+      }
+      if (put == 0) return IoError(path_ + ": write at offset " + std::to_string(off) + " wrote nothing");
+      off += static_cast<uint64_t>(put);
+    }
+    return Status::Ok();
+  }
+
+  // Background: writes runs of whole final blocks as they are reported (the whole pending list at
+  // a time, so neighbouring datasets go out in one write). Ends when stopped, once the list is done.
+  void Run() {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      cv_.wait(lk, [&] { return stop_ || !pending_.empty(); });
+      if (pending_.empty()) return;  // stopped
+      std::vector<std::pair<uint64_t, uint64_t>> todo;
+      todo.swap(pending_);
+      std::sort(todo.begin(), todo.end());
+      // Runs of blocks that are whole and not yet written, over the pending block ranges.
+      std::vector<std::pair<uint64_t, uint64_t>> runs;
+      for (const auto& [first, end] : todo) {
+        if (written_.size() < end) written_.resize(end, false);
+        for (uint64_t b = first; b < end; ++b) {
+          if (written_[b] || final_bytes_[b] != kBlock) continue;
+          written_[b] = true;
+          if (!runs.empty() && runs.back().second == b) {
+            runs.back().second = b + 1;
+          } else {
+            runs.push_back({b, b + 1});
+          }
+        }
+      }
+      lk.unlock();
+      Status st;
+      {
+        std::lock_guard<std::mutex> hold(buffer_mu_);  // the arena does not move meanwhile
+        for (const auto& [b, e] : runs) {
+          st = WriteRange(arena_->data(), b * kBlock, e * kBlock);
+          if (!st.ok()) break;
+        }
+      }
+      lk.lock();
+      if (!st.ok()) {
+        error_ = st;
+        return;
+      }
+    }
+  }
+
+  const std::string path_;
+  const storage::ScopedFd fd_;
+  const bool direct_;
+  ImageBuffer* const arena_;
+  std::mutex buffer_mu_;  // held while writing from the arena
+  std::mutex mu_;         // guards what follows
+  std::condition_variable cv_;
+  std::vector<uint16_t> final_bytes_;  // per block: how many of its bytes are final
+  std::vector<bool> written_;          // per block
+  std::vector<std::pair<uint64_t, uint64_t>> pending_;  // block ranges with new final bytes
+  bool stop_ = false;
+  Status error_;
+  std::thread thread_;
+};
 
 // ---- manifest <-> proto -----------------------------------------------------------------------
 
@@ -405,9 +547,18 @@ Result<Hid> OpenShard(const std::string& path) {
 // The core driver's memory, from a caller-kept buffer (ShardWrite::scratch), so consecutive
 // shards reuse already-mapped pages. HDF5 asks for `size` bytes at open and on every growth
 // (keeping the contents), and frees at close: here a no-op, the buffer outlives the file.
+// The writer, if any, is writing finished parts of the image from the arena in the background: a
+// growth that moves the arena waits for its write in progress and holds off the next.
+struct ImageSink {
+  ImageBuffer* arena;
+  ImageWriter* writer;
+};
 void* ArenaRealloc(void* ptr, size_t size, H5FD_file_image_op_t, void* udata) {
-  auto* arena = static_cast<ImageBuffer*>(udata);
-  return arena->Reserve(size) ? arena->data() : nullptr;  // keeps the contents, as realloc would
+  auto* sink = static_cast<ImageSink*>(udata);
+  if (size <= sink->arena->capacity()) return sink->arena->data();
+  std::unique_lock<std::mutex> hold;
+  if (sink->writer != nullptr) hold = sink->writer->HoldBuffer();
+  return sink->arena->Reserve(size) ? sink->arena->data() : nullptr;  // keeps the contents, as realloc would
 }
 void* ArenaMalloc(size_t size, H5FD_file_image_op_t op, void* udata) { return ArenaRealloc(nullptr, size, op, udata); }
 void* ArenaMemcpy(void* dest, const void* src, size_t size, H5FD_file_image_op_t, void*) {
@@ -505,26 +656,48 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
   const std::string path = Join(step_dir, info.name);
   const std::string tmp = Join(step_dir, "." + info.name + ".tmp-" + std::to_string(::getpid()));
   // The HDF5 file is built in memory (the core driver, no backing store) and written out with
-  // plain large writes. The library never touches the disk, so a full disk or an I/O error is an
-  // error of ours, handled here; HDF5 cannot fail to close a file (after which it would try to
-  // flush it again at process exit and crash, as it did with a full disk). The cost is a second
-  // copy of the shard in memory while it is written.
+  // plain large writes, the datasets' data while the rest is still being built (ImageWriter). The
+  // library never touches the disk, so a full disk or an I/O error is an error of ours, handled
+  // here; HDF5 cannot fail to close a file (after which it would try to flush it again at process
+  // exit and crash, as it did with a full disk). The cost is a second copy of the shard in memory.
   ImageBuffer own_scratch;
   ImageBuffer& arena = w.scratch != nullptr ? *w.scratch : own_scratch;
+  const size_t data_bytes = elements * w.arrays.size() * sizeof(float);
+  size_t datasets = 0;
+  for (const Range& r : w.ranges) {
+    for (const TensorSpec& t : w.tensors) datasets += (std::max(r.offset, t.offset) < std::min(r.offset + r.size, t.offset + t.numel));
+  }
+  datasets *= w.arrays.size();
+  // All metadata in one block at the front (HDF5's default, 2 KiB blocks, scatters it between the
+  // datasets, and every block shared with metadata waits for the end): measured ~410 bytes per
+  // whole tensor with its attributes, more for pieces of one; running out only costs another block
+  // somewhere, unused room is written as zeros.
+  const size_t meta_block = (datasets * 640 + (8 << 10) + 4095) & ~size_t{4095};
+  // The image grows 4 MiB at a time: the core driver zeroes each new piece, so that work is spread
+  // over the build (and overlaps the writes) rather than done all at once before the first dataset.
+  const size_t increment = size_t{4} << 20;
+  // Reserved up front, so the arena does not move (and copy) while HDF5 grows the image.
+  if (!arena.Reserve(data_bytes + meta_block + increment + (size_t{1} << 20))) {
+    return Internal(tmp + ": out of memory for the shard image");
+  }
+  RemoveOnFailure cleanup(tmp);
+  ::unlink(tmp.c_str());  // a leftover of an earlier process with the same pid
+  ASSIGN_OR_RETURN(std::unique_ptr<ImageWriter> writer, ImageWriter::Create(tmp, &arena));
+  ImageSink sink{&arena, writer.get()};
   size_t image_size = 0;
   {
     std::lock_guard<std::mutex> lock(Hdf5Mutex());
     QuietHdf5Errors quiet;
     Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-    // Grown in one step to the data plus room for the metadata.
-    const size_t increment = std::max<size_t>(size_t{1} << 20, elements * w.arrays.size() * sizeof(float) + (size_t{4} << 20));
     H5FD_file_image_callbacks_t callbacks = {ArenaMalloc, ArenaMemcpy, ArenaRealloc, ArenaFree,
-                                             ArenaUdataCopy, ArenaUdataFree, &arena};
+                                             ArenaUdataCopy, ArenaUdataFree, &sink};
+    // No sieve buffer: a dataset's data must be in the image when H5Dwrite returns (ImageWriter).
     if (!fapl.valid() || H5Pset_fapl_core(fapl.get(), increment, /*backing_store=*/0) < 0 ||
-        H5Pset_file_image_callbacks(fapl.get(), &callbacks) < 0) {
+        H5Pset_file_image_callbacks(fapl.get(), &callbacks) < 0 || H5Pset_sieve_buf_size(fapl.get(), 0) < 0 ||
+        H5Pset_meta_block_size(fapl.get(), meta_block) < 0) {
       return WriteError(tmp, "set up the in-memory file");
     }
-    Hid file(H5Fcreate(tmp.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get()), H5Fclose);
+    Hid file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
     if (!file.valid()) return WriteError(tmp, "create");
     const bool attrs_ok = PutAttrString(file.get(), "format", kFormatName) &&
                           PutAttr<uint32_t>(file.get(), "format_version", kFormatVersion) &&
@@ -565,6 +738,9 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
           if (H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
             return WriteError(tmp, "write " + where);
           }
+          // The data is in the image now, for good: the writer may take it.
+          const haddr_t at = H5Dget_offset(ds.get());
+          if (at != HADDR_UNDEF && !writer->Final(at, (end - begin) * sizeof(float))) return writer->Abandon();
           bool ok = PutAttr<uint32_t>(ds.get(), "crc32c", FloatCrc(data, end - begin)) &&
                     PutAttr<uint64_t>(ds.get(), "flat_offset", begin);
           if (!whole) {
@@ -582,16 +758,17 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
     if (!file.Close()) return WriteError(tmp, "close");  // the image stays in the arena
     image_size = static_cast<size_t>(size);
   }
-  unsigned char* image = arena.data();
+  // The image is complete; its CRC is taken while the writer may still be writing.
   info.size = image_size;
-  info.crc32c = Crc32c(image, image_size);
-  RemoveOnFailure cleanup(tmp);
-  ::unlink(tmp.c_str());  // a leftover of an earlier process with the same pid
-  // The last block padded with zeros for O_DIRECT (the file is cut to its size after).
-  if (!arena.Reserve((image_size + 4095) & ~size_t{4095})) return Internal(tmp + ": out of memory for the shard image");
-  image = arena.data();
-  std::memset(image + image_size, 0, ((image_size + 4095) & ~size_t{4095}) - image_size);
-  RETURN_IF_ERROR(WriteWholeFile(tmp, image, image_size));
+  info.crc32c = Crc32c(arena.data(), image_size);
+  // Room for the last block's zero padding (O_DIRECT); the writer has stopped when Finish moves it.
+  const size_t padded = (image_size + ImageWriter::kBlock - 1) & ~(ImageWriter::kBlock - 1);
+  if (padded > arena.capacity()) {
+    std::unique_lock<std::mutex> hold = writer->HoldBuffer();
+    if (!arena.Reserve(padded)) return Internal(tmp + ": out of memory for the shard image");
+  }
+  RETURN_IF_ERROR(writer->Finish(image_size));
+  writer.reset();  // closes the file
   CrashPoint("shard-tmp", w.step);
   if (::rename(tmp.c_str(), path.c_str()) != 0) return ErrnoError(tmp + ": rename to " + path, errno);
   cleanup.Release();

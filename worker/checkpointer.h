@@ -46,11 +46,11 @@ struct SaveRequest {
   int64_t step = 0;
   int64_t optimizer_step = 0;
   checkpoint::DataState data;
-  // Fills dst with this rank's ranges of array `state` (CheckpointerOptions::states), one range
-  // after the other. Called on the writer thread after Save() returned: it may only read state
-  // that stays unchanged until WaitForSnapshot() returns, and should copy with one thread (the
-  // training threads are busy).
-  std::function<void(const std::string& state, float* dst)> fill;
+  // Where this rank's range `r` (one of CheckpointerOptions::ranges) of array `state`
+  // (CheckpointerOptions::states) lives: r.size floats, read until WaitForSnapshot() returns. Called
+  // in Save(); the copy is made from there by the writer thread while training goes on, and by the
+  // trainer itself in WaitForSnapshot() for whatever the writer has not copied yet.
+  std::function<const float*(const std::string& state, const checkpoint::Range& r)> source;
 };
 
 struct CheckpointStats {

@@ -429,24 +429,19 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     req.step = at_step;
     req.optimizer_step = optimizers.front()->step();
     req.data = {ds.seed, ds.epoch, ds.cursor, data_fingerprint};
-    // Runs on the checkpoint writer thread while the next step computes (one thread: the compute
-    // threads are busy); the weights and moments stay unchanged until WaitForSnapshot() below.
-    // Each saved range lies within one optimizer's range (ZeRO-1: it is one; DDP: one optimizer
-    // covers everything), whose moments are indexed from its own offset.
-    req.fill = [&](const std::string& state, float* dst) {
-      for (const checkpoint::Range& r : save_ranges) {
-        const float* src = gpt->params() + r.offset;
-        if (state != "model") {
-          for (const auto& opt : optimizers) {
-            const model::ParamRange o = opt->range();
-            if (r.offset < o.offset || r.offset >= o.offset + o.size) continue;
-            src = (state == "adam_m" ? opt->m() : opt->v()) + (r.offset - o.offset);
-            break;
-          }
-        }
-        std::memcpy(dst, src, r.size * sizeof(float));
-        dst += r.size;
+    // The live weights and moments: copied by the checkpoint writer thread while the next step
+    // computes; they stay unchanged until WaitForSnapshot() below. Each saved range lies within one
+    // optimizer's range (ZeRO-1: it is one; DDP: one optimizer covers everything), whose moments
+    // are indexed from its own offset.
+    req.source = [&](const std::string& state, const checkpoint::Range& r) -> const float* {
+      if (state == "model") return gpt->params() + r.offset;
+      for (const auto& opt : optimizers) {
+        const model::ParamRange o = opt->range();
+        if (r.offset < o.offset || r.offset >= o.offset + o.size) continue;
+        return (state == "adam_m" ? opt->m() : opt->v()) + (r.offset - o.offset);
       }
+      COHORT_CHECK(false) << "saved range at " << r.offset << " lies in no optimizer's range";
+      return nullptr;
     };
     return checkpointer->Save(req);
   };

@@ -438,7 +438,7 @@ TEST_F(TrainerTest, SavesDueWhileBusyWaitOrAreSkipped) {
       std::fill(w.begin(), w.end(), static_cast<float>(step));
       SaveRequest req;
       req.step = step;
-      req.fill = [&](const std::string&, float* dst) { std::copy(w.begin(), w.end(), dst); };
+      req.source = [&](const std::string&, const checkpoint::Range& r) -> const float* { return w.data() + r.offset; };
       ASSERT_TRUE((*ck)->Save(req).ok());
       (*ck)->WaitForSnapshot();  // before the state changes (the trainer: before its optimizer update)
     }
