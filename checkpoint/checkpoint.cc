@@ -8,6 +8,7 @@
 #include <fcntl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cctype>
@@ -226,7 +227,8 @@ class RemoveOnFailure {
 
 // Writes a shard's in-memory image to `path` while the image is still being built: WriteShard
 // reports each byte range that is final (a dataset's data, once HDF5 has copied it into the image:
-// contiguous storage never moves, and with the sieve buffer off nothing else writes there), and a
+// contiguous storage never moves, and with the sieve buffer off nothing changes it; the metadata
+// accumulator may write a range back, with the same bytes), and a
 // background thread writes every 4 KiB block whose bytes are all final. Finish writes the rest (the
 // metadata, and blocks shared with it) once the image is complete. The disk then works while the
 // image is built, instead of after: for a 10 MB shard the build took a third of the time.
@@ -239,6 +241,7 @@ class RemoveOnFailure {
 class ImageWriter {
  public:
   static constexpr size_t kBlock = 4096;
+  static constexpr uint64_t kPiece = uint64_t{8} << 20;  // background writes, at most
 
   static Result<std::unique_ptr<ImageWriter>> Create(const std::string& path, ImageBuffer* arena) {
     bool direct = true;
@@ -251,7 +254,10 @@ class ImageWriter {
     return std::unique_ptr<ImageWriter>(new ImageWriter(path, storage::ScopedFd(fd), direct, arena));
   }
 
-  ~ImageWriter() { StopThread(); }
+  ~ImageWriter() {
+    abort_.store(true);  // a failed build: what is pending is not written (the file is removed)
+    StopThread();
+  }
 
   // Bytes [offset, offset + n) of the image are final. False once a write failed (Finish says why).
   bool Final(uint64_t offset, uint64_t n) {
@@ -271,6 +277,7 @@ class ImageWriter {
 
   // The build failed on the writer's error: stops and returns it.
   Status Abandon() {
+    abort_.store(true);
     StopThread();
     return error_.ok() ? Internal(path_ + ": write abandoned") : error_;
   }
@@ -342,7 +349,7 @@ class ImageWriter {
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
       cv_.wait(lk, [&] { return stop_ || !pending_.empty(); });
-      if (pending_.empty()) return;  // stopped
+      if (pending_.empty() || abort_.load()) return;  // stopped
       std::vector<std::pair<uint64_t, uint64_t>> todo;
       todo.swap(pending_);
       std::sort(todo.begin(), todo.end());
@@ -362,11 +369,12 @@ class ImageWriter {
       }
       lk.unlock();
       Status st;
-      {
-        std::lock_guard<std::mutex> hold(buffer_mu_);  // the arena does not move meanwhile
-        for (const auto& [b, e] : runs) {
-          st = WriteRange(arena_->data(), b * kBlock, e * kBlock);
-          if (!st.ok()) break;
+      // The arena does not move during a write; it is held a piece at a time, so a move (inside
+      // HDF5, with the process-wide HDF5 lock held) waits for one piece, not for the whole batch.
+      for (const auto& [b, e] : runs) {
+        for (uint64_t off = b * kBlock; off < e * kBlock && st.ok() && !abort_.load(); off += kPiece) {
+          std::lock_guard<std::mutex> hold(buffer_mu_);
+          st = WriteRange(arena_->data(), off, std::min<uint64_t>(off + kPiece, e * kBlock));
         }
       }
       lk.lock();
@@ -388,6 +396,7 @@ class ImageWriter {
   std::vector<bool> written_;          // per block
   std::vector<std::pair<uint64_t, uint64_t>> pending_;  // block ranges with new final bytes
   bool stop_ = false;
+  std::atomic<bool> abort_{false};  // stop without writing what is pending
   Status error_;
   std::thread thread_;
 };
@@ -761,12 +770,8 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
   // The image is complete; its CRC is taken while the writer may still be writing.
   info.size = image_size;
   info.crc32c = Crc32c(arena.data(), image_size);
-  // Room for the last block's zero padding (O_DIRECT); the writer has stopped when Finish moves it.
-  const size_t padded = (image_size + ImageWriter::kBlock - 1) & ~(ImageWriter::kBlock - 1);
-  if (padded > arena.capacity()) {
-    std::unique_lock<std::mutex> hold = writer->HoldBuffer();
-    if (!arena.Reserve(padded)) return Internal(tmp + ": out of memory for the shard image");
-  }
+  // The arena's capacity is whole 4 KiB blocks and holds the image: room for the last block's zero
+  // padding (O_DIRECT), which Finish adds.
   RETURN_IF_ERROR(writer->Finish(image_size));
   writer.reset();  // closes the file
   CrashPoint("shard-tmp", w.step);

@@ -104,8 +104,8 @@ struct DataLoader::Shared {
   alignas(kLine) std::atomic<bool> consumer_sleeping{false};  // (consumer, when it sleeps)
   std::atomic<uint64_t> waiting_for{0};                   // the batch a sleeping consumer waits for
   alignas(kLine) std::atomic<int> readers_sleeping{0};    // (readers, when they sleep)
-  alignas(kLine) std::atomic<bool> stop{false};           // (rarely written)
-  std::atomic<bool> failed{false};                        // `error` is set
+  alignas(kLine) std::atomic<bool> stop{false};           // (rarely written; the sleeping state below
+  std::atomic<bool> failed{false};                        // shares their line, used only around sleeps)
 
   std::mutex mu;
   std::condition_variable ready_cv;  // a batch settled, or stop / error

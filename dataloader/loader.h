@@ -93,7 +93,8 @@ class DataLoader {
   // Ends the readers; Next() then returns Cancelled. Idempotent; safe from any thread.
   void Stop();
 
-  // Seconds the consumer spent blocked in Next(): in the last call, and in total.
+  // Seconds the consumer spent waiting in Next() for a batch that was not ready: in the last call
+  // (0 when it was ready), and in total. Handing the previous buffer back is not counted.
   double last_wait_seconds() const { return last_wait_; }
   double total_wait_seconds() const { return total_wait_; }
   uint64_t batches_delivered() const { return delivered_; }

@@ -13,6 +13,7 @@
 #include <set>
 #include <thread>
 
+#include "common/check.h"
 #include "common/logging.h"
 #include "storage/file_util.h"
 
@@ -50,8 +51,9 @@ struct Checkpointer::Impl {
   std::vector<std::vector<checkpoint::Range>> all_ranges;  // every rank's ranges (for the manifest)
 
   // A piece of the snapshot: the state is copied in pieces that the writer thread and the trainer
-  // claim one at a time, so the trainer never waits for more than the pieces in progress (a
-  // writer thread preempted in the middle of the whole copy once stalled training ~4 ms).
+  // claim one at a time, so the trainer waits at most for the pieces in progress, not for a whole
+  // copy the writer started (a writer preempted in the middle of a piece still delays it until it
+  // runs again).
   struct Piece {
     const float* src;
     float* dst;
@@ -65,7 +67,7 @@ struct Checkpointer::Impl {
     std::vector<Piece> pieces;             // set in Save, then read-only
     std::atomic<size_t> next_piece{0};     // the next piece to claim
     std::atomic<size_t> pieces_done{0};
-    Clock::time_point snapshot_start;      // set in Save
+    Clock::time_point snapshot_start;      // by the thread that claims piece 0 (published by pieces_done)
     bool snapshot_taken = false;  // under mu
     bool done = false;    // under mu
     Status result;
@@ -92,6 +94,7 @@ struct Checkpointer::Impl {
   void CopyPieces(Job& job) {
     const size_t n = job.pieces.size();
     for (size_t i = job.next_piece.fetch_add(1); i < n; i = job.next_piece.fetch_add(1)) {
+      if (i == 0) job.snapshot_start = Clock::now();
       const Piece& p = job.pieces[i];
       std::memcpy(p.dst, p.src, p.n * sizeof(float));
       if (job.pieces_done.fetch_add(1) + 1 == n) {
@@ -210,6 +213,7 @@ Status Checkpointer::Save(const SaveRequest& request) {
   auto job = std::make_shared<Impl::Job>();
   job->request = request;
   job->buffer = b;
+  COHORT_CHECK(request.source != nullptr) << "checkpoint save of step " << request.step << " without a source";
   // The pieces: every state's ranges, one after the other, as the buffer (and the shard) holds them.
   float* dst = s.buffers[b].data();
   for (const std::string& state : s.o.states) {
@@ -224,7 +228,6 @@ Status Checkpointer::Save(const SaveRequest& request) {
   }
   if (job->pieces.empty()) job->snapshot_taken = true;  // nothing in this rank's ranges
   job->request.source = nullptr;
-  job->snapshot_start = Clock::now();
   s.pending.push_back(job);
   {
     std::lock_guard<std::mutex> lk(s.mu);

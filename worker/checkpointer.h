@@ -1,8 +1,9 @@
 // The trainer's asynchronous checkpointing on top of checkpoint/ (docs/checkpoint-format.md).
 //
 // Save() hands this rank's ranges of every array (weights, AdamW moments) to the writer thread,
-// which first copies them into one of two reusable host buffers (the snapshot), then writes the
-// shard durably. The snapshot is taken while training goes on: the state only has to stay
+// which first copies them into one of two reusable host buffers (the snapshot; the trainer copies
+// what is left of it in WaitForSnapshot), then writes the shard durably. The snapshot is taken
+// while training goes on: the state only has to stay
 // unchanged until WaitForSnapshot() returns, which the trainer calls just before its next
 // optimizer update (forward and backward only read the weights), so the copy overlaps the next
 // step's compute and the training stall is only what is left of it by then. Poll(), called by every rank at every step boundary,
@@ -60,7 +61,8 @@ struct CheckpointStats {
   int64_t failed = 0;
   double last_stall_seconds = 0;   // training blocked by the last save: in Save() and WaitForSnapshot()
   double total_stall_seconds = 0;
-  double last_snapshot_seconds = 0;  // the writer's copy of the last snapshot (overlapping training)
+  double last_snapshot_seconds = 0;  // the copy of the last snapshot, from its first piece to its last
+                                     // (overlapping training)
   double last_write_seconds = 0;   // the writer's time for the last shard of this rank
   double last_write_bytes = 0;
   int64_t last_committed_step = -1;
@@ -73,7 +75,8 @@ class Checkpointer {
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
 
-  // Queues a save (collective); the snapshot is taken by the writer thread. Errors only for
+  // Queues a save (collective); the snapshot is taken by the writer thread (and the trainer, in
+  // WaitForSnapshot, for what the writer has not reached). Errors only for
   // collective failures (a dead peer); a failed write is reported by Poll / Finish.
   Status Save(const SaveRequest& request);
   // Blocks until the snapshot of every queued save has been taken: call before changing the

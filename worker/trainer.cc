@@ -430,7 +430,8 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     req.optimizer_step = optimizers.front()->step();
     req.data = {ds.seed, ds.epoch, ds.cursor, data_fingerprint};
     // The live weights and moments: copied by the checkpoint writer thread while the next step
-    // computes; they stay unchanged until WaitForSnapshot() below. Each saved range lies within one
+    // computes (and by this thread in WaitForSnapshot() below, for what is left); they stay
+    // unchanged until then. Each saved range lies within one
     // optimizer's range (ZeRO-1: it is one; DDP: one optimizer covers everything), whose moments
     // are indexed from its own offset.
     req.source = [&](const std::string& state, const checkpoint::Range& r) -> const float* {

@@ -592,8 +592,12 @@ TEST_F(TokenShardSourceTest, StoredRowsAreTheShardBytesOfThePairs) {
         for (int t = 0; t <= T; ++t) {
           uint32_t v = 0;
           for (int byte = 0; byte < width; ++byte) v |= uint32_t{r->rows[(b * (T + 1) + t) * width + byte]} << (8 * byte);
-          if (t < T) ASSERT_EQ(static_cast<int32_t>(v), p->inputs[b * T + t]) << k << " " << b << " " << t;
-          if (t > 0) ASSERT_EQ(static_cast<int32_t>(v), p->targets[b * T + t - 1]) << k << " " << b << " " << t;
+          if (t < T) {
+            ASSERT_EQ(static_cast<int32_t>(v), p->inputs[b * T + t]) << k << " " << b << " " << t;
+          }
+          if (t > 0) {
+            ASSERT_EQ(static_cast<int32_t>(v), p->targets[b * T + t - 1]) << k << " " << b << " " << t;
+          }
         }
       }
     }
