@@ -380,28 +380,25 @@ Status Checkpointer::CommitOldest(bool wait) {
   return Status::Ok();
 }
 
-Result<ResumePoint> FindResumePoint(const std::string& resume, const std::string& root) {
-  ResumePoint p;
-  if (resume == "never") return p;
-  auto try_dir = [&](const std::string& dir) -> Status {
-    checkpoint::Manifest m;
-    RETURN_IF_ERROR(checkpoint::Verify(dir, &m));
-    p.found = true;
-    p.dir = dir;
-    p.manifest = std::move(m);
-    return Status::Ok();
-  };
+Result<ResumeCandidates> FindResumeCandidates(const std::string& resume, const std::string& root) {
+  ResumeCandidates c;
+  if (resume == "never") return c;
   std::string search_root = root;
   if (resume != "auto") {
-    // A step directory: exactly that checkpoint.
+    // A step directory: exactly that checkpoint (its manifest must be valid and its files there).
     if (checkpoint::ReadManifest(resume).ok() || !checkpoint::List(resume).ok()) {
-      RETURN_IF_ERROR(try_dir(resume).WithContext("--resume " + resume));
-      return p;
+      auto m = checkpoint::ReadManifest(resume);
+      if (!m.ok()) return m.status().WithContext("--resume " + resume);
+      c.dirs.push_back(resume);
+      c.exact = true;
+      c.where = "--resume " + resume;
+      return c;
     }
     search_root = resume;  // a root: its newest good checkpoint, as with auto
   } else if (root.empty() || !storage::IsDirectory(root)) {
-    return p;  // nothing saved yet: a fresh start
+    return c;  // nothing saved yet: a fresh start
   }
+  c.where = "resume (" + resume + "): " + search_root;
   ASSIGN_OR_RETURN(std::vector<checkpoint::Entry> entries, checkpoint::List(search_root));
   // Directories without a manifest were never committed (a save interrupted before its commit):
   // they hold nothing to resume. With only such leftovers nothing was ever saved, so auto starts
@@ -416,28 +413,27 @@ Result<ResumePoint> FindResumePoint(const std::string& resume, const std::string
                         "starting at step 0",
                         search_root, entries.size(), entries.size() == 1 ? "y" : "ies");
       }
-      return p;
+      return c;
     }
     return NotFound("--resume " + resume + ": no committed checkpoint in it");
   }
-  // Newest first; a checkpoint that fails verification is skipped for the one before (logged).
-  std::string why;
   for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
-    if (!it->complete) {
-      why += "; " + checkpoint::StepDirName(it->step) + ": " + it->problem;
-      continue;
+    if (it->complete) {
+      c.dirs.push_back(it->dir);
+    } else if (c.dirs.empty()) {  // newer than every complete one: say why it was passed over
+      c.skipped += "; " + checkpoint::StepDirName(it->step) + ": " + it->problem;
     }
-    Status s = try_dir(it->dir);
-    if (s.ok()) {
-      if (!why.empty()) COHORT_LOG_WARN("resume: newer checkpoints skipped{}", why);
-      return p;
-    }
-    COHORT_LOG_WARN("resume: {} is damaged, trying the one before: {}", it->dir, s.ToString());
-    why += "; " + checkpoint::StepDirName(it->step) + ": " + s.message();
   }
-  return DataLoss("resume (" + resume + "): " + search_root +
+  if (c.dirs.empty()) return NoUsableCheckpoint(c, "");
+  if (!c.skipped.empty()) COHORT_LOG_WARN("resume: newer checkpoints skipped{}", c.skipped);
+  return c;
+}
+
+Status NoUsableCheckpoint(const ResumeCandidates& c, const std::string& why) {
+  if (c.exact) return DataLoss(c.where + ": the checkpoint is damaged" + why);
+  return DataLoss(c.where +
                   " holds checkpoint directories but none is complete and intact, so the run is not started "
-                  "over silently (use --resume=never to start over)" + why);
+                  "over silently (use --resume=never to start over)" + c.skipped + why);
 }
 
 }  // namespace cohort::worker

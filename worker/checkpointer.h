@@ -99,18 +99,28 @@ class Checkpointer {
   CheckpointStats stats_;
 };
 
-// What `--resume` found: the checkpoint to load, or none (a fresh start).
-struct ResumePoint {
-  bool found = false;
-  std::string dir;
-  checkpoint::Manifest manifest;
+// The checkpoints `--resume` may load, in the order to try them: the newest complete one first,
+// each next one the fallback if the one before turns out damaged while it is loaded (every piece
+// a rank reads is checked against its CRC32C, so each byte of the checkpoint is read once, by the
+// rank that needs it, and no rank reads the whole checkpoint first). No dirs: a fresh start.
+struct ResumeCandidates {
+  std::vector<std::string> dirs;
+  // Why newer step directories were passed over already ("; step-…: why"), for the error when
+  // none loads.
+  std::string skipped;
+  std::string where;  // what was searched, for that error
+  bool exact = false;  // PATH named one step directory: no fallback
 };
 
-// Resolves `resume` (auto | never | PATH) against the checkpoint root: auto takes the newest
-// complete checkpoint, or starts fresh when the root holds no step directory at all; but when
-// there are step directories and none is complete it fails, saying why each was skipped (a resume
-// that silently starts over would throw away the run). PATH is a step directory or a root; it must
-// hold a complete checkpoint. The manifest is read and validated, the files' checksums verified.
-Result<ResumePoint> FindResumePoint(const std::string& resume, const std::string& root);
+// Resolves `resume` (auto | never | PATH) against the checkpoint root. auto: the complete
+// checkpoints newest first, or a fresh start when the root holds no committed step directory.
+// PATH: a step directory (that one only) or a root (as auto, but it must hold a committed one).
+// Fails when there are committed step directories and none is complete (a resume that silently
+// starts over would throw away the run), saying why each was skipped.
+Result<ResumeCandidates> FindResumeCandidates(const std::string& resume, const std::string& root);
+
+// The error when every candidate failed to load: never a silent fresh start. `why` lists the
+// failures ("; step-…: why").
+Status NoUsableCheckpoint(const ResumeCandidates& c, const std::string& why);
 
 }  // namespace cohort::worker

@@ -337,39 +337,33 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   data::DataState start_data{spec.train.seed, 0, 0};
   const uint64_t data_fingerprint = train_data->Fingerprint();  // stored with every checkpoint
   if (options.resume != "never" && (!ckpt_root.empty() || options.resume != "auto")) {
-    // Rank 0 chooses (and verifies every checksum of) the checkpoint; every rank loads it.
-    int64_t chosen = -1;  // -1: fresh start; -2: rank 0 failed
-    Status found_status;
-    checkpoint::Manifest manifest;
-    std::string dir;
+    // Rank 0 lists the candidates, newest first; every rank loads its part of each in turn (every
+    // piece checked against its CRC32C), and the first one that every rank loaded is it. A damaged
+    // one is found while it is loaded, by the rank that reads the damaged piece, so no rank reads
+    // the whole checkpoint first.
+    ResumeCandidates candidates;
+    Status list_status;
+    int64_t count = 0;  // candidates; -1: rank 0 failed to list them
     if (ranks.rank == 0) {
-      auto p = FindResumePoint(options.resume, ckpt_root);
-      if (!p.ok()) {
-        found_status = p.status();
-        chosen = -2;
-      } else if (p->found) {
-        chosen = p->manifest.step;
-        dir = p->dir;
-        manifest = p->manifest;
+      auto c = FindResumeCandidates(options.resume, ckpt_root);
+      if (c.ok()) {
+        candidates = std::move(*c);
+        count = static_cast<int64_t>(candidates.dirs.size());
+      } else {
+        list_status = c.status();
+        count = -1;
       }
     }
-    std::string dir_bytes = dir;
-    if (ranks.distributed()) {
-      RETURN_IF_ERROR(ranks.comm->Broadcast(&chosen, sizeof chosen, 0).WithContext("resume"));
-      uint64_t len = dir.size();
-      RETURN_IF_ERROR(ranks.comm->Broadcast(&len, sizeof len, 0).WithContext("resume"));
-      dir_bytes.resize(len);
-      if (len > 0) RETURN_IF_ERROR(ranks.comm->Broadcast(dir_bytes.data(), len, 0).WithContext("resume"));
-    }
-    if (chosen == -2) {
-      if (ranks.rank == 0) return found_status;
+    if (ranks.distributed()) RETURN_IF_ERROR(ranks.comm->Broadcast(&count, sizeof count, 0).WithContext("resume"));
+    if (count < 0) {
+      if (ranks.rank == 0) return list_status;
       return DataLoss("resume: rank 0 found no usable checkpoint (see its error)");
     }
-    if (chosen >= 0) {
-      dir = dir_bytes;
-      if (ranks.rank != 0) {
-        ASSIGN_OR_RETURN(manifest, checkpoint::ReadManifest(dir));
-      }
+    // Loads `dir` into this rank's model and optimizers. InvalidArgument: the checkpoint does not
+    // fit this job (a fatal error, not a reason to try an older one).
+    checkpoint::Manifest manifest;
+    auto load = [&](const std::string& dir) -> Status {
+      ASSIGN_OR_RETURN(manifest, checkpoint::ReadManifest(dir));
       if (manifest.num_parameters != n) {
         return InvalidArgument(dir + ": the checkpoint holds " + std::to_string(manifest.num_parameters) +
                                " parameters, this model " + std::to_string(n) + " (model section changed?)");
@@ -387,12 +381,55 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
         const model::ParamRange r = opt->range();
         RETURN_IF_ERROR(checkpoint::ReadRange(dir, manifest, "adam_m", r.offset, r.size, opt->m()));
         RETURN_IF_ERROR(checkpoint::ReadRange(dir, manifest, "adam_v", r.offset, r.size, opt->v()));
-        opt->set_step(manifest.optimizer_step);
       }
+      return Status::Ok();
+    };
+    std::string why;  // the failures, for the error when none loads
+    std::string loaded_dir;
+    bool loaded = false;
+    for (int64_t k = 0; k < count && !loaded; ++k) {
+      std::string dir = ranks.rank == 0 ? candidates.dirs[static_cast<size_t>(k)] : std::string();
+      if (ranks.distributed()) {
+        uint64_t len = dir.size();
+        RETURN_IF_ERROR(ranks.comm->Broadcast(&len, sizeof len, 0).WithContext("resume"));
+        dir.resize(len);
+        if (len > 0) RETURN_IF_ERROR(ranks.comm->Broadcast(dir.data(), len, 0).WithContext("resume"));
+      }
+      const Status st = load(dir);
+      // How many ranks found it damaged, and how many found it unfit for this job.
+      float verdict[2] = {st.ok() || st.code() == Code::kInvalidArgument ? 0.0f : 1.0f,
+                          st.code() == Code::kInvalidArgument ? 1.0f : 0.0f};
+      if (ranks.distributed()) {
+        RETURN_IF_ERROR(ranks.comm->AllReduce(verdict, 2, collectives::DataType::kFloat32, collectives::ReduceOp::kSum)
+                            .WithContext("resume"));
+      }
+      if (verdict[1] > 0) {
+        if (!st.ok()) return st;
+        return InvalidArgument("resume: another rank found " + dir + " unfit for this job (see its error)");
+      }
+      if (verdict[0] == 0) {
+        loaded = true;
+        loaded_dir = dir;
+        break;
+      }
+      if (!st.ok()) COHORT_LOG_WARN("resume: {} is damaged: {}", dir, st.ToString());
+      if (ranks.rank == 0) {
+        why += "; " + dir + ": " +
+               (st.ok() ? std::to_string(static_cast<int>(verdict[0])) + " rank(s) found it damaged (see their log)"
+                        : st.message());
+        if (k + 1 < count) COHORT_LOG_WARN("resume: trying the checkpoint before {}", dir);
+      }
+    }
+    if (count > 0 && !loaded) {
+      if (ranks.rank == 0) return NoUsableCheckpoint(candidates, why);
+      return DataLoss("resume: no checkpoint in the root could be loaded (see rank 0's error)");
+    }
+    if (loaded) {
+      for (auto& opt : optimizers) opt->set_step(manifest.optimizer_step);
       start_step = manifest.step;
       start_data = {manifest.data.seed, manifest.data.epoch, manifest.data.cursor};
       summary.resumed_from_step = start_step;
-      COHORT_LOG_INFO("resumed from {} (step {}, written by {} rank(s) with {}; data state {})", dir,
+      COHORT_LOG_INFO("resumed from {} (step {}, written by {} rank(s) with {}; data state {})", loaded_dir,
                       manifest.step, manifest.world_size, manifest.strategy, data::ToString(start_data));
     } else if (ranks.rank == 0 && !ckpt_root.empty()) {
       COHORT_LOG_INFO("checkpoints: none in {} yet, starting at step 0", ckpt_root);

@@ -60,7 +60,7 @@ struct TrainOptions {
   int local_size = 1;
   // With checkpoint.dir set: auto (the newest complete checkpoint there, else a fresh start when
   // there is none at all), never, or a path (a step directory or a checkpoint root). See
-  // FindResumePoint (worker/checkpointer.h).
+  // FindResumeCandidates (worker/checkpointer.h).
   std::string resume = "auto";
 };
 

@@ -620,6 +620,36 @@ TEST_F(TrainerTest, ResumeAtAnotherWorldSize) {
   }
 }
 
+// A damaged piece that only one rank reads (ZeRO-1: rank 1's AdamW moments, in rank 1's shard)
+// makes every rank fall back together to the checkpoint before: no rank reads the whole checkpoint
+// first, so the decision is collective.
+TEST_F(TrainerTest, DamageFoundByOneRankMakesEveryRankFallBack) {
+  const std::string root = dir_ + "/one-rank-damage";
+  auto spec = [&](int steps) {
+    return Spec({"train.steps=" + std::to_string(steps), "train.eval_interval=0", "train.threads=1",
+                 "data.batch_size=2", "parallel.strategy=zero1", "checkpoint.interval=4", "checkpoint.dir=" + root});
+  };
+  for (auto& r : TrainRanks(2, spec(8))) ASSERT_TRUE(r.summary.ok()) << r.summary.status().ToString();
+  // The last bytes of rank 1's shard are adam_v data of its own range: rank 0 never reads them.
+  const std::string shard = checkpoint::StepDir(root, 8) + "/" + checkpoint::ShardFileName(1, 2);
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-100, std::ios::end);
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 1);
+    f.seekp(-100, std::ios::end);
+    f.write(&c, 1);
+  }
+  auto resumed = TrainRanks(2, spec(10));
+  for (auto& r : resumed) {
+    ASSERT_TRUE(r.summary.ok()) << r.summary.status().ToString();
+    EXPECT_EQ(r.summary->resumed_from_step, 4);
+    EXPECT_EQ(r.summary->steps, 10);
+  }
+  EXPECT_EQ(resumed[0].params, resumed[1].params);
+}
+
 INSTANTIATE_TEST_SUITE_P(WorldsAndStrategies, DataParallelTest,
                          ::testing::Combine(::testing::Values(2, 4),
                                             ::testing::Values(std::string("ddp"), std::string("zero1"))),
