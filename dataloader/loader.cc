@@ -130,8 +130,11 @@ struct DataLoader::Shared {
     if (!consumer_sleeping.load()) return;
     const uint64_t w = waiting_for.load();
     const uint64_t n = eager ? 1 : refill;
+    // Sequentially consistent loads: two readers publishing the last two missing batches at once
+    // must not both miss the other's store (each sees its own first), or neither would wake the
+    // consumer, which would then only notice at its next poll. (Free on x86.)
     for (uint64_t k = 0; k < n; ++k) {
-      if (!Settled(w + k)) return;
+      if (slots[(w + k) % slots.size()]->done.load() != w + k + 1) return;
     }
     { std::lock_guard<std::mutex> lk(mu); }
     ready_cv.notify_one();
