@@ -380,6 +380,19 @@ TEST_F(TrainerTest, ResumeAfterAStopIsBitExact) {
   EXPECT_EQ(fresh.params, ref.params);
 }
 
+// Flips one bit 100 bytes before the end of `path`: in a checkpoint shard, data of the last
+// tensor of the last array (adam_v), which only the rank loading that range reads.
+void FlipBitNearTheEnd(const std::string& path) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  ASSERT_TRUE(f.good()) << path;
+  f.seekg(-100, std::ios::end);
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 1);
+  f.seekp(-100, std::ios::end);
+  f.write(&c, 1);
+}
+
 // A damaged newest checkpoint (one flipped bit) is named and skipped for the one before; a root
 // holding only damaged or incomplete checkpoints fails the run rather than starting over.
 TEST_F(TrainerTest, ResumeFallsBackPastADamagedCheckpointAndNeverStartsOverSilently) {
@@ -390,15 +403,7 @@ TEST_F(TrainerTest, ResumeFallsBackPastADamagedCheckpointAndNeverStartsOverSilen
   };
   ASSERT_TRUE(TrainOnce(spec(8)).summary.ok());
   const std::string shard = checkpoint::StepDir(root, 8) + "/" + checkpoint::ShardFileName(0, 1);
-  auto flip = [&] {
-    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(-100, std::ios::end);
-    char c = 0;
-    f.read(&c, 1);
-    c = static_cast<char>(c ^ 1);
-    f.seekp(-100, std::ios::end);
-    f.write(&c, 1);
-  };
+  auto flip = [&] { FlipBitNearTheEnd(shard); };
   flip();
   const RunResult resumed = TrainOnce(spec(10));
   ASSERT_TRUE(resumed.summary.ok()) << resumed.summary.status().ToString();
@@ -632,15 +637,7 @@ TEST_F(TrainerTest, DamageFoundByOneRankMakesEveryRankFallBack) {
   for (auto& r : TrainRanks(2, spec(8))) ASSERT_TRUE(r.summary.ok()) << r.summary.status().ToString();
   // The last bytes of rank 1's shard are adam_v data of its own range: rank 0 never reads them.
   const std::string shard = checkpoint::StepDir(root, 8) + "/" + checkpoint::ShardFileName(1, 2);
-  {
-    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(-100, std::ios::end);
-    char c = 0;
-    f.read(&c, 1);
-    c = static_cast<char>(c ^ 1);
-    f.seekp(-100, std::ios::end);
-    f.write(&c, 1);
-  }
+  FlipBitNearTheEnd(shard);
   auto resumed = TrainRanks(2, spec(10));
   for (auto& r : resumed) {
     ASSERT_TRUE(r.summary.ok()) << r.summary.status().ToString();
