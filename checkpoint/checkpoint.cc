@@ -974,7 +974,7 @@ Status ExportSafetensors(const std::string& step_dir, const std::string& out_pat
   return out.Commit();
 }
 
-int RemoveTemporaryFiles(const std::string& root) {
+int RemoveInterruptedSaves(const std::string& root) {
   auto is_tmp = [](const std::string& name) {
     return name.size() > 1 && name[0] == '.' && name.find(".tmp") != std::string::npos;
   };
@@ -990,7 +990,19 @@ int RemoveTemporaryFiles(const std::string& root) {
   auto names = storage::ListDirectory(root);
   if (names.ok()) {
     for (const std::string& name : *names) {
-      if (name.rfind("step-", 0) == 0 && storage::IsDirectory(Join(root, name))) sweep(Join(root, name));
+      const std::string dir = Join(root, name);
+      if (name.rfind("step-", 0) != 0 || !storage::IsDirectory(dir)) continue;
+      sweep(dir);
+      struct stat st;
+      if (::lstat(Join(dir, kManifestName).c_str(), &st) == 0 || errno != ENOENT) continue;  // committed
+      // Never committed: the shards of a save interrupted before its manifest. Resuming ignores
+      // them; left, a later save of the same step at another world size would sit beside them.
+      auto files = storage::ListDirectory(dir);
+      if (!files.ok()) continue;
+      for (const std::string& f : *files) {
+        if (::unlink(Join(dir, f).c_str()) == 0) ++removed;
+      }
+      ::rmdir(dir.c_str());
     }
   }
   return removed;

@@ -167,11 +167,14 @@ Status ReadRange(const std::string& step_dir, const Manifest& m, const std::stri
 // the file loads into transformers' GPT2LMHeadModel; otherwise they are written as stored.
 Status ExportSafetensors(const std::string& step_dir, const std::string& out_path, bool hf_layout);
 
-// Removes the temporary files that writers killed mid-write leave behind (".latest.tmp.*" in the
-// root; ".rank-*.h5.tmp-*" and ".manifest.pb.tmp.*" in step directories). Only for a root no other
-// process is writing to (the trainer calls it on rank 0 before its first save). Returns how many
-// files it removed; errors other than a missing root are ignored.
-int RemoveTemporaryFiles(const std::string& root);
+// Removes what interrupted saves leave behind: temporary files of writers killed mid-write
+// (".latest.tmp.*" in the root; ".rank-*.h5.tmp-*" and ".manifest.pb.tmp.*" in step directories),
+// and step directories that were never committed (no manifest.pb at all), with their shards. A
+// step directory whose manifest exists but is damaged is kept: it was committed, and is reported
+// rather than deleted. Only for a root no other process is writing to (the trainer calls it on rank
+// 0 after choosing where to resume, before its first save). Returns how many files it removed;
+// errors other than a missing root are ignored.
+int RemoveInterruptedSaves(const std::string& root);
 
 // Fault injection for the crash tests (tests/integration/ckpt_crash_test.sh): after
 // SetCrashPointForTesting("PHASE:STEP") the process kills itself with SIGKILL when the save of

@@ -168,9 +168,9 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(CheckpointerOptions o
   for (const checkpoint::Range& r : impl->o.ranges) impl->elements += r.size;
   RETURN_IF_ERROR(storage::MakeDirectories(impl->o.root).WithContext("checkpoint.dir"));
   if (impl->rank == 0) {
-    // Leftovers of writers killed mid-write (a crashed or preempted earlier run of this job).
-    const int removed = checkpoint::RemoveTemporaryFiles(impl->o.root);
-    if (removed > 0) COHORT_LOG_INFO("checkpoint: removed {} temporary file(s) left by an interrupted run", removed);
+    // Leftovers of saves interrupted before their commit (a crashed or preempted earlier run).
+    const int removed = checkpoint::RemoveInterruptedSaves(impl->o.root);
+    if (removed > 0) COHORT_LOG_INFO("checkpoint: removed {} file(s) of saves an earlier run did not commit", removed);
   }
   // Rank 0 writes the manifest, which lists every rank's ranges: gather them once.
   impl->all_ranges.resize(static_cast<size_t>(impl->world));

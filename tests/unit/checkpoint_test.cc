@@ -389,6 +389,36 @@ TEST_F(CheckpointTest, BadShardRequestsAreRejected) {
   EXPECT_EQ(WriteShard(StepDir(root_, 1), w).status().code(), Code::kInvalidArgument);
 }
 
+// What interrupted saves leave is removed before the next run's first save: temporary files, and
+// step directories never committed (shards, no manifest). Committed checkpoints stay, and so does
+// one whose manifest is damaged (it is reported, not deleted).
+TEST_F(CheckpointTest, InterruptedSavesAreCleanedUpCommittedOnesKept) {
+  Save(4, 2);                  // committed
+  Save(8, 3, /*commit=*/false);  // shards written, killed before the manifest
+  Save(12, 1);                 // committed, then its manifest damaged
+  {
+    std::fstream f(StepDir(root_, 12) + "/manifest.pb", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(3);
+    f.put('\x7f');
+  }
+  const std::string stray_tmp = StepDir(root_, 4) + "/.rank-00000-of-00002.h5.tmp-999";
+  { std::ofstream(stray_tmp) << "partial"; }
+  { std::ofstream(root_ + "/.latest.tmp.123") << "step-"; }
+  EXPECT_EQ(RemoveInterruptedSaves(root_), 3 + 2);  // step 8's three shards, two temporary files
+  EXPECT_FALSE(storage::IsDirectory(StepDir(root_, 8)));
+  EXPECT_FALSE(storage::RegularFileSize(stray_tmp).ok());
+  EXPECT_TRUE(Verify(StepDir(root_, 4)).ok());
+  EXPECT_TRUE(storage::RegularFileSize(StepDir(root_, 12) + "/manifest.pb").ok());
+  auto entries = List(root_);
+  ASSERT_TRUE(entries.ok());
+  ASSERT_EQ(entries->size(), 2u);
+  EXPECT_TRUE((*entries)[0].complete);
+  EXPECT_FALSE((*entries)[1].complete);
+  EXPECT_TRUE((*entries)[1].has_manifest);
+  EXPECT_EQ(RemoveInterruptedSaves(root_), 0);  // nothing more
+  EXPECT_EQ(RemoveInterruptedSaves(root_ + "/missing"), 0);
+}
+
 // A write that fails midway (here the file-size limit, as a full disk would) returns an error
 // naming the file and leaves no partial file behind. Run in a child process: the limit is
 // per process.
