@@ -706,7 +706,11 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
         H5Pset_meta_block_size(fapl.get(), meta_block) < 0) {
       return WriteError(tmp, "set up the in-memory file");
     }
-    Hid file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
+    // The in-memory file's name is not the temporary file's: HDF5 first tries to open an existing
+    // file of that name (and a core driver that opens one reads it in as the initial image), which
+    // must find nothing. It is never created on disk; it only appears in HDF5's messages.
+    const std::string image_name = tmp + ".in-memory";
+    Hid file(H5Fcreate(image_name.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get()), H5Fclose);
     if (!file.valid()) return WriteError(tmp, "create");
     const bool attrs_ok = PutAttrString(file.get(), "format", kFormatName) &&
                           PutAttr<uint32_t>(file.get(), "format_version", kFormatVersion) &&
