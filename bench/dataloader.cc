@@ -13,6 +13,7 @@
 //                    window (2(T+1) bytes, at a random place) out of plain mmap()s of the files,
 //                    with the next window prefetched; no decoding, no batches, no Cohort code
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -185,10 +186,12 @@ int Train(const std::string& glob, const model::GptConfig& c, int B, int steps, 
     if (Status st = step(nullptr, nullptr, &*b); !st.ok()) return Fail(st);
   }
   const double wait0 = (*loader)->total_wait_seconds();
+  double in_next = 0;  // all of the time inside Next(), handing the previous buffer back included
   for (int done = 0; done < steps; done += kBlock) {
     for (int s = 0; s < kBlock; ++s) {
       const auto t0 = Clock::now();
       auto b = (*loader)->Next();
+      in_next += Since(t0);
       if (!b.ok()) return Fail(b.status());
       if (Status st = step(nullptr, nullptr, &*b); !st.ok()) return Fail(st);
       with_loader.push_back(Since(t0));
@@ -207,10 +210,33 @@ int Train(const std::string& glob, const model::GptConfig& c, int B, int steps, 
   };
   const double a = mean(with_loader), b = mean(synthetic);
   const double waited = (*loader)->total_wait_seconds() - wait0;
+  // Per pair of neighbouring blocks, the relative difference: its median, and a 95% interval of its
+  // mean (normal approximation), so a reader can tell a real cost from this machine's drift.
+  std::vector<double> pairs;
+  for (size_t i = 0; i + kBlock <= with_loader.size(); i += kBlock) {
+    const std::vector<double> l(with_loader.begin() + static_cast<ptrdiff_t>(i),
+                                with_loader.begin() + static_cast<ptrdiff_t>(i + kBlock));
+    const std::vector<double> m(synthetic.begin() + static_cast<ptrdiff_t>(i),
+                                synthetic.begin() + static_cast<ptrdiff_t>(i + kBlock));
+    pairs.push_back((mean(l) - mean(m)) / mean(l));
+  }
+  const double pm = mean(pairs);
+  double var = 0;
+  for (double d : pairs) var += (d - pm) * (d - pm);
+  const double half = pairs.size() > 1 ? 1.96 * std::sqrt(var / static_cast<double>(pairs.size() - 1) /
+                                                          static_cast<double>(pairs.size()))
+                                       : 0.0;
+  std::vector<double> sorted = pairs;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted.empty() ? 0.0
+                        : sorted.size() % 2 ? sorted[sorted.size() / 2]
+                                            : (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]) / 2;
   std::printf(
       "{\"steps\": %zu, \"loader_ms\": %.3f, \"synthetic_ms\": %.3f, \"differential_fraction\": %.5f, "
-      "\"measured_wait_fraction\": %.6f}\n",
-      with_loader.size(), 1e3 * a, 1e3 * b, (a - b) / a, waited / (a * static_cast<double>(with_loader.size())));
+      "\"differential_median\": %.5f, \"differential_ci95\": [%.5f, %.5f], \"block_pairs\": %zu, "
+      "\"measured_wait_fraction\": %.6f, \"next_call_fraction\": %.6f}\n",
+      with_loader.size(), 1e3 * a, 1e3 * b, (a - b) / a, median, pm - half, pm + half, pairs.size(),
+      waited / (a * static_cast<double>(with_loader.size())), in_next / (a * static_cast<double>(with_loader.size())));
   return 0;
 }
 
