@@ -386,8 +386,8 @@ Result<ResumeCandidates> FindResumeCandidates(const std::string& resume, const s
   std::string search_root = root;
   if (resume != "auto") {
     // A step directory: exactly that checkpoint (its manifest must be valid and its files there).
-    if (checkpoint::ReadManifest(resume).ok() || !checkpoint::List(resume).ok()) {
-      auto m = checkpoint::ReadManifest(resume);
+    auto m = checkpoint::ReadManifest(resume);
+    if (m.ok() || !checkpoint::List(resume).ok()) {
       if (!m.ok()) return m.status().WithContext("--resume " + resume);
       c.dirs.push_back(resume);
       c.exact = true;

@@ -359,11 +359,10 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
       if (ranks.rank == 0) return list_status;
       return DataLoss("resume: rank 0 found no usable checkpoint (see its error)");
     }
-    // Loads `dir` into this rank's model and optimizers. InvalidArgument: the checkpoint does not
-    // fit this job (a fatal error, not a reason to try an older one).
+    // Whether a checkpoint fits this job (same model, same data, not past the end): a checkpoint
+    // that does not is a fatal error, not a reason to try an older one.
     checkpoint::Manifest manifest;
-    auto load = [&](const std::string& dir) -> Status {
-      ASSIGN_OR_RETURN(manifest, checkpoint::ReadManifest(dir));
+    auto fits = [&](const std::string& dir) -> Status {
       if (manifest.num_parameters != n) {
         return InvalidArgument(dir + ": the checkpoint holds " + std::to_string(manifest.num_parameters) +
                                " parameters, this model " + std::to_string(n) + " (model section changed?)");
@@ -376,6 +375,10 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
         return InvalidArgument(dir + ": the checkpoint is at step " + std::to_string(manifest.step) +
                                ", beyond train.steps = " + std::to_string(spec.train.steps));
       }
+      return Status::Ok();
+    };
+    // Loads this rank's part of `dir` into its model and optimizers; any failure is damage.
+    auto load = [&](const std::string& dir) -> Status {
       RETURN_IF_ERROR(checkpoint::ReadRange(dir, manifest, "model", 0, n, gpt->params()));
       for (auto& opt : optimizers) {
         const model::ParamRange r = opt->range();
@@ -387,7 +390,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     std::string why;  // the failures, for the error when none loads
     std::string loaded_dir;
     bool loaded = false;
-    for (int64_t k = 0; k < count && !loaded; ++k) {
+    for (int64_t k = 0; k < count; ++k) {
       std::string dir = ranks.rank == 0 ? candidates.dirs[static_cast<size_t>(k)] : std::string();
       if (ranks.distributed()) {
         uint64_t len = dir.size();
@@ -395,16 +398,23 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
         dir.resize(len);
         if (len > 0) RETURN_IF_ERROR(ranks.comm->Broadcast(dir.data(), len, 0).WithContext("resume"));
       }
-      const Status st = load(dir);
+      Status unfit, st;  // st: damage (an unreadable manifest, or a piece that fails its check)
+      auto m = checkpoint::ReadManifest(dir);
+      if (!m.ok()) {
+        st = m.status();
+      } else {
+        manifest = std::move(*m);
+        unfit = fits(dir);
+        if (unfit.ok()) st = load(dir);
+      }
       // How many ranks found it damaged, and how many found it unfit for this job.
-      float verdict[2] = {st.ok() || st.code() == Code::kInvalidArgument ? 0.0f : 1.0f,
-                          st.code() == Code::kInvalidArgument ? 1.0f : 0.0f};
+      float verdict[2] = {st.ok() ? 0.0f : 1.0f, unfit.ok() ? 0.0f : 1.0f};
       if (ranks.distributed()) {
         RETURN_IF_ERROR(ranks.comm->AllReduce(verdict, 2, collectives::DataType::kFloat32, collectives::ReduceOp::kSum)
                             .WithContext("resume"));
       }
       if (verdict[1] > 0) {
-        if (!st.ok()) return st;
+        if (!unfit.ok()) return unfit;
         return InvalidArgument("resume: another rank found " + dir + " unfit for this job (see its error)");
       }
       if (verdict[0] == 0) {
