@@ -37,22 +37,29 @@ expect_output "step +40/40 \| loss" "train logs every step line"
 expect_output "val loss [0-9.]+ -> [0-9.]+" "train reports val loss before and after"
 expect_output "\[r0\]" "log lines carry the rank"
 
+# signal_mid_run SIGNAL LOG REGEX -- CMD...: runs CMD in the background with its output in LOG,
+# sends SIGNAL once a line of LOG matches REGEX (or after 30 s), and leaves its exit status in
+# $code and its output in $OUT.
+signal_mid_run() {
+  local sig=$1 log=$2 regex=$3 pid
+  shift 4
+  "$@" > "$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do grep -qE "$regex" "$log" && break; sleep 0.05; done
+  kill "-$sig" "$pid"
+  set +e; wait "$pid"; code=$?; set -e
+  OUT=$(cat "$log")
+}
+
 # Ctrl-C: SIGINT mid-run stops cleanly with exit code 130 and a message, well before the end.
-"$COHORT_BIN" train job.yaml --no-progress --set train.steps=100000 --set train.log_interval=1 > run.log 2>&1 &
-pid=$!
-for _ in $(seq 1 300); do grep -q "step .*/100000 | loss" run.log && break; sleep 0.1; done
-kill -INT "$pid"
-set +e; wait "$pid"; code=$?; set -e
-OUT=$(cat run.log)
+signal_mid_run INT run.log "step .*/100000 \| loss" -- \
+  "$COHORT_BIN" train job.yaml --no-progress --set train.steps=100000 --set train.log_interval=1
 [ "$code" = 130 ] && pass "SIGINT exits 130" || { fail "SIGINT exit code $code, want 130"; tail run.log >&2; }
 expect_output "stopped by signal after [0-9]+ of 100000 steps" "SIGINT is reported"
 
 # SIGTERM (e.g. from a scheduler) also stops cleanly; the exit code is 128 + 15.
-"$COHORT_BIN" train job.yaml --no-progress --set train.steps=100000 > term.log 2>&1 &
-pid=$!
-for _ in $(seq 1 300); do grep -q "step .*/100000 | loss" term.log && break; sleep 0.1; done
-kill -TERM "$pid"
-set +e; wait "$pid"; code=$?; set -e
+signal_mid_run TERM term.log "step .*/100000 \| loss" -- \
+  "$COHORT_BIN" train job.yaml --no-progress --set train.steps=100000
 [ "$code" = 143 ] && pass "SIGTERM exits 143" || { fail "SIGTERM exit code $code, want 143"; tail term.log >&2; }
 
 # Preemption: SIGTERM mid-run finishes the step, commits a checkpoint and exits 143; the same
@@ -61,13 +68,9 @@ set +e; wait "$pid"; code=$?; set -e
 expect_exit 0 "uninterrupted run with checkpoints" -- "$COHORT_BIN" train job.yaml --no-progress \
   --set train.steps=3000 --set train.eval_interval=1000 --set checkpoint.dir="$WORK/ck-ref" --set checkpoint.interval=500 --metrics ref.jsonl
 ref_crc=$(grep -o '"param_crc32c": "[0-9a-f]*"' ref.jsonl)
-"$COHORT_BIN" train job.yaml --no-progress --set train.steps=3000 --set train.eval_interval=1000 --set train.log_interval=1 \
-  --set checkpoint.dir="$WORK/ck" --set checkpoint.interval=500 > pre.log 2>&1 &
-pid=$!
-for _ in $(seq 1 300); do grep -qE "step +[0-9]{3,}/3000 \| loss" pre.log && break; sleep 0.05; done
-kill -TERM "$pid"
-set +e; wait "$pid"; code=$?; set -e
-OUT=$(cat pre.log)
+signal_mid_run TERM pre.log "step +[0-9]{3,}/3000 \| loss" -- \
+  "$COHORT_BIN" train job.yaml --no-progress --set train.steps=3000 --set train.eval_interval=1000 --set train.log_interval=1 \
+  --set checkpoint.dir="$WORK/ck" --set checkpoint.interval=500
 [ "$code" = 143 ] && pass "SIGTERM with checkpoints exits 143" || { fail "exit code $code, want 143"; tail pre.log >&2; }
 expect_output "checkpoint: step [0-9]+ committed" "the stop commits a checkpoint"
 stopped=$(grep -o "stopped by signal after [0-9]*" pre.log | grep -o "[0-9]*$")
