@@ -152,8 +152,7 @@ class TokenShardSource final : public SampleSource {
   std::string Locate(uint64_t index) const override {
     if (index >= num_samples()) return SampleSource::Locate(index);
     const size_t f = FileOf(index);
-    const uint64_t offset = kTokenShardHeaderSize + (index - first_sample_[f]) * static_cast<uint64_t>(T_) *
-                                                        shards_[f].header.token_width;
+    const uint64_t offset = SampleOffset(f, index);
     return "sample " + std::to_string(index) + " (" + shards_[f].object->uri() + " byte offset " +
            std::to_string(offset) + ")";
   }
@@ -166,9 +165,8 @@ class TokenShardSource final : public SampleSource {
     const size_t f = FileOf(index);
     const Shard& s = shards_[f];
     const uint32_t width = s.header.token_width;
-    const uint64_t offset = kTokenShardHeaderSize + (index - first_sample_[f]) * static_cast<uint64_t>(T_) * width;
     RowDecode row{inputs, targets, static_cast<size_t>(T_), 0};
-    RETURN_IF_ERROR(s.object->ReadVisit(offset, (static_cast<size_t>(T_) + 1) * width,
+    RETURN_IF_ERROR(s.object->ReadVisit(SampleOffset(f, index), (static_cast<size_t>(T_) + 1) * width,
                                         width == 2 ? DecodeRow<uint16_t> : DecodeRow<uint32_t>, &row));
     return row.max < s.header.vocab_size ? Status::Ok() : VocabError(index, s.header.vocab_size);
   }
@@ -181,9 +179,8 @@ class TokenShardSource final : public SampleSource {
     const Shard& s = shards_[f];
     const uint32_t width = s.header.token_width;
     if (static_cast<int>(width) != stored_width_) return SampleSource::ReadStored(index, out);  // mixed widths
-    const uint64_t offset = kTokenShardHeaderSize + (index - first_sample_[f]) * static_cast<uint64_t>(T_) * width;
     RowCopy row{out, 0};
-    RETURN_IF_ERROR(s.object->ReadVisit(offset, (static_cast<size_t>(T_) + 1) * width,
+    RETURN_IF_ERROR(s.object->ReadVisit(SampleOffset(f, index), (static_cast<size_t>(T_) + 1) * width,
                                         width == 2 ? CopyRow<uint16_t> : CopyRow<uint32_t>, &row));
     return row.max < s.header.vocab_size ? Status::Ok() : VocabError(index, s.header.vocab_size);
   }
@@ -191,10 +188,8 @@ class TokenShardSource final : public SampleSource {
   void Prefetch(uint64_t index) const override {
     if (index >= num_samples()) return;
     const size_t f = FileOf(index);
-    const uint32_t width = shards_[f].header.token_width;
-    shards_[f].object->Prefetch(
-        kTokenShardHeaderSize + (index - first_sample_[f]) * static_cast<uint64_t>(T_) * width,
-        (static_cast<size_t>(T_) + 1) * width);
+    shards_[f].object->Prefetch(SampleOffset(f, index),
+                                (static_cast<size_t>(T_) + 1) * shards_[f].header.token_width);
   }
 
   Status Read(uint64_t index, int32_t* out) const override {
@@ -203,8 +198,7 @@ class TokenShardSource final : public SampleSource {
     const Shard& s = shards_[f];
     const uint32_t width = s.header.token_width;
     const size_t n = static_cast<size_t>(T_) + 1;
-    const uint64_t first_token = (index - first_sample_[f]) * static_cast<uint64_t>(T_);
-    const uint64_t offset = kTokenShardHeaderSize + first_token * width;
+    const uint64_t offset = SampleOffset(f, index);
     // Read straight into `out` (n * 4 bytes); 2-byte tokens are widened in place from the back, so
     // no token is overwritten before it is read. The loops have no early exit, so they vectorize;
     // the rare out-of-vocabulary token is looked for only once the maximum shows there is one.
@@ -247,6 +241,11 @@ class TokenShardSource final : public SampleSource {
   Status CheckIndex(uint64_t index) const {
     if (index < num_samples()) return Status::Ok();
     return OutOfRange("sample " + std::to_string(index) + " of " + std::to_string(num_samples()));
+  }
+
+  // Where sample `index` (in file f) starts: its first token, T tokens after the previous sample's.
+  uint64_t SampleOffset(size_t f, uint64_t index) const {
+    return kTokenShardHeaderSize + (index - first_sample_[f]) * static_cast<uint64_t>(T_) * shards_[f].header.token_width;
   }
 
   // A fast path saw a token >= vocab in sample `index`: Read finds it and names its byte offset.
