@@ -8,7 +8,7 @@
 //                    training steps fed by the loader vs by batches held in memory (differential)
 //   --mode resume    --data GLOB --seq T --batch B
 //                    time from creating a loader at a saved position to its first batch
-//   --mode gather    --data GLOB --seq T --threads K --epochs E
+//   --mode gather    --data GLOB --seq T --threads K --epochs E [--access mmap|pread]
 //                    the bound for any loader of a shuffled order: K threads memcpy each sample
 //                    window (2(T+1) bytes, at a random place) out of plain mmap()s of the files,
 //                    with the next window prefetched; no decoding, no batches, no Cohort code
@@ -268,7 +268,7 @@ int Resume(const std::string& glob, int T, int B) {
   return 0;
 }
 
-int Gather(const std::string& pattern, int T, int threads, int epochs) {
+int Gather(const std::string& pattern, int T, int threads, int epochs, bool use_pread) {
   glob_t g;
   if (::glob(pattern.c_str(), 0, nullptr, &g) != 0) {
     std::fprintf(stderr, "bench_dataloader: %s matches nothing\n", pattern.c_str());
@@ -277,6 +277,7 @@ int Gather(const std::string& pattern, int T, int threads, int epochs) {
   struct Map {
     const unsigned char* p;
     uint64_t windows;
+    int fd;  // --access pread: kept open
   };
   std::vector<Map> maps;
   const uint64_t window = 2 * static_cast<uint64_t>(T);  // stride between samples, 2-byte tokens
@@ -289,11 +290,15 @@ int Gather(const std::string& pattern, int T, int threads, int epochs) {
       ::close(fd);
       continue;
     }
-    void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
-    ::close(fd);
-    if (p == MAP_FAILED) return 1;
     const uint64_t payload = static_cast<uint64_t>(st.st_size) - 64;
-    maps.push_back({static_cast<const unsigned char*>(p) + 64, (payload - 2) / window});
+    if (use_pread) {
+      maps.push_back({nullptr, (payload - 2) / window, fd});
+    } else {
+      void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+      ::close(fd);
+      if (p == MAP_FAILED) return 1;
+      maps.push_back({static_cast<const unsigned char*>(p) + 64, (payload - 2) / window, -1});
+    }
     total += maps.back().windows;
   }
   ::globfree(&g);
@@ -309,13 +314,23 @@ int Gather(const std::string& pattern, int T, int threads, int epochs) {
     pool.emplace_back([&, t] {
       std::mt19937_64 rng(100 + static_cast<uint64_t>(t));
       std::vector<unsigned char> buf(n);
+      uint64_t acc = 0;
+      const uint64_t mine = static_cast<uint64_t>(epochs) * total / static_cast<uint64_t>(threads);
+      if (use_pread) {  // one pread per sample: no mapping, a system call instead
+        for (uint64_t k = 0; k < mine; ++k) {
+          const Map& m = maps[rng() % maps.size()];
+          const off_t at = static_cast<off_t>(64 + (rng() % m.windows) * window);
+          if (::pread(m.fd, buf.data(), n, at) != static_cast<ssize_t>(n)) std::abort();
+          acc += buf[k % n];
+        }
+        sink += acc;
+        return;
+      }
       auto pick = [&]() -> const unsigned char* {
         const Map& m = maps[rng() % maps.size()];
         return m.p + (rng() % m.windows) * window;
       };
       const unsigned char* next = pick();
-      uint64_t acc = 0;
-      const uint64_t mine = static_cast<uint64_t>(epochs) * total / static_cast<uint64_t>(threads);
       for (uint64_t k = 0; k < mine; ++k) {
         const unsigned char* cur = next;
         next = pick();
@@ -341,7 +356,7 @@ int Gather(const std::string& pattern, int T, int threads, int epochs) {
 
 int main(int argc, char** argv) {
   CLI::App app{"Cohort dataloader benchmark"};
-  std::string mode, data, out, layout = "rows";
+  std::string mode, data, out, layout = "rows", access = "mmap";
   int epochs = 1, mib = 512, files = 8, T = 1024, B = 8, threads = 2, depth = 4, steps = 40, compute_threads = 1;
   bool verify = false;
   model::GptConfig c{257, 128, 4, 4, 128};
@@ -357,6 +372,8 @@ int main(int argc, char** argv) {
   app.add_option("--epochs", epochs, "read mode: epochs to read");
   app.add_option("--layout", layout, "read mode: rows (stored tokens, as the trainer reads) | pairs (int32 inputs and targets)")
       ->check(CLI::IsMember({"rows", "pairs"}));
+  app.add_option("--access", access, "gather mode: mmap (copy out of mappings of the files) | pread (a read per sample)")
+      ->check(CLI::IsMember({"mmap", "pread"}));
   app.add_option("--verify", verify, "check payload checksums when opening");
   app.add_option("--steps", steps);
   app.add_option("--compute-threads", compute_threads);
@@ -372,6 +389,6 @@ int main(int argc, char** argv) {
                 layout == "rows" ? data::Layout::kStoredRows : data::Layout::kPairs);
   }
   if (mode == "train") return Train(data, c, B, steps, compute_threads);
-  if (mode == "gather") return Gather(data, T, threads, epochs);
+  if (mode == "gather") return Gather(data, T, threads, epochs, access == "pread");
   return Resume(data, T, B);
 }
