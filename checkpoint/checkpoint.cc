@@ -225,13 +225,12 @@ class RemoveOnFailure {
   std::string path_;
 };
 
-// Writes a shard's in-memory image to `path` while the image is still being built: WriteShard
-// reports each byte range that is final (a dataset's data, once HDF5 has copied it into the image:
-// contiguous storage never moves, and with the sieve buffer off nothing changes it; the metadata
-// accumulator may write a range back, with the same bytes), and a
-// background thread writes every 4 KiB block whose bytes are all final. Finish writes the rest (the
-// metadata, and blocks shared with it) once the image is complete. The disk then works while the
-// image is built, instead of after: for a 10 MB shard the build took a third of the time.
+// Writes a shard's in-memory image to `path` while the image is still being built:
+// WriteShardImage reports each byte range that is final (every dataset's data, in place before
+// HDF5 starts; HDF5 writes only metadata, elsewhere in the image), and a background thread writes
+// every 4 KiB block whose bytes are all final. Finish writes the rest (the metadata, and blocks
+// shared with it) once the image is complete. The disk then works while the metadata is built,
+// instead of after.
 //
 // The file is created (it must not exist) with O_DIRECT where the file system allows, so a
 // multi-GB shard neither waits on nor evicts the page cache (the data loader's files), and goes at
@@ -553,29 +552,125 @@ Result<Hid> OpenShard(const std::string& path) {
   return file;
 }
 
-// The core driver's memory, from a caller-kept buffer (ShardWrite::scratch), so consecutive
-// shards reuse already-mapped pages. HDF5 asks for `size` bytes at open and on every growth
-// (keeping the contents), and frees at close: here a no-op, the buffer outlives the file.
-// The writer, if any, is writing finished parts of the image from the arena in the background: a
-// growth that moves the arena waits for its write in progress and holds off the next.
+// ---- the shard's in-memory file: a minimal HDF5 virtual file driver ----------------------------
+// A shard is built in memory and written out by ImageWriter (HDF5 never touches the disk, so a
+// full disk or an I/O error is ours to handle, and HDF5 cannot fail to close a file, after which
+// it would try to flush it again at process exit and crash, as it did with a full disk). The data
+// is in the image before HDF5 starts: the caller copied it to the places PlanShard found, and the
+// datasets are allocated at creation and never written through HDF5. HDF5's core driver would
+// zero that memory as the file grows over it; this driver keeps the file in an ImageBuffer and
+// changes only the bytes HDF5 writes, which are metadata: a write of raw data is refused, as it
+// would land on data already in place. Every call comes with Hdf5Mutex() held.
 struct ImageSink {
-  ImageBuffer* arena;
-  ImageWriter* writer;
+  ImageBuffer* arena = nullptr;
+  ImageWriter* writer = nullptr;  // null when only planning
+  uint64_t size = 0;              // the file's size, set when HDF5 closes it
+  bool raw_write = false;         // HDF5 tried to write raw data (refused)
 };
-void* ArenaRealloc(void* ptr, size_t size, H5FD_file_image_op_t, void* udata) {
-  auto* sink = static_cast<ImageSink*>(udata);
-  if (size <= sink->arena->capacity()) return sink->arena->data();
+struct ImageDriverInfo {
+  ImageSink* sink;
+};
+struct ImageFile {
+  H5FD_t pub;  // first: the part HDF5 sees
+  ImageSink* sink;
+  haddr_t eoa;
+  haddr_t eof;
+};
+constexpr haddr_t kImageMaxAddr = haddr_t{1} << 62;
+
+ImageFile* AsImage(H5FD_t* f) { return reinterpret_cast<ImageFile*>(f); }
+const ImageFile* AsImage(const H5FD_t* f) { return reinterpret_cast<const ImageFile*>(f); }
+
+// Room for the file up to `end`: the arena grows (keeping its contents) when HDF5 goes past what
+// was reserved; the writer's write in progress finishes first, as the arena moves.
+bool ImageRoom(ImageSink* sink, uint64_t end) {
+  if (end <= sink->arena->capacity()) return true;
   std::unique_lock<std::mutex> hold;
   if (sink->writer != nullptr) hold = sink->writer->HoldBuffer();
-  return sink->arena->Reserve(size) ? sink->arena->data() : nullptr;  // keeps the contents, as realloc would
+  return sink->arena->Reserve(static_cast<size_t>(end));
 }
-void* ArenaMalloc(size_t size, H5FD_file_image_op_t op, void* udata) { return ArenaRealloc(nullptr, size, op, udata); }
-void* ArenaMemcpy(void* dest, const void* src, size_t size, H5FD_file_image_op_t, void*) {
-  return std::memcpy(dest, src, size);
+
+H5FD_t* ImageOpen(const char*, unsigned flags, hid_t fapl, haddr_t) {
+  // Only ever created: "opening" an existing image (HDF5 asks when it checks for a file of that
+  // name) finds none.
+  if ((flags & H5F_ACC_CREAT) == 0) return nullptr;
+  const auto* info = static_cast<const ImageDriverInfo*>(H5Pget_driver_info(fapl));
+  if (info == nullptr || info->sink == nullptr) return nullptr;
+  auto* f = static_cast<ImageFile*>(std::calloc(1, sizeof(ImageFile)));
+  if (f == nullptr) return nullptr;
+  f->sink = info->sink;
+  return &f->pub;
 }
-herr_t ArenaFree(void*, H5FD_file_image_op_t, void*) { return 0; }
-void* ArenaUdataCopy(void* udata) { return udata; }
-herr_t ArenaUdataFree(void*) { return 0; }
+herr_t ImageClose(H5FD_t* file) {
+  ImageFile* f = AsImage(file);
+  f->sink->size = std::max(f->eoa, f->eof);
+  std::free(f);
+  return 0;
+}
+herr_t ImageQuery(const H5FD_t*, unsigned long* flags) {
+  // As the core driver, less the data sieve (raw data never goes through the driver).
+  *flags = H5FD_FEAT_AGGREGATE_METADATA | H5FD_FEAT_ACCUMULATE_METADATA | H5FD_FEAT_AGGREGATE_SMALLDATA;
+  return 0;
+}
+haddr_t ImageGetEoa(const H5FD_t* file, H5FD_mem_t) { return AsImage(file)->eoa; }
+herr_t ImageSetEoa(H5FD_t* file, H5FD_mem_t, haddr_t addr) {
+  if (addr > kImageMaxAddr) return -1;
+  AsImage(file)->eoa = addr;
+  return 0;
+}
+haddr_t ImageGetEof(const H5FD_t* file, H5FD_mem_t) { return AsImage(file)->eof; }
+herr_t ImageRead(H5FD_t* file, H5FD_mem_t, hid_t, haddr_t addr, size_t size, void* buf) {
+  const ImageFile* f = AsImage(file);
+  if (addr > kImageMaxAddr || size > kImageMaxAddr - addr) return -1;
+  // Past the end of the file reads as zeros, as in the core driver.
+  const size_t have = addr < f->eof ? static_cast<size_t>(std::min<uint64_t>(size, f->eof - addr)) : 0;
+  if (have > 0) std::memcpy(buf, f->sink->arena->data() + addr, have);
+  std::memset(static_cast<unsigned char*>(buf) + have, 0, size - have);
+  return 0;
+}
+herr_t ImageWrite(H5FD_t* file, H5FD_mem_t type, hid_t, haddr_t addr, size_t size, const void* buf) {
+  ImageFile* f = AsImage(file);
+  if (type == H5FD_MEM_DRAW) {
+    f->sink->raw_write = true;
+    return -1;
+  }
+  if (addr > kImageMaxAddr || size > kImageMaxAddr - addr || !ImageRoom(f->sink, addr + size)) return -1;
+  std::memcpy(f->sink->arena->data() + addr, buf, size);
+  f->eof = std::max<haddr_t>(f->eof, addr + size);
+  return 0;
+}
+herr_t ImageTruncate(H5FD_t* file, hid_t, hbool_t) {
+  // The file ends where its allocated space ends (bytes never written are the caller's: data, or
+  // the zeros WriteShardImage put around it).
+  ImageFile* f = AsImage(file);
+  if (!ImageRoom(f->sink, f->eoa)) return -1;
+  f->eof = f->eoa;
+  return 0;
+}
+
+// The driver's id, registered with HDF5 on first use (and kept for the process's life).
+hid_t ImageDriver() {
+  static const H5FD_class_t kClass = {
+      "cohort_shard_image", kImageMaxAddr, H5F_CLOSE_WEAK,
+      nullptr,                                 // terminate
+      nullptr, nullptr, nullptr,               // superblock driver info: none (any reader opens the file)
+      sizeof(ImageDriverInfo), nullptr, nullptr, nullptr,  // fapl: the info is copied as bytes
+      0, nullptr, nullptr,                     // dxpl
+      ImageOpen, ImageClose,
+      nullptr,                                 // cmp
+      ImageQuery,
+      nullptr,                                 // get_type_map
+      nullptr, nullptr,                        // alloc, free: HDF5's own, from the EOA
+      ImageGetEoa, ImageSetEoa, ImageGetEof,
+      nullptr,                                 // get_handle
+      ImageRead, ImageWrite,
+      nullptr,                                 // flush: the caller writes the image out
+      ImageTruncate,
+      nullptr, nullptr,                        // lock, unlock
+      H5FD_FLMAP_DICHOTOMY};
+  static const hid_t id = H5FDregister(&kClass);
+  return id;
+}
 
 std::string g_crash_phase;  // set once, before training starts
 int64_t g_crash_step = -1;
@@ -631,7 +726,10 @@ std::string ShardFileName(int rank, int world) {
   return name;
 }
 
-Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& w) {
+namespace {
+
+// The checks every shard write starts with; the number of elements in w's ranges in *elements.
+Status ValidateShardWrite(const ShardWrite& w, bool need_data, uint64_t* elements) {
   if (w.world < 1 || w.rank < 0 || w.rank >= w.world) {
     return InvalidArgument("checkpoint shard: rank " + std::to_string(w.rank) + " of " + std::to_string(w.world));
   }
@@ -642,21 +740,170 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
     }
     total += t.numel;
   }
-  uint64_t elements = 0, end_of_previous = 0;
+  uint64_t n = 0, end_of_previous = 0;
   for (const Range& r : w.ranges) {
     if (r.offset < end_of_previous || r.offset > total || r.size > total - r.offset) {
       return InvalidArgument("checkpoint shard: range [" + std::to_string(r.offset) + ", +" + std::to_string(r.size) +
                              ") overlaps the one before or lies outside the " + std::to_string(total) + " parameters");
     }
     end_of_previous = r.offset + r.size;
-    elements += r.size;
+    n += r.size;
   }
   if (w.arrays.empty()) return InvalidArgument("checkpoint shard: no arrays to write");
   for (const RangeArray& a : w.arrays) {
-    if (!ValidArrayName(a.name) || (a.data == nullptr && elements > 0)) {
+    if (!ValidArrayName(a.name) || (need_data && a.data == nullptr && n > 0)) {
       return InvalidArgument("checkpoint shard: bad array \"" + a.name + "\"");
     }
   }
+  *elements = n;
+  return Status::Ok();
+}
+
+// Builds w's HDF5 file (its metadata; the datasets are allocated, not written) with the image
+// driver over `sink`. With `plan` set, records where HDF5 placed each dataset; else checks that it
+// placed them as `layout` says and takes each dataset's CRC32C from the data already there. The
+// file is closed on return; sink->size is its size. Holds Hdf5Mutex().
+Status BuildShard(const std::string& tmp, const ShardWrite& w, size_t datasets, ImageSink* sink,
+                  const ShardLayout* layout, ShardLayout* plan) {
+  std::lock_guard<std::mutex> lock(Hdf5Mutex());
+  QuietHdf5Errors quiet;
+  const hid_t driver = ImageDriver();
+  if (driver < 0) return WriteError(tmp, "register the in-memory file driver");
+  // All metadata in one block at the front (HDF5's default, 2 KiB blocks, scatters it between the
+  // datasets, and every block shared with metadata waits for the end): measured ~410 bytes per
+  // whole tensor with its attributes, more for pieces of one; running out only costs another block
+  // somewhere, unused room is written as zeros.
+  const size_t meta_block = (datasets * 640 + (8 << 10) + 4095) & ~size_t{4095};
+  Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  ImageDriverInfo info{sink};
+  if (!fapl.valid() || H5Pset_driver(fapl.get(), driver, &info) < 0 ||
+      H5Pset_meta_block_size(fapl.get(), meta_block) < 0) {
+    return WriteError(tmp, "set up the in-memory file");
+  }
+  // Datasets get their space when created and are never written through HDF5: the data is there.
+  Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  if (!dcpl.valid() || H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY) < 0 ||
+      H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER) < 0) {
+    return WriteError(tmp, "set up the dataset properties");
+  }
+  // The name appears only in HDF5's messages; nothing of that name is created on disk.
+  const std::string image_name = tmp + ".in-memory";
+  Hid file(H5Fcreate(image_name.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
+  if (!file.valid()) return WriteError(tmp, "create");
+  const bool attrs_ok = PutAttrString(file.get(), "format", kFormatName) &&
+                        PutAttr<uint32_t>(file.get(), "format_version", kFormatVersion) &&
+                        PutAttr<int64_t>(file.get(), "step", w.step) && PutAttr<int32_t>(file.get(), "rank", w.rank) &&
+                        PutAttr<int32_t>(file.get(), "world_size", w.world);
+  // The ranges as an n x 2 array of (offset, size).
+  std::vector<int64_t> flat_ranges;
+  for (const Range& r : w.ranges) {
+    flat_ranges.push_back(static_cast<int64_t>(r.offset));
+    flat_ranges.push_back(static_cast<int64_t>(r.size));
+  }
+  if (!attrs_ok || !PutAttrArray(file.get(), "ranges", flat_ranges)) return WriteError(tmp, "write file attributes");
+  size_t k = 0;  // datasets so far
+  for (size_t ai = 0; ai < w.arrays.size(); ++ai) {
+    const RangeArray& a = w.arrays[ai];
+    Hid group(H5Gcreate2(file.get(), a.name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+    if (!group.valid()) return WriteError(tmp, "create group /" + a.name);
+    uint64_t range_start = 0;  // element index (over the ranges) of the current range's first element
+    for (const Range& r : w.ranges) {
+      const uint64_t lo = r.offset, hi = r.offset + r.size;
+      for (const TensorSpec& t : w.tensors) {
+        const uint64_t begin = std::max(lo, t.offset), end = std::min(hi, t.offset + t.numel);
+        if (begin >= end) continue;
+        const bool whole = begin == t.offset && end == t.offset + t.numel;
+        std::vector<hsize_t> dims;
+        if (whole && !t.shape.empty()) {
+          for (int64_t d : t.shape) dims.push_back(static_cast<hsize_t>(d));
+        } else {
+          dims.push_back(end - begin);
+        }
+        Hid space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+        // A piece's name says where it starts, so a tensor cut by two of the rank's ranges gives two.
+        const std::string ds_name = whole ? t.name : t.name + "@" + std::to_string(begin - t.offset);
+        const std::string where = "/" + a.name + "/" + ds_name;
+        Hid ds(H5Dcreate2(group.get(), ds_name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, dcpl.get(),
+                          H5P_DEFAULT),
+               H5Dclose);
+        if (!ds.valid()) return WriteError(tmp, "create " + where);
+        const haddr_t at = H5Dget_offset(ds.get());
+        if (at == HADDR_UNDEF) return WriteError(tmp, "allocate " + where);
+        const ShardLayout::Extent here{ai, range_start + (begin - lo), end - begin, static_cast<uint64_t>(at)};
+        uint32_t crc = 0;
+        if (plan != nullptr) {
+          plan->extents.push_back(here);
+        } else {
+          const ShardLayout::Extent* want = k < layout->extents.size() ? &layout->extents[k] : nullptr;
+          if (want == nullptr || want->array != here.array || want->element != here.element ||
+              want->count != here.count || want->offset != here.offset) {
+            return Internal(tmp + ": HDF5 placed " + where + " at byte " + std::to_string(here.offset) +
+                            (want == nullptr ? std::string(", past the planned datasets")
+                                             : ", planned at " + std::to_string(want->offset)) +
+                            ": the shard's layout changed since it was planned");
+          }
+          crc = Crc32c(sink->arena->data() + here.offset, here.count * sizeof(float));
+        }
+        ++k;
+        bool ok = PutAttr<uint32_t>(ds.get(), "crc32c", crc) && PutAttr<uint64_t>(ds.get(), "flat_offset", begin);
+        if (!whole) {
+          ok = ok && PutAttr<uint64_t>(ds.get(), "tensor_offset", begin - t.offset) &&
+               PutAttrArray(ds.get(), "tensor_shape", t.shape);
+        }
+        if (!ok) return WriteError(tmp, "write the attributes of " + where);
+      }
+      range_start += r.size;
+    }
+  }
+  if (layout != nullptr && k != layout->extents.size()) {
+    return Internal(tmp + ": " + std::to_string(k) + " datasets built, " + std::to_string(layout->extents.size()) +
+                    " planned: the shard's layout changed since it was planned");
+  }
+  if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0 || !file.Close()) {
+    return sink->raw_write ? Internal(tmp + ": HDF5 wrote dataset data into the in-memory file, which holds it already")
+                           : WriteError(tmp, "close");
+  }
+  return Status::Ok();
+}
+
+// Datasets in w's file: one per array, range and tensor the range touches.
+size_t CountDatasets(const ShardWrite& w) {
+  size_t datasets = 0;
+  for (const Range& r : w.ranges) {
+    for (const TensorSpec& t : w.tensors) datasets += (std::max(r.offset, t.offset) < std::min(r.offset + r.size, t.offset + t.numel));
+  }
+  return datasets * w.arrays.size();
+}
+
+}  // namespace
+
+Result<ShardLayout> PlanShard(const ShardWrite& w) {
+  uint64_t elements = 0;
+  RETURN_IF_ERROR(ValidateShardWrite(w, /*need_data=*/false, &elements));
+  ImageBuffer scratch;
+  // Reserved up front (the image only grows into it); the data regions are never written here.
+  if (!scratch.Reserve(elements * w.arrays.size() * sizeof(float) + (size_t{1} << 20))) {
+    return Internal("checkpoint shard: out of memory planning the shard's layout");
+  }
+  ImageSink sink{&scratch, nullptr, 0, false};
+  ShardLayout layout;
+  RETURN_IF_ERROR(BuildShard("(planning " + ShardFileName(w.rank, w.world) + ")", w, CountDatasets(w), &sink,
+                             nullptr, &layout));
+  layout.file_size = sink.size;
+  for (const ShardLayout::Extent& e : layout.extents) {
+    if (e.offset + e.count * sizeof(float) > layout.file_size) {
+      return Internal("checkpoint shard: a dataset planned past the end of the file");
+    }
+  }
+  return layout;
+}
+
+Result<ShardFileInfo> WriteShardImage(const std::string& step_dir, const ShardWrite& w, const ShardLayout& layout,
+                                      ImageBuffer* image) {
+  uint64_t elements = 0;
+  RETURN_IF_ERROR(ValidateShardWrite(w, /*need_data=*/false, &elements));
+  COHORT_CHECK(image != nullptr && image->capacity() >= layout.file_size)
+      << "shard image of " << (image == nullptr ? 0 : image->capacity()) << " bytes for a file of " << layout.file_size;
   RETURN_IF_ERROR(storage::MakeDirectories(step_dir));
   ShardFileInfo info;
   info.name = ShardFileName(w.rank, w.world);
@@ -664,116 +911,40 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
   info.ranges = w.ranges;
   const std::string path = Join(step_dir, info.name);
   const std::string tmp = Join(step_dir, "." + info.name + ".tmp-" + std::to_string(::getpid()));
-  // The HDF5 file is built in memory (the core driver, no backing store) and written out with
-  // plain large writes, the datasets' data while the rest is still being built (ImageWriter). The
-  // library never touches the disk, so a full disk or an I/O error is an error of ours, handled
-  // here; HDF5 cannot fail to close a file (after which it would try to flush it again at process
-  // exit and crash, as it did with a full disk). The cost is a second copy of the shard in memory.
-  ImageBuffer own_scratch;
-  ImageBuffer& arena = w.scratch != nullptr ? *w.scratch : own_scratch;
-  const size_t data_bytes = elements * w.arrays.size() * sizeof(float);
-  size_t datasets = 0;
-  for (const Range& r : w.ranges) {
-    for (const TensorSpec& t : w.tensors) datasets += (std::max(r.offset, t.offset) < std::min(r.offset + r.size, t.offset + t.numel));
+  // Everything around the data is zeroed: HDF5 writes its metadata there, and what it leaves
+  // unused (room in its blocks) must not carry bytes of an earlier shard.
+  std::vector<ShardLayout::Extent> by_offset = layout.extents;
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const ShardLayout::Extent& a, const ShardLayout::Extent& b) { return a.offset < b.offset; });
+  const uint64_t padded = std::min<uint64_t>(image->capacity(), (layout.file_size + 4095) & ~uint64_t{4095});
+  uint64_t next = 0;
+  for (const ShardLayout::Extent& e : by_offset) {
+    if (e.offset > next) std::memset(image->data() + next, 0, e.offset - next);
+    next = std::max(next, e.offset + e.count * sizeof(float));
   }
-  datasets *= w.arrays.size();
-  // All metadata in one block at the front (HDF5's default, 2 KiB blocks, scatters it between the
-  // datasets, and every block shared with metadata waits for the end): measured ~410 bytes per
-  // whole tensor with its attributes, more for pieces of one; running out only costs another block
-  // somewhere, unused room is written as zeros.
-  const size_t meta_block = (datasets * 640 + (8 << 10) + 4095) & ~size_t{4095};
-  // The image grows 4 MiB at a time: the core driver zeroes each new piece, so that work is spread
-  // over the build (and overlaps the writes) rather than done all at once before the first dataset.
-  const size_t increment = size_t{4} << 20;
-  // Reserved up front, so the arena does not move (and copy) while HDF5 grows the image.
-  if (!arena.Reserve(data_bytes + meta_block + increment + (size_t{1} << 20))) {
-    return Internal(tmp + ": out of memory for the shard image");
-  }
+  if (padded > next) std::memset(image->data() + next, 0, padded - next);
   RemoveOnFailure cleanup(tmp);
   ::unlink(tmp.c_str());  // a leftover of an earlier process with the same pid
-  ASSIGN_OR_RETURN(std::unique_ptr<ImageWriter> writer, ImageWriter::Create(tmp, &arena));
-  ImageSink sink{&arena, writer.get()};
-  size_t image_size = 0;
-  {
-    std::lock_guard<std::mutex> lock(Hdf5Mutex());
-    QuietHdf5Errors quiet;
-    Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-    H5FD_file_image_callbacks_t callbacks = {ArenaMalloc, ArenaMemcpy, ArenaRealloc, ArenaFree,
-                                             ArenaUdataCopy, ArenaUdataFree, &sink};
-    // No sieve buffer: a dataset's data must be in the image when H5Dwrite returns (ImageWriter).
-    if (!fapl.valid() || H5Pset_fapl_core(fapl.get(), increment, /*backing_store=*/0) < 0 ||
-        H5Pset_file_image_callbacks(fapl.get(), &callbacks) < 0 || H5Pset_sieve_buf_size(fapl.get(), 0) < 0 ||
-        H5Pset_meta_block_size(fapl.get(), meta_block) < 0) {
-      return WriteError(tmp, "set up the in-memory file");
-    }
-    // The in-memory file's name is not the temporary file's: HDF5 first tries to open an existing
-    // file of that name (and a core driver that opens one reads it in as the initial image), which
-    // must find nothing. It is never created on disk; it only appears in HDF5's messages.
-    const std::string image_name = tmp + ".in-memory";
-    Hid file(H5Fcreate(image_name.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl.get()), H5Fclose);
-    if (!file.valid()) return WriteError(tmp, "create");
-    const bool attrs_ok = PutAttrString(file.get(), "format", kFormatName) &&
-                          PutAttr<uint32_t>(file.get(), "format_version", kFormatVersion) &&
-                          PutAttr<int64_t>(file.get(), "step", w.step) && PutAttr<int32_t>(file.get(), "rank", w.rank) &&
-                          PutAttr<int32_t>(file.get(), "world_size", w.world);
-    // The ranges as an n x 2 array of (offset, size).
-    std::vector<int64_t> flat_ranges;
-    for (const Range& r : w.ranges) {
-      flat_ranges.push_back(static_cast<int64_t>(r.offset));
-      flat_ranges.push_back(static_cast<int64_t>(r.size));
-    }
-    if (!attrs_ok || !PutAttrArray(file.get(), "ranges", flat_ranges)) return WriteError(tmp, "write file attributes");
-    for (const RangeArray& a : w.arrays) {
-      Hid group(H5Gcreate2(file.get(), a.name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
-      if (!group.valid()) return WriteError(tmp, "create group /" + a.name);
-      const float* range_data = a.data;  // the data of the current range
-      for (const Range& r : w.ranges) {
-        const uint64_t lo = r.offset, hi = r.offset + r.size;
-        for (const TensorSpec& t : w.tensors) {
-          const uint64_t begin = std::max(lo, t.offset), end = std::min(hi, t.offset + t.numel);
-          if (begin >= end) continue;
-          const bool whole = begin == t.offset && end == t.offset + t.numel;
-          std::vector<hsize_t> dims;
-          if (whole && !t.shape.empty()) {
-            for (int64_t d : t.shape) dims.push_back(static_cast<hsize_t>(d));
-          } else {
-            dims.push_back(end - begin);
-          }
-          Hid space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
-          // A piece's name says where it starts, so a tensor cut by two of the rank's ranges gives two.
-          const std::string ds_name = whole ? t.name : t.name + "@" + std::to_string(begin - t.offset);
-          Hid ds(H5Dcreate2(group.get(), ds_name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, H5P_DEFAULT,
-                            H5P_DEFAULT),
-                 H5Dclose);
-          const std::string where = "/" + a.name + "/" + ds_name;
-          if (!ds.valid()) return WriteError(tmp, "create " + where);
-          const float* data = range_data + (begin - lo);
-          if (H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
-            return WriteError(tmp, "write " + where);
-          }
-          // The data is in the image now, for good: the writer may take it.
-          const haddr_t at = H5Dget_offset(ds.get());
-          if (at != HADDR_UNDEF && !writer->Final(at, (end - begin) * sizeof(float))) return writer->Abandon();
-          bool ok = PutAttr<uint32_t>(ds.get(), "crc32c", FloatCrc(data, end - begin)) &&
-                    PutAttr<uint64_t>(ds.get(), "flat_offset", begin);
-          if (!whole) {
-            ok = ok && PutAttr<uint64_t>(ds.get(), "tensor_offset", begin - t.offset) &&
-                 PutAttrArray(ds.get(), "tensor_shape", t.shape);
-          }
-          if (!ok) return WriteError(tmp, "write the attributes of " + where);
-        }
-        range_data += r.size;
-      }
-    }
-    if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0) return WriteError(tmp, "flush");
-    const ssize_t size = H5Fget_file_image(file.get(), nullptr, 0);  // the size only
-    if (size < 0 || static_cast<size_t>(size) > arena.capacity()) return WriteError(tmp, "get the file image");
-    if (!file.Close()) return WriteError(tmp, "close");  // the image stays in the arena
-    image_size = static_cast<size_t>(size);
+  ASSIGN_OR_RETURN(std::unique_ptr<ImageWriter> writer, ImageWriter::Create(tmp, image));
+  // The data is final already: the writer starts on it while HDF5 builds the metadata.
+  for (const ShardLayout::Extent& e : by_offset) {
+    if (!writer->Final(e.offset, e.count * sizeof(float))) return writer->Abandon();
   }
+  ImageSink sink{image, writer.get(), 0, false};
+  Status built = BuildShard(tmp, w, CountDatasets(w), &sink, &layout, nullptr);
+  if (!built.ok()) {
+    static_cast<void>(writer->Abandon());
+    return built;
+  }
+  if (sink.size != layout.file_size) {
+    static_cast<void>(writer->Abandon());
+    return Internal(tmp + ": the file came out at " + std::to_string(sink.size) + " bytes, planned " +
+                    std::to_string(layout.file_size) + ": the shard's layout changed since it was planned");
+  }
+  const size_t image_size = static_cast<size_t>(sink.size);
   // The image is complete; its CRC is taken while the writer may still be writing.
   info.size = image_size;
-  info.crc32c = Crc32c(arena.data(), image_size);
+  info.crc32c = Crc32c(image->data(), image_size);
   // The arena's capacity is whole 4 KiB blocks and holds the image: room for the last block's zero
   // padding (O_DIRECT), which Finish adds.
   RETURN_IF_ERROR(writer->Finish(image_size));
@@ -784,6 +955,22 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
   RETURN_IF_ERROR(storage::SyncDirectory(step_dir));
   CrashPoint("shard-final", w.step);
   return info;
+}
+
+Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& w) {
+  uint64_t elements = 0;
+  RETURN_IF_ERROR(ValidateShardWrite(w, /*need_data=*/true, &elements));
+  ASSIGN_OR_RETURN(ShardLayout layout, PlanShard(w));
+  ImageBuffer own_scratch;
+  ImageBuffer& image = w.scratch != nullptr ? *w.scratch : own_scratch;
+  if (!image.Reserve(static_cast<size_t>(layout.file_size))) {
+    return Internal(Join(step_dir, ShardFileName(w.rank, w.world)) + ": out of memory for the shard image");
+  }
+  // The arrays' elements to their places in the file.
+  for (const ShardLayout::Extent& e : layout.extents) {
+    std::memcpy(image.data() + e.offset, w.arrays[e.array].data + e.element, e.count * sizeof(float));
+  }
+  return WriteShardImage(step_dir, w, layout, &image);
 }
 
 Status Commit(const std::string& root, const Manifest& m) {

@@ -50,8 +50,8 @@ struct RangeArray {
   const float* data = nullptr;
 };
 
-// Page-aligned memory that only grows, for a shard's in-memory image: kept by the writer and reused
-// by every WriteShard (fresh memory costs a page fault and a page clear per 4 KiB, most of a save's
+// Page-aligned memory that only grows, for a shard's in-memory image: kept by the caller and reused
+// by every shard (fresh memory costs a page fault and a page clear per 4 KiB, most of a save's
 // time on a VM when it was allocated per shard), and aligned for O_DIRECT writes. Move-only.
 class ImageBuffer {
  public:
@@ -75,8 +75,9 @@ struct ShardWrite {
   int64_t step = 0;
   std::vector<TensorSpec> tensors;  // the whole table, in buffer order, tiling [0, total)
   std::vector<Range> ranges;        // ascending, disjoint; the ranks' ranges tile [0, total)
-  std::vector<RangeArray> arrays;
-  // Memory for the shard's in-memory image, kept by the caller across shards; null: a temporary one.
+  std::vector<RangeArray> arrays;   // PlanShard and WriteShardImage use the names only
+  // WriteShard: memory for the shard's in-memory image, kept by the caller across shards; null: a
+  // temporary one.
   ImageBuffer* scratch = nullptr;
 };
 
@@ -87,6 +88,36 @@ struct ShardFileInfo {
   int rank = 0;
   std::vector<Range> ranges;
 };
+
+// Where a shard's data lies in its file: one extent per dataset, in the order they are built
+// (array, range, tensor). The same for every shard of the same table, ranges and array names
+// (PlanShard builds one shard's metadata to find out; WriteShardImage checks that HDF5 placed
+// every dataset there again).
+struct ShardLayout {
+  struct Extent {
+    size_t array = 0;      // index into ShardWrite::arrays
+    uint64_t element = 0;  // first element, counted over the shard's ranges one after the other
+    uint64_t count = 0;    // floats
+    uint64_t offset = 0;   // byte offset in the file (any alignment)
+  };
+  std::vector<Extent> extents;
+  uint64_t file_size = 0;  // bytes
+};
+
+// The layout of `shard`'s file (the arrays' data is not read). InvalidArgument as WriteShard.
+Result<ShardLayout> PlanShard(const ShardWrite& shard);
+
+// Writes the shard whose data the caller already put into `image` at the layout's offsets (the
+// image holds at least layout.file_size bytes): HDF5 adds the metadata around the data in place,
+// while a background thread already writes the data out. Otherwise as WriteShard. The image's
+// bytes outside the extents are overwritten. Internal error if HDF5 did not place the datasets
+// as planned.
+//
+// This is how the asynchronous checkpointer saves: its snapshot is copied straight into the file
+// image, so a save holds this rank's state twice (two snapshots), not three times (two snapshots
+// and an image built from one of them), and the state is copied once, not twice.
+Result<ShardFileInfo> WriteShardImage(const std::string& step_dir, const ShardWrite& shard, const ShardLayout& layout,
+                                      ImageBuffer* image);
 
 struct DataState {
   uint64_t seed = 0;
@@ -118,7 +149,8 @@ std::string StepDir(const std::string& root, int64_t step);
 std::string ShardFileName(int rank, int world);
 
 // Writes this rank's shard into `step_dir` (created if missing) durably: an HDF5 file under a
-// temporary name, fsync, rename, fsync of the directory. InvalidArgument for a range or table
+// temporary name, fsync, rename, fsync of the directory. (PlanShard, the arrays copied into an
+// image, WriteShardImage: for tools and tests; the trainer's saver plans once.) InvalidArgument for a range or table
 // that does not fit; Io (naming the file) when writing fails, e.g. a full disk; the temporary
 // file is removed on every failure.
 Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& shard);

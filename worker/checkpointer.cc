@@ -47,7 +47,6 @@ struct Checkpointer::Impl {
   CheckpointerOptions o;
   int rank = 0;
   int world = 1;
-  uint64_t elements = 0;  // this rank's elements per array
   std::vector<std::vector<checkpoint::Range>> all_ranges;  // every rank's ranges (for the manifest)
 
   // A piece of the snapshot: the state is copied in pieces that the writer thread and the trainer
@@ -56,8 +55,8 @@ struct Checkpointer::Impl {
   // runs again).
   struct Piece {
     const float* src;
-    float* dst;
-    size_t n;
+    unsigned char* dst;  // in a shard image: any alignment
+    size_t n;            // floats
   };
   static constexpr size_t kPieceFloats = size_t{1} << 18;  // 1 MiB
 
@@ -75,14 +74,18 @@ struct Checkpointer::Impl {
     double write_seconds = 0;
     double snapshot_seconds = 0;  // under mu
   };
-  std::vector<float> buffers[2];
+  // The snapshots: each is the image of this rank's shard file, the state copied straight to the
+  // places where the file holds it (`layout`); the writer adds HDF5's metadata around it.
+  checkpoint::ShardWrite shard;    // the shard's tables (arrays by name only); step set per save
+  checkpoint::ShardLayout layout;  // planned once: the same for every save
+  std::vector<uint64_t> range_start;  // element index, over this rank's ranges, of each range's first
+  checkpoint::ImageBuffer buffers[2];
   bool buffer_busy[2] = {false, false};
   std::deque<std::shared_ptr<Job>> pending;  // saves not yet committed, oldest first
 
   std::mutex mu;
   std::condition_variable cv;
   std::deque<std::shared_ptr<Job>> queue;  // for the writer
-  checkpoint::ImageBuffer image_arena;  // the writer's in-memory HDF5 image, reused
   bool stop = false;
   std::thread writer;
   Status last_error;  // of a failed save, for Finish
@@ -121,16 +124,10 @@ struct Checkpointer::Impl {
       cv.wait(lk, [&] { return job->snapshot_taken; });
       lk.unlock();
       const auto t0 = Clock::now();
-      checkpoint::ShardWrite w;
-      w.rank = rank;
-      w.world = world;
+      checkpoint::ShardWrite w = shard;
       w.step = job->request.step;
-      w.tensors = o.tensors;
-      w.ranges = o.ranges;
-      w.scratch = &image_arena;
-      const float* base = buffers[job->buffer].data();
-      for (size_t i = 0; i < o.states.size(); ++i) w.arrays.push_back({o.states[i], base + i * elements});
-      auto info = checkpoint::WriteShard(checkpoint::StepDir(o.root, job->request.step), w);
+      auto info = checkpoint::WriteShardImage(checkpoint::StepDir(o.root, job->request.step), w, layout,
+                                              &buffers[job->buffer]);
       const double secs = Seconds(t0, Clock::now());
       lk.lock();
       job->write_seconds = secs;
@@ -165,7 +162,6 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(CheckpointerOptions o
     impl->rank = impl->o.comm->rank();
     impl->world = impl->o.comm->size();
   }
-  for (const checkpoint::Range& r : impl->o.ranges) impl->elements += r.size;
   RETURN_IF_ERROR(storage::MakeDirectories(impl->o.root).WithContext("checkpoint.dir"));
   if (impl->rank == 0) {
     // Leftovers of saves interrupted before their commit (a crashed or preempted earlier run).
@@ -187,7 +183,25 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(CheckpointerOptions o
       }
     }
   }
-  for (auto& b : impl->buffers) b.assign(impl->elements * impl->o.states.size(), 0.0f);
+  // Where the shard file holds each piece of the state: one build of the file's metadata, now.
+  checkpoint::ShardWrite& w = impl->shard;
+  w.rank = impl->rank;
+  w.world = impl->world;
+  w.tensors = impl->o.tensors;
+  w.ranges = impl->o.ranges;
+  for (const std::string& state : impl->o.states) w.arrays.push_back({state, nullptr});
+  ASSIGN_OR_RETURN(impl->layout, checkpoint::PlanShard(w));
+  uint64_t start = 0;
+  for (const checkpoint::Range& r : impl->o.ranges) {
+    impl->range_start.push_back(start);
+    start += r.size;
+  }
+  for (auto& b : impl->buffers) {
+    if (!b.Reserve(static_cast<size_t>(impl->layout.file_size))) {
+      return Internal("checkpoint: out of memory for two snapshots of " + std::to_string(impl->layout.file_size) +
+                      " bytes");
+    }
+  }
   Impl* raw = impl.get();
   impl->writer = std::thread([raw] { raw->WriterLoop(); });
   return std::unique_ptr<Checkpointer>(new Checkpointer(std::move(impl)));
@@ -214,16 +228,22 @@ Status Checkpointer::Save(const SaveRequest& request) {
   job->request = request;
   job->buffer = b;
   COHORT_CHECK(request.source != nullptr) << "checkpoint save of step " << request.step << " without a source";
-  // The pieces: every state's ranges, one after the other, as the buffer (and the shard) holds them.
-  float* dst = s.buffers[b].data();
-  for (const std::string& state : s.o.states) {
-    for (const checkpoint::Range& r : s.o.ranges) {
-      const float* src = request.source(state, r);
-      for (uint64_t off = 0; off < r.size; off += Impl::kPieceFloats) {
-        const size_t n = static_cast<size_t>(std::min<uint64_t>(Impl::kPieceFloats, r.size - off));
-        job->pieces.push_back({src + off, dst, n});
-        dst += n;
-      }
+  // The pieces: each dataset of the shard (an array's part of one tensor in one range), from the
+  // state to its place in the file image, in pieces of at most kPieceFloats.
+  const size_t nr = s.o.ranges.size();
+  std::vector<const float*> sources(s.o.states.size() * nr);
+  for (size_t a = 0; a < s.o.states.size(); ++a) {
+    for (size_t r = 0; r < nr; ++r) sources[a * nr + r] = request.source(s.o.states[a], s.o.ranges[r]);
+  }
+  unsigned char* image = s.buffers[b].data();
+  for (const checkpoint::ShardLayout::Extent& e : s.layout.extents) {
+    // The range holding the extent (a dataset never crosses ranges).
+    const size_t r = static_cast<size_t>(
+        std::upper_bound(s.range_start.begin(), s.range_start.end(), e.element) - s.range_start.begin() - 1);
+    const float* src = sources[e.array * nr + r] + (e.element - s.range_start[r]);
+    for (uint64_t off = 0; off < e.count; off += Impl::kPieceFloats) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(Impl::kPieceFloats, e.count - off));
+      job->pieces.push_back({src + off, image + e.offset + off * sizeof(float), n});
     }
   }
   if (job->pieces.empty()) job->snapshot_taken = true;  // nothing in this rank's ranges

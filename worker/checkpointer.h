@@ -2,7 +2,10 @@
 //
 // Save() hands this rank's ranges of every array (weights, AdamW moments) to the writer thread,
 // which first copies them into one of two reusable host buffers (the snapshot; the trainer copies
-// what is left of it in WaitForSnapshot), then writes the shard durably. The snapshot is taken
+// what is left of it in WaitForSnapshot), then writes the shard durably. Each buffer is the image
+// of the rank's shard file: the state goes straight to where the file holds it
+// (checkpoint::PlanShard, once at Create) and the writer adds HDF5's metadata around it, so the
+// state is copied once per save and held at most twice. The snapshot is taken
 // while training goes on: the state only has to stay
 // unchanged until WaitForSnapshot() returns, which the trainer calls just before its next
 // optimizer update (forward and backward only read the weights), so the copy overlaps the next

@@ -11,6 +11,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <string>
@@ -250,6 +251,99 @@ TEST_F(CheckpointTest, ShardsWrittenWhileBuiltAreExact) {
     ASSERT_TRUE(ReadRange(StepDir(root_, step), m, "adam_m", 0, total, got.data()).ok());
     EXPECT_EQ(got, moment);
   }
+}
+
+// The asynchronous checkpointer's path: the data copied straight to the planned places of a file
+// image (PlanShard), HDF5's metadata added around it (WriteShardImage). Whatever the image held
+// before (an earlier shard's bytes) must not reach the file: two images, one full of stale bytes,
+// give byte-identical files, and every value reads back.
+TEST_F(CheckpointTest, ShardImagesWrittenInPlaceAreExactWhateverTheImageHeld) {
+  ShardWrite w;
+  w.rank = 1;
+  w.world = 2;
+  w.step = 5;
+  w.tensors = Table();
+  w.ranges = {{100, 350}, {700, 420}};  // cuts wte, wpe, h.0.attn.c_attn.weight and h.0.mlp.c_fc.weight
+  w.arrays = {{"model", nullptr}, {"adam_m", nullptr}};
+  auto layout = PlanShard(w);
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  // Two arrays; the first range touches 2 tensors, the second 3: 10 datasets.
+  ASSERT_EQ(layout->extents.size(), 10u);
+  const std::vector<float>* arrays[] = {&model_, &m_};
+  auto place = [&](ImageBuffer& image) {
+    for (const ShardLayout::Extent& e : layout->extents) {
+      // Element e.element over the ranges: the first range's 350, then the second's.
+      const uint64_t flat = e.element < 350 ? 100 + e.element : 700 + (e.element - 350);
+      std::memcpy(image.data() + e.offset, arrays[e.array]->data() + flat, e.count * sizeof(float));
+    }
+  };
+  ImageBuffer stale, fresh;
+  ASSERT_TRUE(stale.Reserve(layout->file_size) && fresh.Reserve(layout->file_size));
+  std::memset(stale.data(), 0xAB, stale.capacity());
+  std::memset(fresh.data(), 0, fresh.capacity());
+  place(stale);
+  place(fresh);
+  const std::string a = root_ + "/a", b = root_ + "/b";
+  auto info_a = WriteShardImage(StepDir(a, 5), w, *layout, &stale);
+  auto info_b = WriteShardImage(StepDir(b, 5), w, *layout, &fresh);
+  ASSERT_TRUE(info_a.ok()) << info_a.status().ToString();
+  ASSERT_TRUE(info_b.ok()) << info_b.status().ToString();
+  auto bytes_a = storage::ReadFileToString(StepDir(a, 5) + "/" + info_a->name);
+  auto bytes_b = storage::ReadFileToString(StepDir(b, 5) + "/" + info_b->name);
+  ASSERT_TRUE(bytes_a.ok() && bytes_b.ok());
+  EXPECT_EQ(bytes_a->size(), layout->file_size);
+  EXPECT_TRUE(*bytes_a == *bytes_b) << "the stale image's bytes reached the file";
+  EXPECT_EQ(Crc32c(bytes_a->data(), bytes_a->size()), info_a->crc32c);
+  // The shard reads back through the format's own reader, checksums included.
+  Manifest man;
+  man.step = 5;
+  man.world_size = 2;
+  man.num_parameters = kTotal;
+  man.states = {"model", "adam_m"};
+  ShardWrite w0 = w;
+  w0.rank = 0;
+  w0.ranges = {{0, 100}, {450, 250}, {1120, 80}};
+  w0.arrays = {{"model", nullptr}, {"adam_m", nullptr}};
+  std::vector<float> p0, m0;
+  for (const Range& r : w0.ranges) {
+    p0.insert(p0.end(), model_.begin() + r.offset, model_.begin() + r.offset + r.size);
+    m0.insert(m0.end(), m_.begin() + r.offset, m_.begin() + r.offset + r.size);
+  }
+  w0.arrays = {{"model", p0.data()}, {"adam_m", m0.data()}};
+  auto info_0 = WriteShard(StepDir(a, 5), w0);
+  ASSERT_TRUE(info_0.ok()) << info_0.status().ToString();
+  man.files = {*info_0, *info_a};
+  ASSERT_TRUE(Commit(a, man).ok());
+  Manifest m;
+  ASSERT_TRUE(Verify(StepDir(a, 5), &m).ok());
+  std::vector<float> got(kTotal);
+  ASSERT_TRUE(ReadRange(StepDir(a, 5), m, "model", 0, kTotal, got.data()).ok());
+  EXPECT_EQ(got, model_);
+  ASSERT_TRUE(ReadRange(StepDir(a, 5), m, "adam_m", 0, kTotal, got.data()).ok());
+  EXPECT_EQ(got, m_);
+}
+
+// A layout that does not match what HDF5 builds (planned for another table) is refused, and
+// nothing is left behind.
+TEST_F(CheckpointTest, AShardImageWhoseLayoutNoLongerFitsIsRefused) {
+  ShardWrite w;
+  w.tensors = Table();
+  w.ranges = {{0, kTotal}};
+  w.arrays = {{"model", nullptr}};
+  auto layout = PlanShard(w);
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  ShardLayout moved = *layout;
+  moved.extents[2].offset += 8;
+  ImageBuffer image;
+  ASSERT_TRUE(image.Reserve(layout->file_size + 64));
+  auto info = WriteShardImage(StepDir(root_, 3), w, moved, &image);
+  ASSERT_FALSE(info.ok());
+  EXPECT_EQ(info.status().code(), Code::kInternal) << info.status().ToString();
+  EXPECT_NE(info.status().message().find("/model/h.0.attn.c_attn.weight"), std::string::npos) << info.status().ToString();
+  EXPECT_NE(info.status().message().find("layout changed"), std::string::npos) << info.status().ToString();
+  auto left = storage::ListDirectory(StepDir(root_, 3));
+  ASSERT_TRUE(left.ok());
+  EXPECT_TRUE(left->empty()) << (*left)[0];
 }
 
 // ZeRO-1 ranks own a chunk of every gradient bucket: several ranges per shard, tensors cut more
