@@ -564,8 +564,15 @@ Result<Hid> OpenShard(const std::string& path) {
 struct ImageSink {
   ImageBuffer* arena = nullptr;
   ImageWriter* writer = nullptr;  // null when only planning
-  uint64_t size = 0;              // the file's size, set when HDF5 closes it
-  bool raw_write = false;         // HDF5 tried to write raw data (refused)
+  // The data already in the image ([begin, end) bytes, sorted, disjoint): HDF5 must not write there.
+  std::vector<std::pair<uint64_t, uint64_t>> data;
+  // Planning: every metadata write ([begin, end)), to check afterwards that no dataset was placed
+  // where metadata had been (its data would have been overwritten when building in place).
+  std::vector<std::pair<uint64_t, uint64_t>>* writes = nullptr;
+  uint64_t size = 0;  // the file's size, set when HDF5 closes it
+  // What went wrong inside the driver. The driver itself never fails a call: a failed write would
+  // fail HDF5's close, after which HDF5 keeps the file and flushes it again at exit (and crashes).
+  std::string error;
 };
 struct ImageDriverInfo {
   ImageSink* sink;
@@ -581,18 +588,21 @@ constexpr haddr_t kImageMaxAddr = haddr_t{1} << 62;
 ImageFile* AsImage(H5FD_t* f) { return reinterpret_cast<ImageFile*>(f); }
 const ImageFile* AsImage(const H5FD_t* f) { return reinterpret_cast<const ImageFile*>(f); }
 
-// Room for the file up to `end`: the arena grows (keeping its contents) when HDF5 goes past what
-// was reserved; the writer's write in progress finishes first, as the arena moves.
+// Room for the file up to `end`: the arena grows (keeping its contents, the new part zeroed) when
+// HDF5 goes past what was reserved; the writer's write in progress finishes first, as the arena
+// moves.
 bool ImageRoom(ImageSink* sink, uint64_t end) {
   if (end <= sink->arena->capacity()) return true;
   std::unique_lock<std::mutex> hold;
   if (sink->writer != nullptr) hold = sink->writer->HoldBuffer();
-  return sink->arena->Reserve(static_cast<size_t>(end));
+  const size_t old = sink->arena->capacity();
+  if (!sink->arena->Reserve(static_cast<size_t>(end))) return false;
+  std::memset(sink->arena->data() + old, 0, sink->arena->capacity() - old);
+  return true;
 }
 
 H5FD_t* ImageOpen(const char*, unsigned flags, hid_t fapl, haddr_t) {
-  // Only ever created: "opening" an existing image (HDF5 asks when it checks for a file of that
-  // name) finds none.
+  // An image is only ever created: there is no existing one to open.
   if ((flags & H5F_ACC_CREAT) == 0) return nullptr;
   const auto* info = static_cast<const ImageDriverInfo*>(H5Pget_driver_info(fapl));
   if (info == nullptr || info->sink == nullptr) return nullptr;
@@ -622,28 +632,49 @@ haddr_t ImageGetEof(const H5FD_t* file, H5FD_mem_t) { return AsImage(file)->eof;
 herr_t ImageRead(H5FD_t* file, H5FD_mem_t, hid_t, haddr_t addr, size_t size, void* buf) {
   const ImageFile* f = AsImage(file);
   if (addr > kImageMaxAddr || size > kImageMaxAddr - addr) return -1;
-  // Past the end of the file reads as zeros, as in the core driver.
-  const size_t have = addr < f->eof ? static_cast<size_t>(std::min<uint64_t>(size, f->eof - addr)) : 0;
+  // What the image holds, also past the bytes HDF5 wrote (HDF5 reads ahead up to the end of its
+  // allocated space, and may write what it read back: it must get the data that lies there, or
+  // the zeros around it). Past the arena: zeros.
+  const size_t cap = f->sink->arena->capacity();
+  const size_t have = addr < cap ? static_cast<size_t>(std::min<uint64_t>(size, cap - addr)) : 0;
   if (have > 0) std::memcpy(buf, f->sink->arena->data() + addr, have);
   std::memset(static_cast<unsigned char*>(buf) + have, 0, size - have);
   return 0;
 }
 herr_t ImageWrite(H5FD_t* file, H5FD_mem_t type, hid_t, haddr_t addr, size_t size, const void* buf) {
   ImageFile* f = AsImage(file);
+  ImageSink* sink = f->sink;
+  if (addr > kImageMaxAddr || size > kImageMaxAddr - addr) return -1;  // beyond HDF5's own maxaddr: not reached
+  const uint64_t end = addr + size;
   if (type == H5FD_MEM_DRAW) {
-    f->sink->raw_write = true;
-    return -1;
+    if (sink->error.empty()) sink->error = "HDF5 wrote dataset data through the in-memory file, which holds it already";
+    return 0;
   }
-  if (addr > kImageMaxAddr || size > kImageMaxAddr - addr || !ImageRoom(f->sink, addr + size)) return -1;
-  std::memcpy(f->sink->arena->data() + addr, buf, size);
-  f->eof = std::max<haddr_t>(f->eof, addr + size);
+  // Metadata onto data in place would silently change the data: refused (the save fails).
+  const auto after = std::upper_bound(sink->data.begin(), sink->data.end(), std::make_pair(addr, ~uint64_t{0}));
+  if ((after != sink->data.end() && after->first < end) || (after != sink->data.begin() && std::prev(after)->second > addr)) {
+    if (sink->error.empty()) {
+      sink->error = "HDF5 wrote metadata at bytes [" + std::to_string(addr) + ", " + std::to_string(end) +
+                    ") of the file, where dataset data lies";
+    }
+    return 0;
+  }
+  if (!ImageRoom(sink, end)) {
+    if (sink->error.empty()) sink->error = "out of memory for the in-memory file (" + std::to_string(end) + " bytes)";
+    return 0;
+  }
+  std::memcpy(sink->arena->data() + addr, buf, size);
+  if (sink->writes != nullptr) sink->writes->push_back({addr, end});
+  f->eof = std::max<haddr_t>(f->eof, end);
   return 0;
 }
 herr_t ImageTruncate(H5FD_t* file, hid_t, hbool_t) {
   // The file ends where its allocated space ends (bytes never written are the caller's: data, or
-  // the zeros WriteShardImage put around it).
+  // the zeros around it).
   ImageFile* f = AsImage(file);
-  if (!ImageRoom(f->sink, f->eoa)) return -1;
+  if (!ImageRoom(f->sink, f->eoa) && f->sink->error.empty()) {
+    f->sink->error = "out of memory for the in-memory file (" + std::to_string(f->eoa) + " bytes)";
+  }
   f->eof = f->eoa;
   return 0;
 }
@@ -759,37 +790,58 @@ Status ValidateShardWrite(const ShardWrite& w, bool need_data, uint64_t* element
   return Status::Ok();
 }
 
+// Datasets in w's file: one per array, range and tensor the range touches.
+size_t CountDatasets(const ShardWrite& w) {
+  size_t datasets = 0;
+  for (const Range& r : w.ranges) {
+    for (const TensorSpec& t : w.tensors) datasets += (std::max(r.offset, t.offset) < std::min(r.offset + r.size, t.offset + t.numel));
+  }
+  return datasets * w.arrays.size();
+}
+
+// HDF5's metadata block for a shard of `datasets` datasets. All metadata goes in one block at the
+// front (HDF5's default, 2 KiB blocks, scatters it between the datasets, and every block shared
+// with metadata waits for the end): measured ~410 bytes per whole tensor with its attributes, more
+// for pieces of one; running out only costs another block somewhere, unused room is zeros.
+size_t MetaBlockBytes(size_t datasets) { return (datasets * 640 + (8 << 10) + 4095) & ~size_t{4095}; }
+
 // Builds w's HDF5 file (its metadata; the datasets are allocated, not written) with the image
 // driver over `sink`. With `plan` set, records where HDF5 placed each dataset; else checks that it
 // placed them as `layout` says and takes each dataset's CRC32C from the data already there. The
 // file is closed on return; sink->size is its size. Holds Hdf5Mutex().
-Status BuildShard(const std::string& tmp, const ShardWrite& w, size_t datasets, ImageSink* sink,
-                  const ShardLayout* layout, ShardLayout* plan) {
+Status BuildShard(const std::string& tmp, const ShardWrite& w, ImageSink* sink, const ShardLayout* layout,
+                  ShardLayout* plan) {
   std::lock_guard<std::mutex> lock(Hdf5Mutex());
   QuietHdf5Errors quiet;
   const hid_t driver = ImageDriver();
   if (driver < 0) return WriteError(tmp, "register the in-memory file driver");
-  // All metadata in one block at the front (HDF5's default, 2 KiB blocks, scatters it between the
-  // datasets, and every block shared with metadata waits for the end): measured ~410 bytes per
-  // whole tensor with its attributes, more for pieces of one; running out only costs another block
-  // somewhere, unused room is written as zeros.
-  const size_t meta_block = (datasets * 640 + (8 << 10) + 4095) & ~size_t{4095};
   Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   ImageDriverInfo info{sink};
   if (!fapl.valid() || H5Pset_driver(fapl.get(), driver, &info) < 0 ||
-      H5Pset_meta_block_size(fapl.get(), meta_block) < 0) {
+      H5Pset_meta_block_size(fapl.get(), MetaBlockBytes(CountDatasets(w))) < 0) {
     return WriteError(tmp, "set up the in-memory file");
   }
+  // No modification times in the objects: a shard's bytes depend on its contents only.
+  Hid fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose), gcpl(H5Pcreate(H5P_GROUP_CREATE), H5Pclose);
   // Datasets get their space when created and are never written through HDF5: the data is there.
   Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
-  if (!dcpl.valid() || H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY) < 0 ||
-      H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER) < 0) {
-    return WriteError(tmp, "set up the dataset properties");
+  if (!fcpl.valid() || !gcpl.valid() || !dcpl.valid() || H5Pset_obj_track_times(fcpl.get(), 0) < 0 ||
+      H5Pset_obj_track_times(gcpl.get(), 0) < 0 || H5Pset_obj_track_times(dcpl.get(), 0) < 0 ||
+      H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY) < 0 || H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER) < 0) {
+    return WriteError(tmp, "set up the creation properties");
   }
   // The name appears only in HDF5's messages; nothing of that name is created on disk.
   const std::string image_name = tmp + ".in-memory";
-  Hid file(H5Fcreate(image_name.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
+  Hid file(H5Fcreate(image_name.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()), H5Fclose);
   if (!file.valid()) return WriteError(tmp, "create");
+  // On any failure below, the writer stops before the file closes (destruction runs in reverse):
+  // HDF5's closing flush then cannot meet a background write.
+  struct StopWriterFirst {
+    ImageWriter* writer;
+    ~StopWriterFirst() {
+      if (writer != nullptr) static_cast<void>(writer->Abandon());
+    }
+  } stop_writer{sink->writer};
   const bool attrs_ok = PutAttrString(file.get(), "format", kFormatName) &&
                         PutAttr<uint32_t>(file.get(), "format_version", kFormatVersion) &&
                         PutAttr<int64_t>(file.get(), "step", w.step) && PutAttr<int32_t>(file.get(), "rank", w.rank) &&
@@ -804,7 +856,7 @@ Status BuildShard(const std::string& tmp, const ShardWrite& w, size_t datasets, 
   size_t k = 0;  // datasets so far
   for (size_t ai = 0; ai < w.arrays.size(); ++ai) {
     const RangeArray& a = w.arrays[ai];
-    Hid group(H5Gcreate2(file.get(), a.name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+    Hid group(H5Gcreate2(file.get(), a.name.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), H5Gclose);
     if (!group.valid()) return WriteError(tmp, "create group /" + a.name);
     uint64_t range_start = 0;  // element index (over the ranges) of the current range's first element
     for (const Range& r : w.ranges) {
@@ -859,40 +911,45 @@ Status BuildShard(const std::string& tmp, const ShardWrite& w, size_t datasets, 
     return Internal(tmp + ": " + std::to_string(k) + " datasets built, " + std::to_string(layout->extents.size()) +
                     " planned: the shard's layout changed since it was planned");
   }
-  if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0 || !file.Close()) {
-    return sink->raw_write ? Internal(tmp + ": HDF5 wrote dataset data into the in-memory file, which holds it already")
-                           : WriteError(tmp, "close");
-  }
+  const bool closed = H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0 && file.Close();
+  if (!sink->error.empty()) return Internal(tmp + ": " + sink->error);
+  if (!closed) return WriteError(tmp, "close");
+  stop_writer.writer = nullptr;  // built: the writer goes on
   return Status::Ok();
 }
 
-// Datasets in w's file: one per array, range and tensor the range touches.
-size_t CountDatasets(const ShardWrite& w) {
-  size_t datasets = 0;
-  for (const Range& r : w.ranges) {
-    for (const TensorSpec& t : w.tensors) datasets += (std::max(r.offset, t.offset) < std::min(r.offset + r.size, t.offset + t.numel));
-  }
-  return datasets * w.arrays.size();
-}
 
 }  // namespace
 
 Result<ShardLayout> PlanShard(const ShardWrite& w) {
   uint64_t elements = 0;
   RETURN_IF_ERROR(ValidateShardWrite(w, /*need_data=*/false, &elements));
+  // The data, the metadata block and room for what overflows it, zeroed, as the image of a save
+  // is around its data (HDF5 may read what it has not written).
   ImageBuffer scratch;
-  // Reserved up front (the image only grows into it); the data regions are never written here.
-  if (!scratch.Reserve(elements * w.arrays.size() * sizeof(float) + (size_t{1} << 20))) {
-    return Internal("checkpoint shard: out of memory planning the shard's layout");
-  }
-  ImageSink sink{&scratch, nullptr, 0, false};
+  const size_t room = elements * w.arrays.size() * sizeof(float) + 2 * MetaBlockBytes(CountDatasets(w)) + (size_t{1} << 20);
+  if (!scratch.Reserve(room)) return Internal("checkpoint shard: out of memory planning the shard's layout");
+  std::memset(scratch.data(), 0, scratch.capacity());
+  std::vector<std::pair<uint64_t, uint64_t>> writes;
+  ImageSink sink;
+  sink.arena = &scratch;
+  sink.writes = &writes;
   ShardLayout layout;
-  RETURN_IF_ERROR(BuildShard("(planning " + ShardFileName(w.rank, w.world) + ")", w, CountDatasets(w), &sink,
-                             nullptr, &layout));
+  const std::string what = "(planning " + ShardFileName(w.rank, w.world) + ")";
+  RETURN_IF_ERROR(BuildShard(what, w, &sink, nullptr, &layout));
   layout.file_size = sink.size;
+  // A dataset placed where metadata had been written (space HDF5 freed and gave out again) cannot
+  // be built in place: the metadata would be written over the data already there.
+  std::sort(writes.begin(), writes.end());
   for (const ShardLayout::Extent& e : layout.extents) {
-    if (e.offset + e.count * sizeof(float) > layout.file_size) {
-      return Internal("checkpoint shard: a dataset planned past the end of the file");
+    const uint64_t end = e.offset + e.count * sizeof(float);
+    if (end > layout.file_size) return Internal(what + ": a dataset planned past the end of the file");
+    const auto after = std::upper_bound(writes.begin(), writes.end(), std::make_pair(e.offset, ~uint64_t{0}));
+    bool overlap = after != writes.end() && after->first < end;
+    for (auto it = writes.begin(); it != after && !overlap; ++it) overlap = it->second > e.offset;
+    if (overlap) {
+      return Internal(what + ": HDF5 placed a dataset at byte " + std::to_string(e.offset) +
+                      ", where it had written metadata; this shard cannot be built in place");
     }
   }
   return layout;
@@ -902,8 +959,18 @@ Result<ShardFileInfo> WriteShardImage(const std::string& step_dir, const ShardWr
                                       ImageBuffer* image) {
   uint64_t elements = 0;
   RETURN_IF_ERROR(ValidateShardWrite(w, /*need_data=*/false, &elements));
-  COHORT_CHECK(image != nullptr && image->capacity() >= layout.file_size)
-      << "shard image of " << (image == nullptr ? 0 : image->capacity()) << " bytes for a file of " << layout.file_size;
+  if (image == nullptr || image->capacity() < layout.file_size) {
+    return InvalidArgument("checkpoint shard: an image of " + std::to_string(image == nullptr ? 0 : image->capacity()) +
+                           " bytes for a file of " + std::to_string(layout.file_size));
+  }
+  for (const ShardLayout::Extent& e : layout.extents) {
+    if (e.array >= w.arrays.size() || e.count > layout.file_size / sizeof(float) ||
+        e.offset > layout.file_size - e.count * sizeof(float)) {
+      return InvalidArgument("checkpoint shard: a layout extent of " + std::to_string(e.count) + " floats at byte " +
+                             std::to_string(e.offset) + " lies outside the file of " +
+                             std::to_string(layout.file_size) + " bytes (or names no array)");
+    }
+  }
   RETURN_IF_ERROR(storage::MakeDirectories(step_dir));
   ShardFileInfo info;
   info.name = ShardFileName(w.rank, w.world);
@@ -930,12 +997,18 @@ Result<ShardFileInfo> WriteShardImage(const std::string& step_dir, const ShardWr
   for (const ShardLayout::Extent& e : by_offset) {
     if (!writer->Final(e.offset, e.count * sizeof(float))) return writer->Abandon();
   }
-  ImageSink sink{image, writer.get(), 0, false};
-  Status built = BuildShard(tmp, w, CountDatasets(w), &sink, &layout, nullptr);
-  if (!built.ok()) {
-    static_cast<void>(writer->Abandon());
-    return built;
+  ImageSink sink;
+  sink.arena = image;
+  sink.writer = writer.get();
+  for (const ShardLayout::Extent& e : by_offset) {
+    const uint64_t end = e.offset + e.count * sizeof(float);
+    if (!sink.data.empty() && sink.data.back().second >= e.offset) {
+      sink.data.back().second = std::max(sink.data.back().second, end);
+    } else if (end > e.offset) {
+      sink.data.push_back({e.offset, end});
+    }
   }
+  RETURN_IF_ERROR(BuildShard(tmp, w, &sink, &layout, nullptr));  // stops the writer when it fails
   if (sink.size != layout.file_size) {
     static_cast<void>(writer->Abandon());
     return Internal(tmp + ": the file came out at " + std::to_string(sink.size) + " bytes, planned " +

@@ -9,12 +9,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/crc32c.h"
@@ -256,7 +258,7 @@ TEST_F(CheckpointTest, ShardsWrittenWhileBuiltAreExact) {
 // The asynchronous checkpointer's path: the data copied straight to the planned places of a file
 // image (PlanShard), HDF5's metadata added around it (WriteShardImage). Whatever the image held
 // before (an earlier shard's bytes) must not reach the file: two images, one full of stale bytes,
-// give byte-identical files, and every value reads back.
+// written a second apart, give byte-identical files, and every value reads back.
 TEST_F(CheckpointTest, ShardImagesWrittenInPlaceAreExactWhateverTheImageHeld) {
   ShardWrite w;
   w.rank = 1;
@@ -285,6 +287,8 @@ TEST_F(CheckpointTest, ShardImagesWrittenInPlaceAreExactWhateverTheImageHeld) {
   place(fresh);
   const std::string a = root_ + "/a", b = root_ + "/b";
   auto info_a = WriteShardImage(StepDir(a, 5), w, *layout, &stale);
+  // In another second: no time stamps in the file either (its bytes depend on its contents only).
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
   auto info_b = WriteShardImage(StepDir(b, 5), w, *layout, &fresh);
   ASSERT_TRUE(info_a.ok()) << info_a.status().ToString();
   ASSERT_TRUE(info_b.ok()) << info_b.status().ToString();
@@ -324,7 +328,7 @@ TEST_F(CheckpointTest, ShardImagesWrittenInPlaceAreExactWhateverTheImageHeld) {
 }
 
 // A layout that does not match what HDF5 builds (planned for another table) is refused, and
-// nothing is left behind.
+// nothing is left behind; one that does not fit its own file is refused up front.
 TEST_F(CheckpointTest, AShardImageWhoseLayoutNoLongerFitsIsRefused) {
   ShardWrite w;
   w.tensors = Table();
@@ -332,10 +336,16 @@ TEST_F(CheckpointTest, AShardImageWhoseLayoutNoLongerFitsIsRefused) {
   w.arrays = {{"model", nullptr}};
   auto layout = PlanShard(w);
   ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  ImageBuffer image;
+  ASSERT_TRUE(image.Reserve(layout->file_size));
+  // An extent outside the file is rejected before anything is written.
+  ShardLayout outside = *layout;
+  outside.extents.back().offset = layout->file_size - 4;
+  auto bad = WriteShardImage(StepDir(root_, 3), w, outside, &image);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), Code::kInvalidArgument) << bad.status().ToString();
   ShardLayout moved = *layout;
   moved.extents[2].offset += 8;
-  ImageBuffer image;
-  ASSERT_TRUE(image.Reserve(layout->file_size + 64));
   auto info = WriteShardImage(StepDir(root_, 3), w, moved, &image);
   ASSERT_FALSE(info.ok());
   EXPECT_EQ(info.status().code(), Code::kInternal) << info.status().ToString();
