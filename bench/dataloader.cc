@@ -142,6 +142,9 @@ int Read(const std::string& glob, int T, int B, int threads, int depth, bool ver
 }
 
 int Train(const std::string& glob, const model::GptConfig& c, int B, int steps, int threads) {
+  if (steps < 20) {  // the differential is taken over pairs of 10-step blocks, and needs two for its interval
+    return Fail(InvalidArgument("--steps " + std::to_string(steps) + ": train mode needs at least 20 steps"));
+  }
   const int T = c.context_length;
   Status err;
   auto src = Open(glob, T, static_cast<uint32_t>(c.vocab_size), true, &err);
