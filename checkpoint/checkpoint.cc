@@ -680,6 +680,10 @@ herr_t ImageTruncate(H5FD_t* file, hid_t, hbool_t) {
 }
 
 // The driver's id, registered with HDF5 on first use (and kept for the process's life).
+// H5FD_class_t is HDF5 1.10's (Debian 12 ships 1.10.8); 1.12 and 1.14 changed the struct.
+#if H5_VERS_MAJOR != 1 || H5_VERS_MINOR != 10
+#error "checkpoint.cc's shard image driver is written for HDF5 1.10's virtual file driver interface"
+#endif
 hid_t ImageDriver() {
   static const H5FD_class_t kClass = {
       "cohort_shard_image", kImageMaxAddr, H5F_CLOSE_WEAK,
