@@ -546,6 +546,31 @@ Status ReadPiece(hid_t file, const std::string& path, const std::string& array, 
   return Status::Ok();
 }
 
+// The datasets of `array` in shard `path` (sorted by flat offset, as ListPieces gives them) must be
+// exactly the shard's ranges from its manifest: one after another, no gap, no overlap, nothing
+// outside. Each dataset's CRC covers its data only, so a damaged flat_offset attribute would
+// otherwise put intact data in the wrong place.
+Status CheckPiecesTileRanges(const std::string& path, const std::string& array, const std::vector<Range>& ranges,
+                             const std::vector<Piece>& pieces) {
+  size_t k = 0;
+  for (const Range& r : ranges) {
+    uint64_t next = r.offset;
+    while (next < r.offset + r.size) {
+      if (k >= pieces.size() || pieces[k].flat_offset != next || pieces[k].numel == 0) {
+        return DataLoss(path + ": /" + array + " does not hold element " + std::to_string(next) + " of its ranges");
+      }
+      next += pieces[k++].numel;
+    }
+    if (next != r.offset + r.size) {
+      return DataLoss(path + ": /" + array + " runs past its range ending at element " + std::to_string(r.offset + r.size));
+    }
+  }
+  if (k != pieces.size()) {
+    return DataLoss(path + ": /" + array + " holds " + std::to_string(pieces.size() - k) + " dataset(s) outside its ranges");
+  }
+  return Status::Ok();
+}
+
 Result<Hid> OpenShard(const std::string& path) {
   Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (!file.valid()) return ReadError(path, "open checkpoint shard");
@@ -759,6 +784,19 @@ std::string ShardFileName(int rank, int world) {
   char name[48];
   std::snprintf(name, sizeof name, "rank-%05d-of-%05d.h5", rank, world);
   return name;
+}
+
+// A step being written is not committed. An earlier commit of the same step (a re-save after
+// resuming from an older step, or after falling back past this one) is withdrawn before any of its
+// shards is replaced: a crash in between must not leave the old manifest over a mix of old and new
+// shards, whose sizes and per-dataset checksums would all look right.
+Status WithdrawCommit(const std::string& step_dir) {
+  const std::string manifest = Join(step_dir, kManifestName);
+  if (::unlink(manifest.c_str()) != 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return ErrnoError(manifest + ": withdraw this step's earlier commit (remove its manifest)", errno);
+  }
+  return storage::SyncDirectory(step_dir);
 }
 
 namespace {
@@ -976,6 +1014,7 @@ Result<ShardFileInfo> WriteShardImage(const std::string& step_dir, const ShardWr
     }
   }
   RETURN_IF_ERROR(storage::MakeDirectories(step_dir));
+  RETURN_IF_ERROR(WithdrawCommit(step_dir));
   ShardFileInfo info;
   info.name = ShardFileName(w.rank, w.world);
   info.rank = w.rank;
@@ -1050,7 +1089,7 @@ Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& 
   return WriteShardImage(step_dir, w, layout, &image);
 }
 
-Status Commit(const std::string& root, const Manifest& m) {
+Status Commit(const std::string& root, const Manifest& m, std::string* warning) {
   const std::string dir = StepDir(root, m.step);
   RETURN_IF_ERROR(ValidateManifest(Join(dir, kManifestName), m));
   for (const ShardFileInfo& f : m.files) {
@@ -1069,16 +1108,30 @@ Status Commit(const std::string& root, const Manifest& m) {
   const std::string body = ToProto(stamped).SerializeAsString();
   file.set_body(body);
   file.set_body_crc32c(Crc32c(body.data(), body.size()));
+  std::string trouble;  // after the manifest is in place: the commit stands, with a warning
   {
-    ASSIGN_OR_RETURN(storage::AtomicFileWriter w, storage::AtomicFileWriter::Create(Join(dir, kManifestName)));
+    const std::string path = Join(dir, kManifestName);
+    ASSIGN_OR_RETURN(storage::AtomicFileWriter w, storage::AtomicFileWriter::Create(path));
     const std::string bytes = file.SerializeAsString();
     RETURN_IF_ERROR(w.Append(bytes.data(), bytes.size()));
     CrashPoint("manifest-tmp", m.step);
-    RETURN_IF_ERROR(w.Commit());
+    if (Status st = w.Commit(); !st.ok()) {
+      // Failed before its rename: not committed. Failed after it (syncing the directory): the
+      // manifest is in place and readers see the checkpoint; reporting a failure now would make the
+      // caller remove the shards under it. It stands, with a warning.
+      auto now = storage::ReadFileToString(path);
+      if (!now.ok() || *now != bytes) return st;
+      trouble = st.ToString() + " (the manifest is in place; the checkpoint stands, but may not survive a power loss)";
+    }
   }
   CrashPoint("manifest", m.step);
-  RETURN_IF_ERROR(storage::WriteFileAtomically(Join(root, kLatestName), StepDirName(m.step) + "\n"));
+  // `latest` is for people and scripts (resume finds the newest complete step itself): failing to
+  // move it does not undo the commit.
+  if (Status st = storage::WriteFileAtomically(Join(root, kLatestName), StepDirName(m.step) + "\n"); !st.ok()) {
+    trouble += (trouble.empty() ? "" : "; ") + ("could not move " + Join(root, kLatestName) + ": " + st.ToString());
+  }
   CrashPoint("latest", m.step);
+  if (warning != nullptr) *warning = trouble;
   return Status::Ok();
 }
 
@@ -1307,25 +1360,11 @@ Status Verify(const std::string& step_dir, Manifest* out) {
     ASSIGN_OR_RETURN(Hid file, OpenShard(path));
     for (const std::string& array : m.states) {
       ASSIGN_OR_RETURN(std::vector<Piece> pieces, ListPieces(file.get(), path, array));
-      // The pieces, in flat order, must be exactly the shard's ranges.
-      size_t k = 0;
+      RETURN_IF_ERROR(CheckPiecesTileRanges(path, array, f.ranges, pieces));
       std::vector<float> buf;
-      for (const Range& r : f.ranges) {
-        uint64_t next = r.offset;
-        while (next < r.offset + r.size) {
-          if (k >= pieces.size() || pieces[k].flat_offset != next) {
-            return DataLoss(path + ": /" + array + " does not hold element " + std::to_string(next) + " of its ranges");
-          }
-          buf.resize(pieces[k].numel);
-          RETURN_IF_ERROR(ReadPiece(file.get(), path, array, pieces[k], buf.data()));
-          next += pieces[k++].numel;
-        }
-        if (next != r.offset + r.size) {
-          return DataLoss(path + ": /" + array + " runs past its range ending at element " + std::to_string(r.offset + r.size));
-        }
-      }
-      if (k != pieces.size()) {
-        return DataLoss(path + ": /" + array + " holds " + std::to_string(pieces.size() - k) + " dataset(s) outside its ranges");
+      for (const Piece& p : pieces) {
+        buf.resize(p.numel);
+        RETURN_IF_ERROR(ReadPiece(file.get(), path, array, p, buf.data()));
       }
     }
   }
@@ -1355,6 +1394,7 @@ Status ReadRange(const std::string& step_dir, const Manifest& m, const std::stri
     QuietHdf5Errors quiet;
     ASSIGN_OR_RETURN(Hid file, OpenShard(path));
     ASSIGN_OR_RETURN(std::vector<Piece> pieces, ListPieces(file.get(), path, name));
+    RETURN_IF_ERROR(CheckPiecesTileRanges(path, name, f.ranges, pieces));
     for (const Piece& p : pieces) {
       const uint64_t begin = std::max(offset, p.flat_offset), end = std::min(hi, p.flat_offset + p.numel);
       if (begin >= end) continue;

@@ -155,11 +155,17 @@ std::string ShardFileName(int rank, int world);
 // file is removed on every failure.
 Result<ShardFileInfo> WriteShard(const std::string& step_dir, const ShardWrite& shard);
 
+// Withdraws a commit of the step in `step_dir` (removes its manifest, syncs the directory), so
+// that its shards can be replaced or removed without a crash ever leaving the manifest over other
+// or missing shards. Ok when there is none. WriteShardImage calls it before writing a shard.
+Status WithdrawCommit(const std::string& step_dir);
+
 // Commits the checkpoint in `m.step`'s directory under `root`: checks that every file the
 // manifest lists is there with its recorded size, writes manifest.pb (temporary file, fsync,
 // rename, fsync of the directory), then points <root>/latest at it the same way. Until the
-// manifest's rename the step does not exist for readers.
-Status Commit(const std::string& root, const Manifest& m);
+// manifest's rename the step does not exist for readers; once it is in place the commit stands:
+// a failure after that (syncing the directory, moving `latest`) returns Ok with `warning` set.
+Status Commit(const std::string& root, const Manifest& m, std::string* warning = nullptr);
 
 // Reads and validates <step_dir>/manifest.pb (checksum, version, fields). NotFound when there is
 // none; DataLoss naming the file when it is corrupt.

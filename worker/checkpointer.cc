@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -213,7 +214,7 @@ Status Checkpointer::Save(const SaveRequest& request) {
   // Both buffers in use (one being written, one queued or waiting for its commit): the policy.
   // Buffers are freed only by the collective commit, so every rank sees the same answer here.
   while (s.buffer_busy[0] && s.buffer_busy[1]) {
-    if (s.o.skip_when_busy) {
+    if (s.o.skip_when_busy && !request.final) {
       ++stats_.skipped;
       COHORT_LOG_WARN("checkpoint: skipping the save of step {}: the saves of steps {} are still being "
                       "written (checkpoint.on_busy: skip)",
@@ -347,7 +348,9 @@ Status Checkpointer::CommitOldest(bool wait) {
       m.files.push_back({checkpoint::ShardFileName(r, s.world), outcomes[static_cast<size_t>(r)].size,
                          outcomes[static_cast<size_t>(r)].crc, r, s.all_ranges[static_cast<size_t>(r)]});
     }
-    commit = checkpoint::Commit(s.o.root, m);
+    std::string warning;
+    commit = checkpoint::Commit(s.o.root, m, &warning);
+    if (!warning.empty()) COHORT_LOG_WARN("checkpoint of step {}: committed, but {}", step, warning);
   }
   if (failed_ranks.empty() && s.distributed()) {
     uint32_t ok = commit.ok() ? 1 : 0;
@@ -369,7 +372,9 @@ Status Checkpointer::CommitOldest(bool wait) {
                                              " failed to write their shard (see their log)");
     COHORT_LOG_ERROR("checkpoint of step {} abandoned, the previous ones are intact: {}", step, why.ToString());
     if (s.last_error.ok()) s.last_error = why;
-    // Remove this rank's shard of the abandoned step; rank 0 also the directory once empty.
+    // Remove this rank's shard of the abandoned step; rank 0 also the directory once empty. An
+    // earlier commit of the same step (a re-save) is withdrawn first: its shards are being removed.
+    if (Status w = checkpoint::WithdrawCommit(dir); !w.ok()) COHORT_LOG_WARN("checkpoint: {}", w.ToString());
     const std::string shard = dir + "/" + checkpoint::ShardFileName(s.rank, s.world);
     ::unlink(shard.c_str());
     if (s.rank == 0) ::rmdir(dir.c_str());  // fails harmlessly while others' files remain
@@ -378,7 +383,9 @@ Status Checkpointer::CommitOldest(bool wait) {
   s.pending.pop_front();
   // 4. Retention (rank 0, after a commit): keep the newest keep_last committed checkpoints and the
   // multiples of keep_every; remove the other committed ones, and leftovers of interrupted saves
-  // older than this one. Never the one just committed (the latest); missing files are fine.
+  // (no manifest) older than this one. Never the one just committed (the latest), nor a directory
+  // whose manifest is there but could not be read or does not match its files (reported by
+  // `cohort ckpt list`, not deleted); missing files are fine.
   if (committed && s.rank == 0) {
     auto entries = checkpoint::List(s.o.root);
     if (entries.ok()) {
@@ -391,7 +398,7 @@ Status Checkpointer::CommitOldest(bool wait) {
       keep.insert(step);
       for (const auto& e : *entries) {
         const bool every = s.o.keep_every > 0 && e.step % s.o.keep_every == 0;
-        if (e.complete ? (keep.count(e.step) || every) : e.step >= step) continue;
+        if (e.complete ? (keep.count(e.step) || every) : (e.step >= step || e.has_manifest)) continue;
         COHORT_LOG_INFO("checkpoint retention: removing {}{}", e.dir, e.complete ? "" : " (an interrupted save)");
         RemoveStepDir(e.dir, step);
       }
@@ -406,8 +413,16 @@ Result<ResumeCandidates> FindResumeCandidates(const std::string& resume, const s
   std::string search_root = root;
   if (resume != "auto") {
     // A step directory: exactly that checkpoint (its manifest must be valid and its files there).
+    // A directory named like one, or holding a manifest, is one even when the manifest is damaged
+    // or missing: the user hears what is wrong with it, not that it holds no checkpoints.
     auto m = checkpoint::ReadManifest(resume);
-    if (m.ok() || !checkpoint::List(resume).ok()) {
+    std::string base = resume;
+    while (base.size() > 1 && base.back() == '/') base.pop_back();
+    base = base.substr(base.find_last_of('/') == std::string::npos ? 0 : base.find_last_of('/') + 1);
+    const bool step_name = base.size() > 5 && base.compare(0, 5, "step-") == 0 &&
+                           std::all_of(base.begin() + 5, base.end(), [](unsigned char ch) { return std::isdigit(ch); });
+    const bool has_manifest = ::access((resume + "/manifest.pb").c_str(), F_OK) == 0;
+    if (m.ok() || step_name || has_manifest || !checkpoint::List(resume).ok()) {
       if (!m.ok()) return m.status().WithContext("--resume " + resume);
       c.dirs.push_back(resume);
       c.exact = true;

@@ -50,6 +50,9 @@ struct SaveRequest {
   int64_t step = 0;
   int64_t optimizer_step = 0;
   checkpoint::DataState data;
+  // The run's last save (its end, or a stop signal): never skipped by checkpoint.on_busy: skip, it
+  // waits for a buffer instead (a requeued job continues from it).
+  bool final = false;
   // Where this rank's range `r` (one of CheckpointerOptions::ranges) of array `state`
   // (CheckpointerOptions::states) lives: r.size floats, read until WaitForSnapshot() returns. Called
   // in Save(); the copy is made from there by the writer thread while training goes on, and by the

@@ -471,9 +471,10 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     ASSIGN_OR_RETURN(checkpointer, Checkpointer::Create(std::move(co)));
   }
   // Queues a save of this rank's ranges; the snapshot is copied while training goes on.
-  auto save = [&](int64_t at_step, const data::DataState& ds) -> Status {
+  auto save = [&](int64_t at_step, const data::DataState& ds, bool final = false) -> Status {
     SaveRequest req;
     req.step = at_step;
+    req.final = final;
     req.optimizer_step = optimizers.front()->step();
     req.data = {ds.seed, ds.epoch, ds.cursor, data_fingerprint};
     // The live weights and moments: copied by the checkpoint writer thread while the next step
@@ -699,7 +700,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
   if (checkpointer) {
     // The end of the run, or a stop (preemption): the last completed step is saved and committed
     // before Train returns, so a requeued job continues from here.
-    if (step > last_saved) RETURN_IF_ERROR(save(step, summary.data_state));
+    if (step > last_saved) RETURN_IF_ERROR(save(step, summary.data_state, /*final=*/true));
     Status fin = checkpointer->Finish();
     const CheckpointStats& cs = checkpointer->stats();
     summary.checkpoints_committed = cs.committed;

@@ -54,6 +54,7 @@ KILLS=${KILLS:-200}
 root="$WORK/sweep"
 bad=0
 resumed_ok=0
+committed_before=0
 /usr/bin/python3 -c "import random; random.seed(5); print('\n'.join(str(random.randint(0, 400)) for _ in range($KILLS)))" > delays
 while read -r ms; do
   "$COHORT_BIN" train job.yaml --no-progress --set train.steps=100000 --set checkpoint.interval=1 \
@@ -63,10 +64,15 @@ while read -r ms; do
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   if grep -q "error" sweep.log; then bad=$((bad + 1)); echo "run failed before the kill:" >&2; tail -3 sweep.log >&2; fi
-  # What the next run would load must be complete and intact (or nothing, before the first commit).
+  # What the next run would load must be complete and intact (or nothing, before the first commit;
+  # once one was committed, a kill must never leave none).
   if [ -e "$root" ] && "$COHORT_BIN" ckpt list "$root" | grep -q "complete  "; then
+    committed_before=1
     if "$COHORT_BIN" ckpt verify "$root" > verify.log 2>&1; then resumed_ok=$((resumed_ok + 1)); else
       bad=$((bad + 1)); echo "bad checkpoint after a kill at ${ms} ms:" >&2; tail -3 verify.log >&2; fi
+  elif [ "$committed_before" = 1 ]; then
+    bad=$((bad + 1)); echo "no complete checkpoint left after a kill at ${ms} ms, though one had been committed:" >&2
+    "$COHORT_BIN" ckpt list "$root" >&2 || true
   fi
 done < delays
 echo "random kills: $KILLS, checkpoints verified after them: $resumed_ok, bad loads: $bad"

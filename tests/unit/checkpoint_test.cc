@@ -422,6 +422,70 @@ TEST_F(CheckpointTest, AFlippedBitIsDetectedNamingTheFileAndTensor) {
   EXPECT_TRUE(ReadRange(StepDir(root_, 5), *m, "model", 0, kTotal, all.data()).ok());
 }
 
+// Each dataset's CRC covers its data only: a damaged flat_offset attribute would put intact data
+// in the wrong place. Loading checks that the datasets tile the shard's ranges from the manifest.
+TEST_F(CheckpointTest, ADatasetClaimingAnotherPlaceIsRefusedWhenLoading) {
+  Save(6, 1);
+  const std::string shard = Shard(6, 0, 1);
+  {
+    const hid_t file = H5Fopen(shard.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(file, 0);
+    const hid_t ds = H5Dopen2(file, "/model/wpe", H5P_DEFAULT);
+    const hid_t attr = ds >= 0 ? H5Aopen(ds, "flat_offset", H5P_DEFAULT) : -1;
+    const uint64_t elsewhere = 0;  // wte's place: the element count still adds up
+    const bool written = attr >= 0 && H5Awrite(attr, H5T_NATIVE_UINT64, &elsewhere) >= 0;
+    if (attr >= 0) H5Aclose(attr);
+    if (ds >= 0) H5Dclose(ds);
+    H5Fclose(file);
+    ASSERT_TRUE(written);
+  }
+  auto m = ReadManifest(StepDir(root_, 6));
+  ASSERT_TRUE(m.ok());
+  std::vector<float> all(kTotal);
+  Status r = ReadRange(StepDir(root_, 6), *m, "model", 0, kTotal, all.data());
+  EXPECT_EQ(r.code(), Code::kDataLoss) << r.ToString();
+  EXPECT_NE(r.message().find(shard), std::string::npos) << r.ToString();
+  EXPECT_NE(r.message().find("/model"), std::string::npos) << r.ToString();
+  EXPECT_TRUE(ReadRange(StepDir(root_, 6), *m, "adam_m", 0, kTotal, all.data()).ok());
+}
+
+// Writing a step that was committed before (a re-save after resuming from an older step)
+// withdraws the old commit first: until the new commit the step does not exist, and a crash in
+// between never leaves the old manifest over new shards.
+TEST_F(CheckpointTest, RewritingACommittedStepWithdrawsItsCommitFirst) {
+  Save(7, 1);
+  ASSERT_TRUE(Verify(StepDir(root_, 7)).ok());
+  std::vector<float> newer = Random(kTotal, 9);
+  ShardWrite w;
+  w.step = 7;
+  w.tensors = Table();
+  w.ranges = {{0, kTotal}};
+  w.arrays = {{"model", newer.data()}, {"adam_m", m_.data()}, {"adam_v", v_.data()}};
+  auto info = WriteShard(StepDir(root_, 7), w);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  auto entries = List(root_);
+  ASSERT_TRUE(entries.ok());
+  ASSERT_EQ(entries->size(), 1u);
+  EXPECT_FALSE((*entries)[0].has_manifest);
+  EXPECT_FALSE((*entries)[0].complete);
+  EXPECT_EQ(FindLatest(root_).status().code(), Code::kNotFound);
+}
+
+// Once the manifest is in place the checkpoint is committed: failing to move `latest` afterwards
+// is a warning, not a failure (a failure would make the caller remove the shards under it).
+TEST_F(CheckpointTest, ACommitStandsWhenLatestCannotBeMoved) {
+  ASSERT_TRUE(storage::MakeDirectories(root_ + "/latest/in-the-way").ok());  // a rename cannot replace it
+  Manifest man = Save(9, 1, /*commit=*/false);
+  std::string warning;
+  Status c = Commit(root_, man, &warning);
+  ASSERT_TRUE(c.ok()) << c.ToString();
+  EXPECT_NE(warning.find("latest"), std::string::npos) << warning;
+  EXPECT_TRUE(Verify(StepDir(root_, 9)).ok());
+  auto latest = FindLatest(root_);
+  ASSERT_TRUE(latest.ok());
+  EXPECT_EQ(latest->step, 9);
+}
+
 TEST_F(CheckpointTest, IncompleteStepsAreSkippedForTheLatestCompleteOne) {
   Save(10, 2);
   Save(20, 2);

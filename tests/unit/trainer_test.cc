@@ -421,11 +421,17 @@ TEST_F(TrainerTest, ResumeFallsBackPastADamagedCheckpointAndNeverStartsOverSilen
   // An explicit path that holds no checkpoint is an error too.
   const RunResult missing = TrainOnce(spec(12), 0, dir_ + "/nowhere");
   EXPECT_FALSE(missing.summary.ok());
+  // An explicit step directory whose manifest is gone: the error is about its manifest, not "no
+  // checkpoint in it" (as if it were a root).
+  const RunResult step4 = TrainOnce(spec(12), 0, checkpoint::StepDir(root, 4));
+  ASSERT_FALSE(step4.summary.ok());
+  EXPECT_THAT(step4.summary.status().message(), HasSubstr(checkpoint::StepDir(root, 4) + "/manifest.pb"));
 }
 
 // checkpoint.on_busy: a save due while both buffers still hold uncommitted saves (here: three
 // saves with no step boundary, i.e. no Poll, between them) waits for the oldest to be written and
-// committed, or is skipped; either way what was committed is complete and in order.
+// committed, or is skipped; either way what was committed is complete and in order. The run's
+// final save (its end, or a stop) is never skipped.
 TEST_F(TrainerTest, SavesDueWhileBusyWaitOrAreSkipped) {
   for (const bool skip : {false, true}) {
     const std::string root = dir_ + (skip ? "/skip" : "/wait");
@@ -439,20 +445,22 @@ TEST_F(TrainerTest, SavesDueWhileBusyWaitOrAreSkipped) {
     auto ck = Checkpointer::Create(o);
     ASSERT_TRUE(ck.ok()) << ck.status().ToString();
     std::vector<float> w(1000);
-    for (int step = 1; step <= 3; ++step) {
+    for (int step = 1; step <= 4; ++step) {  // step 4: the final save, due while both buffers are busy again
       std::fill(w.begin(), w.end(), static_cast<float>(step));
       SaveRequest req;
       req.step = step;
+      req.final = step == 4;
       req.source = [&](const std::string&, const checkpoint::Range& r) -> const float* { return w.data() + r.offset; };
       ASSERT_TRUE((*ck)->Save(req).ok());
       (*ck)->WaitForSnapshot();  // before the state changes (the trainer: before its optimizer update)
     }
     ASSERT_TRUE((*ck)->Finish().ok());
     EXPECT_EQ((*ck)->stats().skipped, skip ? 1 : 0);
-    EXPECT_EQ((*ck)->stats().committed, skip ? 2 : 3);
+    EXPECT_EQ((*ck)->stats().committed, skip ? 3 : 4);
+    EXPECT_EQ((*ck)->stats().last_committed_step, 4);
     auto entries = checkpoint::List(root);
     ASSERT_TRUE(entries.ok());
-    ASSERT_EQ(entries->size(), skip ? 2u : 3u);
+    ASSERT_EQ(entries->size(), skip ? 3u : 4u);
     for (const auto& e : *entries) {
       EXPECT_TRUE(e.complete) << e.dir;
       auto m = checkpoint::ReadManifest(e.dir);
@@ -479,6 +487,24 @@ TEST_F(TrainerTest, RetentionKeepsTheLastAndEveryMth) {
     steps.push_back(e.step);
   }
   EXPECT_EQ(steps, (std::vector<int64_t>{8, 16, 18, 20}));
+  // A committed checkpoint whose manifest is now damaged is reported, never deleted by retention:
+  // the next run (resuming from 20) commits 22 and 24 and keeps step 8's directory as it is.
+  FlipBitNearTheEnd(checkpoint::StepDir(root, 8) + "/manifest.pb");
+  const RunResult more = TrainOnce(Spec({"train.steps=24", "train.eval_interval=0", "checkpoint.interval=2",
+                                         "checkpoint.keep_last=2", "checkpoint.keep_every=8", "checkpoint.dir=" + root}));
+  ASSERT_TRUE(more.summary.ok()) << more.summary.status().ToString();
+  EXPECT_EQ(more.summary->resumed_from_step, 20);
+  entries = checkpoint::List(root);
+  ASSERT_TRUE(entries.ok());
+  steps.clear();
+  for (const auto& e : *entries) {
+    steps.push_back(e.step);
+    if (e.step == 8) {
+      EXPECT_TRUE(e.has_manifest);
+      EXPECT_FALSE(e.complete);
+    }
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{8, 16, 22, 24}));
 }
 
 // ---- data parallelism, N ranks as threads of an in-process group ----
