@@ -410,7 +410,10 @@ Status Hdf5Source::Read(uint64_t index, int32_t* out) const {
   {
     std::lock_guard<std::mutex> lock(Hdf5Mutex());
     QuietHdf5Errors quiet;
-    if (f.fd >= 0) {
+    // Before the read, and again after it: HDF5 reads past the end of a file that shrank as zeros,
+    // which are valid tokens.
+    auto unchanged = [&]() -> Status {
+      if (f.fd < 0) return Status::Ok();
       struct stat st;
       if (::fstat(f.fd, &st) != 0) return ErrnoError(f.path + ": fstat", errno);
       if (st.st_size < f.size) {
@@ -420,7 +423,9 @@ Status Hdf5Source::Read(uint64_t index, int32_t* out) const {
       if (st.st_size != f.size || st.st_mtim.tv_sec != f.mtime.tv_sec || st.st_mtim.tv_nsec != f.mtime.tv_nsec) {
         return DataLoss(f.path + ": the file was modified since it was opened");
       }
-    }
+      return Status::Ok();
+    };
+    RETURN_IF_ERROR(unchanged());
     if (H5Sselect_hyperslab(f.space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr) < 0) {
       return Internal(Where(f) + ": cannot select sample " + std::to_string(j) + ": " + TakeHdf5Error().message);
     }
@@ -431,6 +436,7 @@ Status Hdf5Source::Read(uint64_t index, int32_t* out) const {
                                            : "row " + std::to_string(start[0]);
       return Hdf5Failure(Where(f) + ": cannot read " + what, TakeHdf5Error());
     }
+    RETURN_IF_ERROR(unchanged());
   }
 
   for (hsize_t i = 0; i < window; ++i) {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <system_error>
 
 #include "common/check.h"
 
@@ -161,6 +162,11 @@ Result<std::unique_ptr<DataLoader>> DataLoader::Create(std::shared_ptr<const Sam
   if (o.depth < 1 || o.depth > 1024) return InvalidArgument("dataloader: prefetch depth must be in [1, 1024]");
   if (o.threads < 1 || o.threads > 256) return InvalidArgument("dataloader: reader threads must be in [1, 256]");
   if (o.timeout.count() < 1) return InvalidArgument("dataloader: timeout must be at least 1 ms");
+  if (o.start.epoch > (UINT64_MAX - o.start.cursor) / source->num_samples()) {
+    return InvalidArgument("dataloader: data state epoch " + std::to_string(o.start.epoch) +
+                           " is beyond what a stream of " + std::to_string(source->num_samples()) +
+                           " samples per epoch can count (a damaged data state?)");
+  }
   if (o.start.cursor >= source->num_samples()) {
     return InvalidArgument("dataloader: data state cursor " + std::to_string(o.start.cursor) +
                            " is beyond the dataset's " + std::to_string(source->num_samples()) +
@@ -184,14 +190,34 @@ Result<std::unique_ptr<DataLoader>> DataLoader::Create(std::shared_ptr<const Sam
     shared->slots.push_back(std::move(slot));
   }
   shared->refill = std::max<uint64_t>(1, shared->slots.size() / 2);
-  return std::unique_ptr<DataLoader>(new DataLoader(std::move(shared)));
+  std::unique_ptr<DataLoader> loader(new DataLoader(std::move(shared)));
+  RETURN_IF_ERROR(loader->Start());
+  return loader;
 }
 
-DataLoader::DataLoader(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {
-  shared_->running = shared_->options.threads;
-  for (int t = 0; t < shared_->options.threads; ++t) {
-    threads_.emplace_back([s = shared_, t] { ReaderLoop(s, t); });
+DataLoader::DataLoader(std::shared_ptr<Shared> shared) : shared_(std::move(shared)) {}
+
+Status DataLoader::Start() {
+  const int n = shared_->options.threads;
+  {
+    std::lock_guard<std::mutex> lk(shared_->mu);
+    shared_->running = n;
   }
+  for (int t = 0; t < n; ++t) {
+    try {
+      threads_.emplace_back([s = shared_, t] { ReaderLoop(s, t); });
+    } catch (const std::system_error& e) {
+      // Out of threads (e.g. the process limit): the ones started stop, and the caller hears why.
+      {
+        std::lock_guard<std::mutex> lk(shared_->mu);
+        shared_->running -= n - t;
+      }
+      Stop();
+      return Status(Code::kUnavailable, "dataloader: cannot start reader thread " + std::to_string(t + 1) + " of " +
+                               std::to_string(n) + ": " + e.what());
+    }
+  }
+  return Status::Ok();
 }
 
 DataLoader::~DataLoader() {

@@ -102,6 +102,7 @@ class DataLoader {
  private:
   struct Shared;
   explicit DataLoader(std::shared_ptr<Shared> shared);
+  Status Start();  // starts the reader threads
   static void ReaderLoop(std::shared_ptr<Shared> shared, int thread_index);
 
   // Everything the reader threads touch lives in `shared_`, which each thread co-owns: a reader

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -276,6 +277,10 @@ Result<std::unique_ptr<SampleSource>> OpenTokenShardSource(const std::vector<std
                                                            const SourceOptions& options) {
   if (options.seq_len < 1) return InvalidArgument("sequence length must be >= 1");
   if (options.vocab_size == 0) return InvalidArgument("vocab size must be > 0");
+  // Tokens are handed over as int32 (Layout::kPairs), as the HDF5 source's are.
+  if (options.vocab_size > static_cast<uint32_t>(std::numeric_limits<int32_t>::max()) + 1u) {
+    return InvalidArgument("vocab size " + std::to_string(options.vocab_size) + " exceeds 2^31");
+  }
   if (files.empty()) return InvalidArgument("no token shards given");
   const uint64_t T = static_cast<uint64_t>(options.seq_len);
   std::vector<Shard> shards;

@@ -164,6 +164,7 @@ class PosixReadableObject final : public ReadableObject {
     if (::fstat(fd_.get(), &st) == 0) {
       dev_ = st.st_dev;
       ino_ = st.st_ino;
+      mtime_ = st.st_mtim;
     }
     fd_.Reset();
   }
@@ -239,7 +240,10 @@ class PosixReadableObject final : public ReadableObject {
     struct timespec ts;
     ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     const int64_t now = static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-    if (now - last_size_check_ms_.load(std::memory_order_relaxed) >= 1000) {
+    // A read that reaches into the file's last page is checked every time: a file cut inside that
+    // page reads zeros there, not a fault.
+    const bool last_page = offset + n > (size_ & ~uint64_t{4095});
+    if (last_page || now - last_size_check_ms_.load(std::memory_order_relaxed) >= 1000) {
       last_size_check_ms_.store(now, std::memory_order_relaxed);
       RETURN_IF_ERROR(CheckSize(offset));
     }
@@ -262,9 +266,11 @@ class PosixReadableObject final : public ReadableObject {
                    " (the storage failed to read a page of the memory-mapped file)");
   }
 
-  // DataLoss if the file is now shorter than at open. By path, as the descriptor is closed once
-  // mapped; a name that is gone or now names another file (removed, or replaced by a rename) says
-  // nothing about the mapped file, whose pages stay intact, so that is not an error.
+  // DataLoss if the file is now shorter than at open, or was modified since (rewritten in place,
+  // e.g. by cp or rsync --inplace: the mapping would show the new bytes). By path, as the
+  // descriptor is closed once mapped; a name that is gone or now names another file (removed, or
+  // replaced by a rename) says nothing about the mapped file, whose pages stay intact, so that is
+  // not an error.
   Status CheckSize(uint64_t offset) const {
     struct stat st;
     if (::stat(path_.c_str(), &st) != 0) {
@@ -277,6 +283,10 @@ class PosixReadableObject final : public ReadableObject {
                       std::to_string(st.st_size) + " bytes, " + std::to_string(size_) +
                       " at open; reading at offset " + std::to_string(offset));
     }
+    if (st.st_mtim.tv_sec != mtime_.tv_sec || st.st_mtim.tv_nsec != mtime_.tv_nsec) {
+      return DataLoss(uri_ + ": file was modified since it was opened (rewritten in place?); reading at offset " +
+                      std::to_string(offset));
+    }
     return Status::Ok();
   }
 
@@ -285,6 +295,7 @@ class PosixReadableObject final : public ReadableObject {
   ScopedFd fd_;  // only while unmapped (pread fallback)
   dev_t dev_ = 0;  // the mapped file's identity, for CheckSize
   ino_t ino_ = 0;
+  struct timespec mtime_ = {};  // its modification time at open
   const uint64_t size_;
   const char* map_ = nullptr;
   MappedRegion* region_ = nullptr;

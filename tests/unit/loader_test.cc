@@ -62,6 +62,10 @@ class ScriptedSource final : public SampleSource {
     std::unique_lock<std::mutex> lk(mu_);
     cv_.wait(lk, [&] { return held_; });
   }
+  bool WaitHeldFor(std::chrono::milliseconds d) {
+    std::unique_lock<std::mutex> lk(mu_);
+    return cv_.wait_for(lk, d, [&] { return held_; });
+  }
   void Release() {
     std::lock_guard<std::mutex> lk(mu_);
     released_ = true;
@@ -246,8 +250,32 @@ TEST(DataLoaderTest, AReadErrorReachesTheTrainerAtItsBatchAndStays) {
     EXPECT_NE(bad.status().message().find("scripted.bin: byte offset 4242"), std::string::npos)
         << bad.status().ToString();
   }
-  // Nothing after the failed batch was read (no silent skipping past it).
+  // The readers stayed within the ring (depth 3 past the consumer).
   EXPECT_LE(src->reads(), 6u * B + 3u * B);
+}
+
+// Once a batch has failed, no reader claims another: with a deep ring, a reader that would go on
+// would read ahead up to the depth for nothing. One reader fails in batch 0; the other is held
+// inside batch 1 until the failure has reached the consumer, then finishes that batch and stops.
+TEST(DataLoaderTest, NoBatchIsClaimedAfterAFailure) {
+  const int B = 4;
+  auto src = std::make_shared<ScriptedSource>(1000, 3);
+  auto o = Options(B, 0, 1);
+  o.shuffle = false;
+  o.depth = 64;
+  o.threads = 2;
+  src->FailAt(2);  // batch 0
+  src->HoldAt(4);  // batch 1's first sample
+  auto loader = DataLoader::Create(src, o);
+  ASSERT_TRUE(loader.ok());
+  auto bad = (*loader)->Next();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), Code::kDataLoss);
+  // The other reader holds in batch 1, unless it saw the failure before claiming it.
+  const bool held = src->WaitHeldFor(std::chrono::milliseconds(300));
+  src->Release();
+  loader->reset();  // waits for the readers
+  EXPECT_LE(src->reads(), held ? 3u + B : 3u) << "a reader went on claiming batches after the failure";
 }
 
 TEST(DataLoaderTest, DestroyingWhileReadersWaitForBuffersIsPrompt) {
@@ -396,6 +424,17 @@ TEST(DataLoaderTest, RejectsBadOptions) {
   auto r = DataLoader::Create(src, o);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("cursor 10"), std::string::npos);
+  // An epoch whose stream position (epoch * samples + cursor) does not fit 64 bits would wrap to
+  // another place in the stream (a damaged data state).
+  o = Options(2, 0, 1);
+  o.start.epoch = UINT64_MAX / 10;
+  o.start.cursor = 9;
+  r = DataLoader::Create(src, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("epoch"), std::string::npos) << r.status().ToString();
+  o.start.epoch = UINT64_MAX / 10 - 1;  // the last epoch that fits
+  EXPECT_TRUE(DataLoader::Create(src, o).ok());
 }
 
 // ---- token shards as a sample source -----------------------------------------------------------
@@ -673,6 +712,14 @@ TEST_F(TokenShardSourceTest, BadFilesGetClearErrors) {
     auto src = OpenSampleSource(Opts(200));
     ASSERT_FALSE(src.ok());
     EXPECT_EQ(src.status().code(), Code::kInvalidArgument);
+  }
+  {  // a vocabulary whose tokens would not fit the int32 the model takes
+    auto o = Opts(8);
+    o.vocab_size = (1u << 31) + 1;
+    auto src = OpenSampleSource(o);
+    ASSERT_FALSE(src.ok());
+    EXPECT_EQ(src.status().code(), Code::kInvalidArgument);
+    EXPECT_NE(src.status().message().find("2^31"), std::string::npos) << src.status().ToString();
   }
   {  // a directory where a shard should be is not a shard
     ASSERT_TRUE(storage::MakeDirectories(dir_ + "/train-999.bin").ok());

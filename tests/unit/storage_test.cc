@@ -271,17 +271,41 @@ TEST_F(StorageTest, RemovedOrReplacedWhileOpenStillReadsTheOpenedFile) {
 }
 
 // A truncation inside the new last page faults nowhere (the page's tail reads as zeros); the size
-// check catches it instead.
+// check catches it instead, at once for a read of that page (not only at the once-a-second check).
 TEST_F(StorageTest, TruncationInsideTheLastPageIsDataLoss) {
   const std::string uri = Path("tail.bin");
   Put(uri, Pattern(10000));
   auto r = storage_->OpenForRead(uri);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  ASSERT_EQ(::truncate(uri.c_str(), 9000), 0) << std::strerror(errno);
   std::string buf(100, '\0');
+  ASSERT_TRUE((*r)->ReadAt(0, buf.data(), 100).ok());  // the periodic check has just run
+  ASSERT_EQ(::truncate(uri.c_str(), 9000), 0) << std::strerror(errno);
   Status s = (*r)->ReadAt(9500, buf.data(), 100);
   EXPECT_EQ(s.code(), Code::kDataLoss) << s.ToString();
   EXPECT_THAT(s.message(), HasSubstr("9000 bytes, 10000 at open"));
+}
+
+// A file rewritten in place (cp over it, rsync --inplace) keeps its inode and size, and the
+// mapping shows the new bytes: the change is caught by the file's modification time.
+TEST_F(StorageTest, AFileRewrittenInPlaceIsDataLoss) {
+  const std::string uri = Path("inplace.bin");
+  Put(uri, Pattern(10000));
+  auto r = storage_->OpenForRead(uri);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  std::string buf(100, '\0');
+  ASSERT_TRUE((*r)->ReadAt(0, buf.data(), 100).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a later modification time
+  {
+    const int fd = ::open(uri.c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    const std::string other(10000, 'x');
+    EXPECT_EQ(::pwrite(fd, other.data(), other.size(), 0), static_cast<ssize_t>(other.size()));
+    ::close(fd);
+  }
+  Status s = (*r)->ReadAt(9900, buf.data(), 100);
+  EXPECT_EQ(s.code(), Code::kDataLoss) << s.ToString();
+  EXPECT_THAT(s.message(), HasSubstr("modified since it was opened"));
+  EXPECT_THAT(s.message(), HasSubstr(uri));
 }
 
 TEST_F(StorageTest, UncommittedWriterLeavesNothingBehind) {
