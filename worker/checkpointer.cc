@@ -1,5 +1,6 @@
 #include "worker/checkpointer.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <ctime>
 #include <deque>
 #include <mutex>
 #include <set>
@@ -40,6 +42,41 @@ void RemoveStepDir(const std::string& dir, int64_t step) {
   if (::rmdir(dir.c_str()) != 0 && errno != ENOENT) {
     COHORT_LOG_WARN("checkpoint retention: cannot remove {}: {}", dir, std::strerror(errno));
   }
+}
+
+// --resume=never in a root holding committed checkpoints (intact or not) of an earlier run: they,
+// and `latest`, move into <root>/superseded-<UTC time>/ (renames: nothing is copied or deleted).
+Status SupersedeEarlierRun(const std::string& root) {
+  ASSIGN_OR_RETURN(std::vector<checkpoint::Entry> entries, checkpoint::List(root));
+  std::vector<checkpoint::Entry> committed;
+  for (const auto& e : entries) {
+    if (e.has_manifest) committed.push_back(e);
+  }
+  if (committed.empty()) return Status::Ok();
+  char stamp[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  ::gmtime_r(&now, &utc);
+  std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &utc);
+  std::string aside = root + "/superseded-" + stamp;
+  for (int k = 2; storage::IsDirectory(aside) || ::access(aside.c_str(), F_OK) == 0; ++k) {
+    aside = root + "/superseded-" + stamp + "-" + std::to_string(k);
+  }
+  if (::mkdir(aside.c_str(), 0755) != 0) return ErrnoError(aside + ": create", errno);
+  for (const auto& e : committed) {
+    const std::string to = aside + "/" + checkpoint::StepDirName(e.step);
+    if (::rename(e.dir.c_str(), to.c_str()) != 0) return ErrnoError(e.dir + ": move to " + to, errno);
+  }
+  const std::string latest = root + "/latest";
+  if (::rename(latest.c_str(), (aside + "/latest").c_str()) != 0 && errno != ENOENT) {
+    return ErrnoError(latest + ": move to " + aside, errno);
+  }
+  RETURN_IF_ERROR(storage::SyncDirectory(aside));
+  RETURN_IF_ERROR(storage::SyncDirectory(root));
+  COHORT_LOG_WARN("--resume=never: moved the {} checkpoint(s) of an earlier run in {} to {} (steps {} to {}); "
+                  "this run starts over. Remove them when they are no longer needed",
+                  committed.size(), root, aside, committed.front().step, committed.back().step);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -168,6 +205,7 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(CheckpointerOptions o
     // Leftovers of saves interrupted before their commit (a crashed or preempted earlier run).
     const int removed = checkpoint::RemoveInterruptedSaves(impl->o.root);
     if (removed > 0) COHORT_LOG_INFO("checkpoint: removed {} file(s) of saves an earlier run did not commit", removed);
+    if (impl->o.start_over) RETURN_IF_ERROR(SupersedeEarlierRun(impl->o.root));
   }
   // Rank 0 writes the manifest, which lists every rank's ranges: gather them once.
   impl->all_ranges.resize(static_cast<size_t>(impl->world));

@@ -44,6 +44,11 @@ struct CheckpointerOptions {
   std::vector<checkpoint::TensorSpec> tensors;   // the model's table
   std::vector<checkpoint::Range> ranges;         // this rank's ranges (the same for every array)
   std::vector<std::string> states;               // e.g. {"model", "adam_m", "adam_v"}
+  // The run starts over (--resume=never) in a root that may hold an earlier run's checkpoints:
+  // they are moved into <root>/superseded-<UTC time>/ at Create, so that they neither mix with
+  // this run's (a later resume would take the newest step of either) nor are deleted by its
+  // retention.
+  bool start_over = false;
 };
 
 struct SaveRequest {

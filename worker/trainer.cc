@@ -468,6 +468,7 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     for (const model::TensorInfo& t : gpt->tensors()) co.tensors.push_back({t.name, t.offset, t.numel, t.shape});
     co.ranges = save_ranges;
     co.states = {"model", "adam_m", "adam_v"};
+    co.start_over = options.resume == "never";
     ASSIGN_OR_RETURN(checkpointer, Checkpointer::Create(std::move(co)));
   }
   // Queues a save of this rank's ranges; the snapshot is copied while training goes on.

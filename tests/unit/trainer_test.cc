@@ -20,6 +20,7 @@
 #include "dataloader/token_shard.h"
 #include "model/gpt.h"
 #include "model/optimizer.h"
+#include "storage/file_util.h"
 #include "tests/unit/hdf5_test_util.h"
 #include "tests/unit/test_util.h"
 #include "checkpoint/checkpoint.h"
@@ -373,11 +374,33 @@ TEST_F(TrainerTest, ResumeAfterAStopIsBitExact) {
   ASSERT_TRUE(third.summary.ok()) << third.summary.status().ToString();
   EXPECT_EQ(third.summary->resumed_from_step, 12);
   EXPECT_EQ(third.params, ref.params);
-  // --resume=never starts over (and trains the same run from scratch).
+  // --resume=never starts over (and trains the same run from scratch). The earlier run's
+  // checkpoints are moved aside, whole, not mixed with the new run's or deleted.
+  auto before = checkpoint::List(dir_ + "/run");
+  ASSERT_TRUE(before.ok());
   const RunResult fresh = TrainOnce(with_dir("run"), 0, "never");
   ASSERT_TRUE(fresh.summary.ok());
   EXPECT_EQ(fresh.summary->resumed_from_step, -1);
   EXPECT_EQ(fresh.params, ref.params);
+  auto names = storage::ListDirectory(dir_ + "/run");
+  ASSERT_TRUE(names.ok());
+  std::string aside;
+  for (const std::string& n : *names) {
+    if (n.rfind("superseded-", 0) == 0) aside = dir_ + "/run/" + n;
+  }
+  ASSERT_FALSE(aside.empty()) << "no superseded-* directory";
+  auto moved = checkpoint::List(aside);
+  ASSERT_TRUE(moved.ok());
+  ASSERT_EQ(moved->size(), before->size());
+  for (size_t i = 0; i < moved->size(); ++i) {
+    EXPECT_EQ((*moved)[i].step, (*before)[i].step);
+    EXPECT_TRUE((*moved)[i].complete) << (*moved)[i].dir << ": " << (*moved)[i].problem;
+  }
+  auto now = checkpoint::List(dir_ + "/run");
+  ASSERT_TRUE(now.ok());
+  std::vector<int64_t> steps;
+  for (const auto& e : *now) steps.push_back(e.step);
+  EXPECT_EQ(steps, (std::vector<int64_t>{4, 8, 12}));
 }
 
 // Flips one bit 100 bytes before the end of `path`: in a checkpoint shard, data of the last
