@@ -273,10 +273,9 @@ class PosixReadableObject final : public ReadableObject {
   // not an error.
   Status CheckSize(uint64_t offset) const {
     struct stat st;
-    if (::stat(path_.c_str(), &st) != 0) {
-      if (errno == ENOENT) return Status::Ok();
-      return ErrnoError(uri_ + ": stat", errno);
-    }
+    // A name that cannot be looked up now (removed, or a directory made unreadable) says nothing
+    // about the mapped file either; a read that really fails faults, and is reported as such.
+    if (::stat(path_.c_str(), &st) != 0) return Status::Ok();
     if (st.st_dev != dev_ || st.st_ino != ino_) return Status::Ok();
     if (static_cast<uint64_t>(st.st_size) < size_) {
       return DataLoss(uri_ + ": file is shorter than when it was opened (truncated?): " +

@@ -270,6 +270,23 @@ TEST_F(StorageTest, RemovedOrReplacedWhileOpenStillReadsTheOpenedFile) {
   EXPECT_EQ(buf, data.substr(8000, 100));
 }
 
+// A path that cannot be looked up any more (its directory moved away, a file put in its place:
+// ENOTDIR) says nothing about the opened file, which still reads.
+TEST_F(StorageTest, APathThatNoLongerResolvesStillReadsTheOpenedFile) {
+  ASSERT_TRUE(storage::MakeDirectories(Path("sub")).ok());
+  const std::string uri = Path("sub/x.bin");
+  const std::string data = Pattern(3 * 4096);
+  Put(uri, data);
+  auto r = storage_->OpenForRead(uri);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(::rename(Path("sub").c_str(), Path("sub-moved").c_str()), 0) << std::strerror(errno);
+  Put(Path("sub"), "a file where the directory was");
+  std::string buf(100, '\0');
+  Status s = (*r)->ReadAt(3 * 4096 - 100, buf.data(), 100);  // the last page: checked at once
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(buf, data.substr(3 * 4096 - 100, 100));
+}
+
 // A truncation inside the new last page faults nowhere (the page's tail reads as zeros); the size
 // check catches it instead, at once for a read of that page (not only at the once-a-second check).
 TEST_F(StorageTest, TruncationInsideTheLastPageIsDataLoss) {
