@@ -524,7 +524,12 @@ Result<std::vector<Piece>> ListPieces(hid_t file, const std::string& path, const
 }
 
 // Reads dataset /array/tensor into out (numel floats) and checks its CRC32C.
-Status ReadPiece(hid_t file, const std::string& path, const std::string& array, const Piece& p, float* out) {
+// Reads dataset /array/tensor in pieces of whole rows of at most ~4 Mi floats (so a dataset of any
+// size, a hostile one included, costs bounded memory), hands each to `take(first element, data,
+// count)`, and checks the CRC32C over all of it. `take` sees the data before the check: the
+// caller uses it only once this returns Ok.
+template <typename Take>
+Status ReadPiece(hid_t file, const std::string& path, const std::string& array, const Piece& p, Take take) {
   const std::string ds_path = "/" + array + "/" + p.tensor;
   Hid ds(H5Dopen2(file, ds_path.c_str(), H5P_DEFAULT), H5Dclose);
   if (!ds.valid()) return ReadError(path, "open " + ds_path);
@@ -534,10 +539,35 @@ Status ReadPiece(hid_t file, const std::string& path, const std::string& array, 
   if (!type.valid() || H5Tget_class(type.get()) != H5T_FLOAT || H5Tget_size(type.get()) != 4) {
     return DataLoss(path + ": " + ds_path + ": not a float32 dataset");
   }
-  if (p.numel > 0 && H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) {
-    return ReadError(path, "read " + ds_path);
+  Hid space(H5Dget_space(ds.get()), H5Sclose);
+  const int rank = space.valid() ? H5Sget_simple_extent_ndims(space.get()) : -1;
+  if (rank < 1 || rank > 8) return DataLoss(path + ": " + ds_path + ": not a 1- to 8-dimensional dataset");
+  hsize_t dims[8];
+  H5Sget_simple_extent_dims(space.get(), dims, nullptr);
+  constexpr uint64_t kChunk = uint64_t{1} << 22;  // floats
+  uint64_t row = 1;  // elements per index of the first dimension
+  for (int d = 1; d < rank; ++d) {
+    row *= dims[d];
+    if (row > kChunk) return DataLoss(path + ": " + ds_path + ": rows of more than " + std::to_string(kChunk) + " elements");
   }
-  const uint32_t got = FloatCrc(out, p.numel);
+  if (dims[0] * row != p.numel) return DataLoss(path + ": " + ds_path + ": its shape does not hold its size");
+  const uint64_t rows_per_read = std::max<uint64_t>(1, kChunk / std::max<uint64_t>(row, 1));
+  std::vector<float> buf(static_cast<size_t>(std::min<uint64_t>(p.numel, rows_per_read * row)));
+  uint32_t got = 0;
+  for (uint64_t r = 0; r < dims[0] && row > 0; r += rows_per_read) {
+    hsize_t start[8] = {}, count[8];
+    for (int d = 0; d < rank; ++d) count[d] = dims[d];
+    start[0] = r;
+    count[0] = std::min<uint64_t>(rows_per_read, dims[0] - r);
+    const hsize_t n = count[0] * row;
+    Hid memory(H5Screate_simple(1, &n, nullptr), H5Sclose);
+    if (!memory.valid() || H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr) < 0 ||
+        H5Dread(ds.get(), H5T_NATIVE_FLOAT, memory.get(), space.get(), H5P_DEFAULT, buf.data()) < 0) {
+      return ReadError(path, "read " + ds_path);
+    }
+    got = Crc32cExtend(got, buf.data(), n * sizeof(float));
+    take(r * row, buf.data(), static_cast<size_t>(n));
+  }
   if (got != want) {
     char detail[64];
     std::snprintf(detail, sizeof detail, "stored 0x%08x, computed 0x%08x", want, got);
@@ -1361,10 +1391,8 @@ Status Verify(const std::string& step_dir, Manifest* out) {
     for (const std::string& array : m.states) {
       ASSIGN_OR_RETURN(std::vector<Piece> pieces, ListPieces(file.get(), path, array));
       RETURN_IF_ERROR(CheckPiecesTileRanges(path, array, f.ranges, pieces));
-      std::vector<float> buf;
       for (const Piece& p : pieces) {
-        buf.resize(p.numel);
-        RETURN_IF_ERROR(ReadPiece(file.get(), path, array, p, buf.data()));
+        RETURN_IF_ERROR(ReadPiece(file.get(), path, array, p, [](uint64_t, const float*, size_t) {}));
       }
     }
   }
@@ -1383,7 +1411,6 @@ Status ReadRange(const std::string& step_dir, const Manifest& m, const std::stri
   }
   const uint64_t hi = offset + count;
   uint64_t covered = 0;
-  std::vector<float> buf;
   for (const ShardFileInfo& f : m.files) {
     const bool overlaps = std::any_of(f.ranges.begin(), f.ranges.end(), [&](const Range& r) {
       return r.offset < hi && r.offset + r.size > offset;
@@ -1398,9 +1425,12 @@ Status ReadRange(const std::string& step_dir, const Manifest& m, const std::stri
     for (const Piece& p : pieces) {
       const uint64_t begin = std::max(offset, p.flat_offset), end = std::min(hi, p.flat_offset + p.numel);
       if (begin >= end) continue;
-      buf.resize(p.numel);
-      RETURN_IF_ERROR(ReadPiece(file.get(), path, name, p, buf.data()));
-      std::memcpy(out + (begin - offset), buf.data() + (begin - p.flat_offset), (end - begin) * sizeof(float));
+      // The piece's elements [begin, end) go to out as they are read (all of the piece is read, for
+      // its checksum).
+      RETURN_IF_ERROR(ReadPiece(file.get(), path, name, p, [&](uint64_t first, const float* data, size_t n) {
+        const uint64_t lo = std::max(begin, p.flat_offset + first), hi_ = std::min(end, p.flat_offset + first + n);
+        if (lo < hi_) std::memcpy(out + (lo - offset), data + (lo - p.flat_offset - first), (hi_ - lo) * sizeof(float));
+      }));
       covered += end - begin;
     }
   }

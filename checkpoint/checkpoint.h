@@ -192,7 +192,8 @@ Status Verify(const std::string& step_dir, Manifest* manifest = nullptr);
 
 // Reads elements [offset, offset + count) of array `name` in flat-buffer coordinates from the
 // shards that hold them, checking each dataset's CRC32C: loading at any world size (resharding)
-// is reading the ranges the new ranks need.
+// is reading the ranges the new ranks need. Memory beyond `out` is bounded (datasets are read in
+// pieces of a few MiB). On an error, `out` holds an unspecified mix and must not be used.
 Status ReadRange(const std::string& step_dir, const Manifest& m, const std::string& name, uint64_t offset,
                  uint64_t count, float* out);
 

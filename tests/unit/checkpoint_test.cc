@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -420,6 +421,42 @@ TEST_F(CheckpointTest, AFlippedBitIsDetectedNamingTheFileAndTensor) {
   EXPECT_NE(r.message().find("/adam_m/h.0.mlp.c_fc.weight"), std::string::npos) << r.ToString();
   // The other arrays of the same file are intact.
   EXPECT_TRUE(ReadRange(StepDir(root_, 5), *m, "model", 0, kTotal, all.data()).ok());
+}
+
+// Datasets larger than one read (4 Mi floats) are read in pieces, by rows for a 2-D one: the
+// values across the pieces' boundaries, and a flipped bit in a later piece.
+TEST_F(CheckpointTest, LargeDatasetsAreReadInPiecesExactly) {
+  const uint64_t rows = 1100, cols = 4000, flat = (uint64_t{1} << 22) + 12345;
+  std::vector<TensorSpec> table = {{"big.weight", 0, rows * cols, {static_cast<int64_t>(rows), static_cast<int64_t>(cols)}},
+                                   {"big.bias", rows * cols, flat, {static_cast<int64_t>(flat)}}};
+  const uint64_t total = rows * cols + flat;
+  const std::vector<float> model = Random(total, 31);
+  ShardWrite w;
+  w.step = 3;
+  w.tensors = table;
+  w.ranges = {{0, total}};
+  w.arrays = {{"model", model.data()}};
+  auto info = WriteShard(StepDir(root_, 3), w);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  Manifest man;
+  man.step = 3;
+  man.num_parameters = total;
+  man.states = {"model"};
+  man.files = {*info};
+  ASSERT_TRUE(Commit(root_, man).ok());
+  ASSERT_TRUE(Verify(StepDir(root_, 3)).ok());
+  // A window across the 2-D tensor's first read boundary (row 1048), and one across the 1-D one's.
+  for (const uint64_t at : {uint64_t{1048} * cols - 3000, rows * cols + (uint64_t{1} << 22) - 5000}) {
+    std::vector<float> got(10000);
+    ASSERT_TRUE(ReadRange(StepDir(root_, 3), man, "model", at, got.size(), got.data()).ok());
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), model.begin() + static_cast<ptrdiff_t>(at))) << "at " << at;
+  }
+  const std::string shard = Shard(3, 0, 1);
+  FlipByte(shard, DatasetFileOffset(shard, "/model/big.bias") + 4 * ((uint64_t{1} << 22) + 100));
+  std::vector<float> head(100);
+  Status r = ReadRange(StepDir(root_, 3), man, "model", rows * cols, head.size(), head.data());
+  EXPECT_EQ(r.code(), Code::kDataLoss) << r.ToString();
+  EXPECT_NE(r.message().find("/model/big.bias"), std::string::npos) << r.ToString();
 }
 
 // Each dataset's CRC covers its data only: a damaged flat_offset attribute would put intact data
