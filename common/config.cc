@@ -599,6 +599,59 @@ std::string ShortestDouble(double v) {
   return out;
 }
 
+namespace {
+
+// ToYaml's output as "section.key" -> value: two levels, "section:" lines and "  key: value" under
+// them. Any other line (a list item) is kept whole under its section, numbered.
+std::map<std::string, std::string> FlattenSpecYaml(const std::string& yaml) {
+  std::map<std::string, std::string> out;
+  std::istringstream lines(yaml);
+  std::string line, section;
+  int other = 0;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    const bool nested = line[0] == ' ';
+    const size_t first = line.find_first_not_of(' ');
+    if (first == std::string::npos) continue;
+    const std::string body = line.substr(first);
+    const size_t colon = body.find(": ");
+    if (!nested && body.back() == ':') {
+      section = body.substr(0, body.size() - 1);
+      continue;
+    }
+    const std::string prefix = nested ? section + "." : "";
+    if (colon == std::string::npos || body[0] == '-') {
+      out[prefix + "#" + std::to_string(other++)] = body;
+    } else {
+      out[prefix + body.substr(0, colon)] = body.substr(colon + 2);
+    }
+    if (!nested) section.clear();
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string JobSpecChanges(const std::string& before_yaml, const std::string& after_yaml) {
+  const auto before = FlattenSpecYaml(before_yaml), after = FlattenSpecYaml(after_yaml);
+  std::string out;
+  auto add = [&](const std::string& key, const std::string& a, const std::string& b) {
+    out += (out.empty() ? "" : "; ") + key + " " + a + " -> " + b;
+  };
+  for (const auto& [key, value] : before) {
+    auto it = after.find(key);
+    if (it == after.end()) {
+      add(key, value, "<none>");
+    } else if (it->second != value) {
+      add(key, value, it->second);
+    }
+  }
+  for (const auto& [key, value] : after) {
+    if (before.count(key) == 0) add(key, "<none>", value);
+  }
+  return out;
+}
+
 std::string ToYaml(const JobSpec& s) {
   YAML::Emitter e;
   e << YAML::BeginMap;

@@ -125,4 +125,9 @@ Result<JobSpec> LoadJobSpec(const std::string& path, const Limits& limits = Limi
 // The fully resolved spec (every field, defaults filled in) as YAML that ParseJobSpec accepts.
 std::string ToYaml(const JobSpec& spec);
 
+// The fields in which two resolved specs (ToYaml's output, e.g. the one a checkpoint recorded and
+// this run's) differ, as "optimizer.lr 0.002 -> 0.001; train.steps 2000 -> 4000" (a field only
+// one of them has: "<none>" on the other side). Empty when they are the same.
+std::string JobSpecChanges(const std::string& before_yaml, const std::string& after_yaml);
+
 }  // namespace cohort::config

@@ -435,6 +435,12 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
       return DataLoss("resume: no checkpoint in the root could be loaded (see rank 0's error)");
     }
     if (loaded) {
+      if (ranks.rank == 0 && !manifest.job_spec_yaml.empty()) {
+        // Allowed (a new learning rate, more steps), but said: a resume with another job is easy
+        // to make by mistake.
+        const std::string changes = config::JobSpecChanges(manifest.job_spec_yaml, config::ToYaml(spec));
+        if (!changes.empty()) COHORT_LOG_INFO("resume: the job differs from the one {} was saved by: {}", loaded_dir, changes);
+      }
       for (auto& opt : optimizers) opt->set_step(manifest.optimizer_step);
       start_step = manifest.step;
       start_data = {manifest.data.seed, manifest.data.epoch, manifest.data.cursor};

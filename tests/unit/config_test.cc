@@ -199,6 +199,22 @@ TEST(ConfigTest, NodeFloodAndHugeDocumentsAreRejected) {
   EXPECT_THAT(ParseError(big).message(), HasSubstr("over the limit of 1048576 bytes"));
 }
 
+// What a resume reports when the job changed since the checkpoint was saved.
+TEST(ConfigTest, JobSpecChangesNameTheFieldsThatDiffer) {
+  auto a = ParseJobSpec(std::string(kMinimal), "job.yaml");
+  auto b = ParseJobSpec(std::string(kMinimal), "job.yaml", Limits(), {"optimizer.lr=0.00042", "train.steps=4321"});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(JobSpecChanges(ToYaml(*a), ToYaml(*a)), "");
+  const std::string changes = JobSpecChanges(ToYaml(*a), ToYaml(*b));
+  EXPECT_THAT(changes, HasSubstr("optimizer.lr "));
+  EXPECT_THAT(changes, HasSubstr(" -> 0.00042"));
+  EXPECT_THAT(changes, HasSubstr("train.steps " + std::to_string(a->train.steps) + " -> 4321"));
+  EXPECT_EQ(std::count(changes.begin(), changes.end(), ';'), 1) << changes;
+  // A field only one side has (a checkpoint from a version with fewer fields).
+  EXPECT_EQ(JobSpecChanges("name: x\ntrain:\n  steps: 5\n", "name: x\ntrain:\n  steps: 5\n  seed: 3\n"),
+            "train.seed <none> -> 3");
+}
+
 TEST(ConfigTest, ResolvedYamlRoundTrips) {
   auto r = ParseJobSpec(std::string(kMinimal) + "optimizer: {lr: 0.00123}\ntrain: {seed: 7}\n",
                         "job.yaml");
