@@ -34,6 +34,10 @@ namespace cohort::checkpoint {
 namespace {
 
 constexpr char kManifestName[] = "manifest.pb";
+// What a shard's reader takes (ReadPiece reads whole rows, at most this many elements at a time);
+// WriteShard refuses tensors it could not read back.
+constexpr int kMaxTensorRank = 8;
+constexpr uint64_t kMaxRowElements = uint64_t{1} << 22;
 constexpr char kLatestName[] = "latest";
 constexpr char kFormatName[] = "cohort-checkpoint";
 
@@ -541,18 +545,20 @@ Status ReadPiece(hid_t file, const std::string& path, const std::string& array, 
   }
   Hid space(H5Dget_space(ds.get()), H5Sclose);
   const int rank = space.valid() ? H5Sget_simple_extent_ndims(space.get()) : -1;
-  if (rank < 1 || rank > 8) return DataLoss(path + ": " + ds_path + ": not a 1- to 8-dimensional dataset");
+  if (rank < 1 || rank > kMaxTensorRank) return DataLoss(path + ": " + ds_path + ": not a 1- to 8-dimensional dataset");
   hsize_t dims[8];
   H5Sget_simple_extent_dims(space.get(), dims, nullptr);
-  constexpr uint64_t kChunk = uint64_t{1} << 22;  // floats
+  constexpr uint64_t kChunk = kMaxRowElements;  // floats per read
   uint64_t row = 1;  // elements per index of the first dimension
   for (int d = 1; d < rank; ++d) {
     row *= dims[d];
     if (row > kChunk) return DataLoss(path + ": " + ds_path + ": rows of more than " + std::to_string(kChunk) + " elements");
   }
-  if (dims[0] * row != p.numel) return DataLoss(path + ": " + ds_path + ": its shape does not hold its size");
+  if ((row > 0 && dims[0] > UINT64_MAX / row) || dims[0] * row != p.numel) {
+    return DataLoss(path + ": " + ds_path + ": its shape does not hold its size");
+  }
   const uint64_t rows_per_read = std::max<uint64_t>(1, kChunk / std::max<uint64_t>(row, 1));
-  std::vector<float> buf(static_cast<size_t>(std::min<uint64_t>(p.numel, rows_per_read * row)));
+  std::vector<float> buf(static_cast<size_t>(std::min<uint64_t>(dims[0], rows_per_read) * row));
   uint32_t got = 0;
   for (uint64_t r = 0; r < dims[0] && row > 0; r += rows_per_read) {
     hsize_t start[8] = {}, count[8];
@@ -840,6 +846,26 @@ Status ValidateShardWrite(const ShardWrite& w, bool need_data, uint64_t* element
   for (const TensorSpec& t : w.tensors) {
     if (t.offset != total || !ValidTensorName(t.name)) {
       return InvalidArgument("checkpoint shard: tensor table does not tile the buffer at \"" + t.name + "\"");
+    }
+    // The shape (if any) must hold exactly the tensor's elements: the dataset is made that shape.
+    uint64_t held = 1, row = 1;
+    for (size_t d = 0; d < t.shape.size(); ++d) {
+      const uint64_t dim = static_cast<uint64_t>(t.shape[d]);
+      if (t.shape[d] < 1 || held > UINT64_MAX / dim) {
+        return InvalidArgument("checkpoint shard: tensor \"" + t.name + "\" has a dimension of " +
+                               std::to_string(t.shape[d]) + " or too many elements");
+      }
+      held *= dim;
+      if (d > 0) row *= dim;
+    }
+    if (!t.shape.empty() && held != t.numel) {
+      return InvalidArgument("checkpoint shard: tensor \"" + t.name + "\" has a shape of " + std::to_string(held) +
+                             " elements, the table says " + std::to_string(t.numel));
+    }
+    if (t.shape.size() > static_cast<size_t>(kMaxTensorRank) || row > kMaxRowElements) {
+      return InvalidArgument("checkpoint shard: tensor \"" + t.name + "\" has " + std::to_string(t.shape.size()) +
+                             " dimensions and rows of " + std::to_string(row) + " elements; shards hold up to " +
+                             std::to_string(kMaxTensorRank) + " and " + std::to_string(kMaxRowElements));
     }
     total += t.numel;
   }

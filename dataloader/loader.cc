@@ -162,15 +162,16 @@ Result<std::unique_ptr<DataLoader>> DataLoader::Create(std::shared_ptr<const Sam
   if (o.depth < 1 || o.depth > 1024) return InvalidArgument("dataloader: prefetch depth must be in [1, 1024]");
   if (o.threads < 1 || o.threads > 256) return InvalidArgument("dataloader: reader threads must be in [1, 256]");
   if (o.timeout.count() < 1) return InvalidArgument("dataloader: timeout must be at least 1 ms");
-  if (o.start.epoch > (UINT64_MAX - o.start.cursor) / source->num_samples()) {
-    return InvalidArgument("dataloader: data state epoch " + std::to_string(o.start.epoch) +
-                           " is beyond what a stream of " + std::to_string(source->num_samples()) +
-                           " samples per epoch can count (a damaged data state?)");
-  }
   if (o.start.cursor >= source->num_samples()) {
     return InvalidArgument("dataloader: data state cursor " + std::to_string(o.start.cursor) +
                            " is beyond the dataset's " + std::to_string(source->num_samples()) +
                            " samples (the data changed since the state was saved?)");
+  }
+  // The stream position epoch * samples + cursor must fit 64 bits with room to read on (2^63).
+  if (o.start.epoch > ((uint64_t{1} << 63) - o.start.cursor) / source->num_samples()) {
+    return InvalidArgument("dataloader: data state epoch " + std::to_string(o.start.epoch) +
+                           " is beyond what a stream of " + std::to_string(source->num_samples()) +
+                           " samples per epoch can count (a damaged data state?)");
   }
   auto shared = std::make_shared<Shared>(std::move(source), o);
   const size_t B = static_cast<size_t>(o.batch_size), T = static_cast<size_t>(shared->T);

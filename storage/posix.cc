@@ -242,7 +242,8 @@ class PosixReadableObject final : public ReadableObject {
     const int64_t now = static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
     // A read that reaches into the file's last page is checked every time: a file cut inside that
     // page reads zeros there, not a fault.
-    const bool last_page = offset + n > (size_ & ~uint64_t{4095});
+    static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const bool last_page = size_ > 0 && offset + n > ((size_ - 1) & ~(page - 1));
     if (last_page || now - last_size_check_ms_.load(std::memory_order_relaxed) >= 1000) {
       last_size_check_ms_.store(now, std::memory_order_relaxed);
       RETURN_IF_ERROR(CheckSize(offset));

@@ -38,9 +38,12 @@ class ReadableObject {
   virtual uint64_t size() const = 0;
   // Reads bytes [offset, offset + n) into dst. OutOfRange when the range ends past size() (naming
   // the URI, offset and size); DataLoss when the object turned out shorter than size() (truncated
-  // while open); Io otherwise. Retries EINTR and short reads. (POSIX maps files: a truncation that
-  // leaves the read inside the file's new last page is noticed by a size check made at most once a
-  // second, so reads in that window may see zeros there; every other truncated read is DataLoss.)
+  // while open) or was modified since it was opened; Io otherwise. Retries EINTR and short reads.
+  // (POSIX maps files and checks the file by path once a second, and before every read that
+  // reaches into its last page: a truncation can leave a read within the file's new last page
+  // reading zeros until that check, and a rewrite in place (same inode) is seen by its modification
+  // time, also then. Merely touching a file changes that time too, and ends the read with
+  // DataLoss: a data file must not change while a job reads it.)
   virtual Status ReadAt(uint64_t offset, void* dst, size_t n) const = 0;
 
   // Calls visit(data, n, ctx) with bytes [offset, offset + n) of the object, valid only during the

@@ -44,13 +44,13 @@ void RemoveStepDir(const std::string& dir, int64_t step) {
   }
 }
 
-// --resume=never in a root holding committed checkpoints (intact or not) of an earlier run: they,
-// and `latest`, move into <root>/superseded-<UTC time>/ (renames: nothing is copied or deleted).
-Status SupersedeEarlierRun(const std::string& root) {
+// Committed checkpoints (intact or not) of another timeline, those after step `after`, and
+// `latest` move into <root>/superseded-<UTC time>/ (renames: nothing is copied or deleted).
+Status SupersedeOtherTimeline(const std::string& root, int64_t after) {
   ASSIGN_OR_RETURN(std::vector<checkpoint::Entry> entries, checkpoint::List(root));
   std::vector<checkpoint::Entry> committed;
   for (const auto& e : entries) {
-    if (e.has_manifest) committed.push_back(e);
+    if (e.has_manifest && e.step > after) committed.push_back(e);
   }
   if (committed.empty()) return Status::Ok();
   char stamp[32];
@@ -73,9 +73,12 @@ Status SupersedeEarlierRun(const std::string& root) {
   }
   RETURN_IF_ERROR(storage::SyncDirectory(aside));
   RETURN_IF_ERROR(storage::SyncDirectory(root));
-  COHORT_LOG_WARN("--resume=never: moved the {} checkpoint(s) of an earlier run in {} to {} (steps {} to {}); "
-                  "this run starts over. Remove them when they are no longer needed",
-                  committed.size(), root, aside, committed.front().step, committed.back().step);
+  COHORT_LOG_WARN("checkpoint: moved the {} checkpoint(s) of steps {} to {} in {} to {}: {}. Remove them when "
+                  "they are no longer needed",
+                  committed.size(), committed.front().step, committed.back().step, root, aside,
+                  after < 0 ? "this run starts over (--resume=never)"
+                            : "this run continues from step " + std::to_string(after) +
+                                  ", they belong to another timeline (or were damaged)");
   return Status::Ok();
 }
 
@@ -205,8 +208,18 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::Create(CheckpointerOptions o
     // Leftovers of saves interrupted before their commit (a crashed or preempted earlier run).
     const int removed = checkpoint::RemoveInterruptedSaves(impl->o.root);
     if (removed > 0) COHORT_LOG_INFO("checkpoint: removed {} file(s) of saves an earlier run did not commit", removed);
-    if (impl->o.start_over) RETURN_IF_ERROR(SupersedeEarlierRun(impl->o.root));
   }
+  // Rank 0 prepares the root; every rank hears whether that worked before the collective below.
+  Status prepared;
+  if (impl->rank == 0 && impl->o.supersede_after) {
+    prepared = SupersedeOtherTimeline(impl->o.root, *impl->o.supersede_after);
+  }
+  if (impl->distributed()) {
+    uint32_t ok = prepared.ok() ? 1 : 0;
+    RETURN_IF_ERROR(impl->o.comm->Broadcast(&ok, sizeof ok, 0).WithContext("checkpoint setup"));
+    if (!ok && impl->rank != 0) prepared = IoError("checkpoint.dir: rank 0 could not prepare " + impl->o.root + " (see its log)");
+  }
+  RETURN_IF_ERROR(prepared.WithContext("checkpoint.dir"));
   // Rank 0 writes the manifest, which lists every rank's ranges: gather them once.
   impl->all_ranges.resize(static_cast<size_t>(impl->world));
   impl->all_ranges[static_cast<size_t>(impl->rank)] = impl->o.ranges;
@@ -372,6 +385,7 @@ Status Checkpointer::CommitOldest(bool wait) {
   stats_.last_write_bytes = static_cast<double>(job->info.size);
   // 3. Rank 0 commits; the others learn whether it worked.
   Status commit;
+  std::string commit_warning;  // committed, but maybe not durable: retention waits for a clean one
   if (failed_ranks.empty() && s.rank == 0) {
     checkpoint::Manifest m;
     m.step = step;
@@ -386,9 +400,11 @@ Status Checkpointer::CommitOldest(bool wait) {
       m.files.push_back({checkpoint::ShardFileName(r, s.world), outcomes[static_cast<size_t>(r)].size,
                          outcomes[static_cast<size_t>(r)].crc, r, s.all_ranges[static_cast<size_t>(r)]});
     }
-    std::string warning;
-    commit = checkpoint::Commit(s.o.root, m, &warning);
-    if (!warning.empty()) COHORT_LOG_WARN("checkpoint of step {}: committed, but {}", step, warning);
+    commit = checkpoint::Commit(s.o.root, m, &commit_warning);
+    if (!commit_warning.empty()) {
+      COHORT_LOG_WARN("checkpoint of step {}: committed, but {}; no older checkpoint is removed after it", step,
+                      commit_warning);
+    }
   }
   if (failed_ranks.empty() && s.distributed()) {
     uint32_t ok = commit.ok() ? 1 : 0;
@@ -424,7 +440,7 @@ Status Checkpointer::CommitOldest(bool wait) {
   // (no manifest) older than this one. Never the one just committed (the latest), nor a directory
   // whose manifest is there but could not be read or does not match its files (reported by
   // `cohort ckpt list`, not deleted); missing files are fine.
-  if (committed && s.rank == 0) {
+  if (committed && s.rank == 0 && commit_warning.empty()) {
     auto entries = checkpoint::List(s.o.root);
     if (entries.ok()) {
       std::vector<int64_t> complete;

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,11 +45,12 @@ struct CheckpointerOptions {
   std::vector<checkpoint::TensorSpec> tensors;   // the model's table
   std::vector<checkpoint::Range> ranges;         // this rank's ranges (the same for every array)
   std::vector<std::string> states;               // e.g. {"model", "adam_m", "adam_v"}
-  // The run starts over (--resume=never) in a root that may hold an earlier run's checkpoints:
-  // they are moved into <root>/superseded-<UTC time>/ at Create, so that they neither mix with
-  // this run's (a later resume would take the newest step of either) nor are deleted by its
-  // retention.
-  bool start_over = false;
+  // Committed checkpoints in the root at steps after this one belong to another timeline than this
+  // run's: the run started over (--resume=never: -1, all of them), or resumed from an older step
+  // (an explicit one, or past damaged newer ones). They are moved into
+  // <root>/superseded-<UTC time>/ at Create, so that they neither mix with this run's (a later
+  // resume would take the newest step in the root) nor are deleted by its retention. Unset: none.
+  std::optional<int64_t> supersede_after;
 };
 
 struct SaveRequest {

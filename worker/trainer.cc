@@ -474,7 +474,8 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     for (const model::TensorInfo& t : gpt->tensors()) co.tensors.push_back({t.name, t.offset, t.numel, t.shape});
     co.ranges = save_ranges;
     co.states = {"model", "adam_m", "adam_v"};
-    co.start_over = options.resume == "never";
+    // Another timeline's checkpoints (a fresh start, or a resume from an older step) are moved aside.
+    co.supersede_after = options.resume == "never" ? -1 : start_step;
     ASSIGN_OR_RETURN(checkpointer, Checkpointer::Create(std::move(co)));
   }
   // Queues a save of this rank's ranges; the snapshot is copied while training goes on.
@@ -688,8 +689,11 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
     if (checkpointer) {
       const int64_t done = step + 1;
       if (spec.checkpoint.interval > 0 && done % spec.checkpoint.interval == 0 && !last && !stop_all) {
+        const int64_t skipped = checkpointer->stats().skipped;
         RETURN_IF_ERROR(save(done, loader->state()));
-        last_saved = done;
+        // A save skipped while busy (checkpoint.on_busy: skip) is not saved: the final save at a
+        // stop right after it must still happen.
+        if (checkpointer->stats().skipped == skipped) last_saved = done;
       }
       RETURN_IF_ERROR(checkpointer->Poll());
     }

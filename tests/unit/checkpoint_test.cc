@@ -592,6 +592,21 @@ TEST_F(CheckpointTest, BadShardRequestsAreRejected) {
   w.arrays = {{"model", model_.data()}};
   w.tensors[1].offset += 1;
   EXPECT_EQ(WriteShard(StepDir(root_, 1), w).status().code(), Code::kInvalidArgument);
+  // A shape that does not hold the tensor's elements, or that the reader could not read back
+  // (rows over 4 Mi elements): refused when writing, naming the tensor.
+  w.tensors = Table();
+  w.tensors[0].shape = {1, 400};
+  EXPECT_TRUE(WriteShard(StepDir(root_, 1), w).ok());
+  w.tensors[0].shape = {41, 10};
+  auto off_by = WriteShard(StepDir(root_, 1), w);
+  EXPECT_EQ(off_by.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(off_by.status().message().find("\"wte\""), std::string::npos) << off_by.status().ToString();
+  const int64_t wide_row = (int64_t{1} << 22) + 1;
+  w.tensors = {{"wide", 0, static_cast<uint64_t>(2 * wide_row), {2, wide_row}}};
+  w.ranges = {{0, static_cast<uint64_t>(2 * wide_row)}};
+  auto wide = WriteShard(StepDir(root_, 1), w);  // refused before any data is read
+  EXPECT_EQ(wide.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(wide.status().message().find("\"wide\""), std::string::npos) << wide.status().ToString();
 }
 
 // What interrupted saves leave is removed before the next run's first save: temporary files, and

@@ -275,7 +275,9 @@ TEST(DataLoaderTest, NoBatchIsClaimedAfterAFailure) {
   const bool held = src->WaitHeldFor(std::chrono::milliseconds(300));
   src->Release();
   loader->reset();  // waits for the readers
-  EXPECT_LE(src->reads(), held ? 3u + B : 3u) << "a reader went on claiming batches after the failure";
+  // (Not held within the wait: the reader may still have claimed batch 1 before the failure and
+  // been descheduled; it reads that batch, and no more.)
+  EXPECT_LE(src->reads(), 3u + B) << "a reader went on claiming batches after the failure (held: " << held << ")";
 }
 
 TEST(DataLoaderTest, DestroyingWhileReadersWaitForBuffersIsPrompt) {
@@ -433,7 +435,7 @@ TEST(DataLoaderTest, RejectsBadOptions) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
   EXPECT_NE(r.status().message().find("epoch"), std::string::npos) << r.status().ToString();
-  o.start.epoch = UINT64_MAX / 10 - 1;  // the last epoch that fits
+  o.start.epoch = ((uint64_t{1} << 63) - 9) / 10;  // the last epoch with room to read on (below 2^63)
   EXPECT_TRUE(DataLoader::Create(src, o).ok());
 }
 

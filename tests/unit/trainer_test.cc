@@ -403,6 +403,38 @@ TEST_F(TrainerTest, ResumeAfterAStopIsBitExact) {
   EXPECT_EQ(steps, (std::vector<int64_t>{4, 8, 12}));
 }
 
+// Resuming from an older step than the newest in the root starts another timeline: the newer
+// checkpoints are moved aside (not kept, to be taken by the next auto-resume or to push this run's
+// out of keep_last; not deleted either).
+TEST_F(TrainerTest, ResumingFromAnOlderStepMovesTheNewerOnesAside) {
+  const std::string root = dir_ + "/older";
+  auto spec = Spec({"train.steps=12", "train.eval_interval=0", "checkpoint.interval=4", "checkpoint.dir=" + root});
+  ASSERT_TRUE(TrainOnce(spec).summary.ok());  // commits 4, 8, 12
+  const RunResult again = TrainOnce(spec, 0, checkpoint::StepDir(root, 4));
+  ASSERT_TRUE(again.summary.ok()) << again.summary.status().ToString();
+  EXPECT_EQ(again.summary->resumed_from_step, 4);
+  auto names = storage::ListDirectory(root);
+  ASSERT_TRUE(names.ok());
+  std::string aside;
+  for (const std::string& n : *names) {
+    if (n.rfind("superseded-", 0) == 0) aside = root + "/" + n;
+  }
+  ASSERT_FALSE(aside.empty()) << "no superseded-* directory";
+  auto moved = checkpoint::List(aside);
+  ASSERT_TRUE(moved.ok());
+  std::vector<int64_t> steps;
+  for (const auto& e : *moved) steps.push_back(e.step);
+  EXPECT_EQ(steps, (std::vector<int64_t>{8, 12}));
+  auto now = checkpoint::List(root);
+  ASSERT_TRUE(now.ok());
+  steps.clear();
+  for (const auto& e : *now) {
+    EXPECT_TRUE(e.complete) << e.dir;
+    steps.push_back(e.step);
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{4, 8, 12}));  // this run's 8 and 12, beside the 4 it started from
+}
+
 // Flips one bit 100 bytes before the end of `path`: in a checkpoint shard, data of the last
 // tensor of the last array (adam_v), which only the rank loading that range reads.
 void FlipBitNearTheEnd(const std::string& path) {
