@@ -24,24 +24,26 @@ struct Shard {
   TokenShardHeader header;
 };
 
-// The payload CRC32C of one shard, read in large ranged reads (one sequential pass).
-Status VerifyPayload(const Shard& s) {
+// The payload CRC32C of one shard against its header as read at open, in large ranged reads (one
+// sequential pass).
+Status VerifyPayload(const storage::ReadableObject& object, const TokenShardHeader& header) {
   constexpr size_t kChunk = size_t{8} << 20;
-  std::vector<unsigned char> buf(std::min<uint64_t>(kChunk, s.object->size()));
+  std::vector<unsigned char> buf(std::min<uint64_t>(kChunk, object.size()));
   uint32_t crc = 0;
-  for (uint64_t off = kTokenShardHeaderSize; off < s.object->size(); off += kChunk) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, s.object->size() - off));
-    RETURN_IF_ERROR(s.object->ReadAt(off, buf.data(), n));
+  for (uint64_t off = kTokenShardHeaderSize; off < object.size(); off += kChunk) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, object.size() - off));
+    RETURN_IF_ERROR(object.ReadAt(off, buf.data(), n));
     crc = Crc32cExtend(crc, buf.data(), n);
   }
-  if (crc != s.header.payload_crc32c) {
+  if (crc != header.payload_crc32c) {
     char detail[80];
-    std::snprintf(detail, sizeof detail, "stored 0x%08x, computed 0x%08x", s.header.payload_crc32c, crc);
-    return DataLoss(s.object->uri() + ": token payload checksum mismatch (" + detail +
+    std::snprintf(detail, sizeof detail, "stored 0x%08x, computed 0x%08x", header.payload_crc32c, crc);
+    return DataLoss(object.uri() + ": token payload checksum mismatch (" + detail +
                     "): the file is corrupt; re-create it with `cohort data prepare`");
   }
   return Status::Ok();
 }
+Status VerifyPayload(const Shard& s) { return VerifyPayload(*s.object, s.header); }
 
 // Verifies the payload of shards f with f % parts == part, several files at a time (reads of
 // different files overlap, and the CRC runs at memory speed). The first failing file in order wins.
@@ -291,6 +293,14 @@ Result<std::unique_ptr<SampleSource>> OpenTokenShardSource(const std::vector<std
     Shard s;
     ASSIGN_OR_RETURN(s.object, store->OpenForRead(uri));
     ASSIGN_OR_RETURN(s.header, ReadTokenShardHeader(*s.object));
+    // A shard whose modification time changes while it is read (touched, e.g. by a scratch-purge
+    // script) reads on if its payload still matches the checksum it had at open; a shard rewritten
+    // in place does not, and its reads fail naming it.
+    s.object->SetRevalidation([object = s.object.get(), header = s.header]() -> Status {
+      Status same = VerifyPayload(*object, header);
+      return same.ok() ? same
+                       : DataLoss(object->uri() + ": the file was modified while being read (" + same.message() + ")");
+    });
     if (s.header.vocab_size > options.vocab_size) {
       return InvalidArgument(uri + ": shard vocab size " + std::to_string(s.header.vocab_size) +
                              " exceeds the model's " + std::to_string(options.vocab_size) +

@@ -14,6 +14,7 @@
 #include <setjmp.h>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <utility>
 
@@ -76,6 +77,9 @@ struct GuardedCopy {
   volatile sig_atomic_t active;
 };
 thread_local GuardedCopy t_copy;
+// Set while this thread revalidates a file (ReadableObject::SetRevalidation): its own reads skip
+// the change check.
+thread_local bool t_revalidating = false;
 struct sigaction g_previous_sigbus;
 std::once_flag g_sigbus_once;
 
@@ -164,7 +168,7 @@ class PosixReadableObject final : public ReadableObject {
     if (::fstat(fd_.get(), &st) == 0) {
       dev_ = st.st_dev;
       ino_ = st.st_ino;
-      mtime_ = st.st_mtim;
+      mtime_ns_.store(static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec);
     }
     fd_.Reset();
   }
@@ -210,6 +214,8 @@ class PosixReadableObject final : public ReadableObject {
     RETURN_IF_ERROR(CheckRange(offset, n));
     return VisitMapping(offset, n, visit, ctx);
   }
+
+  void SetRevalidation(std::function<Status()> revalidate) override { revalidate_ = std::move(revalidate); }
 
   void Prefetch(uint64_t offset, size_t n) const override {
     // Software prefetches neither fault nor block: a page not yet mapped is simply skipped. A
@@ -283,7 +289,19 @@ class PosixReadableObject final : public ReadableObject {
                       std::to_string(st.st_size) + " bytes, " + std::to_string(size_) +
                       " at open; reading at offset " + std::to_string(offset));
     }
-    if (st.st_mtim.tv_sec != mtime_.tv_sec || st.st_mtim.tv_nsec != mtime_.tv_nsec) {
+    const int64_t mtime = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    if (mtime != mtime_ns_.load(std::memory_order_acquire)) {
+      if (t_revalidating) return Status::Ok();  // a read of the revalidation itself
+      if (revalidate_) {
+        std::lock_guard<std::mutex> lock(revalidate_mu_);
+        if (mtime == mtime_ns_.load(std::memory_order_acquire)) return Status::Ok();  // done by another reader
+        t_revalidating = true;
+        Status same = revalidate_();
+        t_revalidating = false;
+        if (!same.ok()) return same;
+        mtime_ns_.store(mtime, std::memory_order_release);  // only touched: this time is the file's now
+        return Status::Ok();
+      }
       return DataLoss(uri_ + ": file was modified since it was opened (rewritten in place?); reading at offset " +
                       std::to_string(offset));
     }
@@ -295,7 +313,9 @@ class PosixReadableObject final : public ReadableObject {
   ScopedFd fd_;  // only while unmapped (pread fallback)
   dev_t dev_ = 0;  // the mapped file's identity, for CheckSize
   ino_t ino_ = 0;
-  struct timespec mtime_ = {};  // its modification time at open
+  mutable std::atomic<int64_t> mtime_ns_{0};  // its modification time (at open, or when last revalidated)
+  std::function<Status()> revalidate_;  // set before reads (SetRevalidation)
+  mutable std::mutex revalidate_mu_;
   const uint64_t size_;
   const char* map_ = nullptr;
   MappedRegion* region_ = nullptr;

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -58,6 +59,13 @@ class ReadableObject {
   // A hint that bytes [offset, offset + n) are read soon (POSIX mapping: the CPU starts loading
   // them into its caches). Never blocks, never faults, may do nothing.
   virtual void Prefetch(uint64_t offset, size_t n) const {}
+
+  // Where a backend notices that the object was modified while open (POSIX: a new modification
+  // time on the same file), it calls `revalidate` instead of failing the read: Ok means the
+  // contents are still what the owner opened (the file was only touched, e.g. by a scratch-purge
+  // script) and reading goes on; an error is what the read returns. Called by one reader at a time
+  // (the others wait), and reads it makes itself are not checked again. Set before any read.
+  virtual void SetRevalidation(std::function<Status()> revalidate) {}
 };
 
 // An object being written. Nothing is visible under its URI until Commit() succeeds; then the

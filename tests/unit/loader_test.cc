@@ -3,6 +3,7 @@
 #include "dataloader/loader.h"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -728,6 +729,35 @@ TEST_F(TokenShardSourceTest, BadFilesGetClearErrors) {
     auto src = OpenSampleSource(Opts(8));
     EXPECT_TRUE(src.ok()) << "directories are not objects and are not listed: " << src.status().ToString();
   }
+}
+
+// A shard touched while it is read (a scratch-purge script) reads on; one rewritten in place with
+// other tokens fails its reads naming it (its payload no longer matches the checksum it was opened
+// with).
+TEST_F(TokenShardSourceTest, ATouchedShardReadsOnAShardRewrittenInPlaceDoesNot) {
+  const std::string path = Write("train-000.bin", 0, 5000);
+  auto src = OpenSampleSource(Opts(8));
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  std::vector<int32_t> row(9);
+  ASSERT_TRUE((*src)->Read(0, row.data()).ok());
+  const struct timespec later[2] = {{1700000000, 0}, {1700000000, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), later, 0), 0);
+  const uint64_t last = (*src)->num_samples() - 1;  // its file's last page: checked on every read
+  ASSERT_TRUE((*src)->Read(last, row.data()).ok());
+  // The same file, other tokens (another shard copied over it in place).
+  const std::string other = Write("other.bin", 7, 5000);
+  {
+    auto bytes = storage::ReadFileToString(other);
+    ASSERT_TRUE(bytes.ok());
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.write(bytes->data(), static_cast<std::streamsize>(bytes->size()));
+  }
+  const struct timespec again[2] = {{1700000100, 0}, {1700000100, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), again, 0), 0);
+  Status s = (*src)->Read(last, row.data());
+  EXPECT_EQ(s.code(), Code::kDataLoss) << s.ToString();
+  EXPECT_NE(s.message().find(path), std::string::npos) << s.ToString();
+  EXPECT_NE(s.message().find("modified while being read"), std::string::npos) << s.ToString();
 }
 
 // Mapped shards give their file descriptors back: a dataset with more files than the open-file

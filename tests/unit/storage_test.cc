@@ -270,6 +270,40 @@ TEST_F(StorageTest, RemovedOrReplacedWhileOpenStillReadsTheOpenedFile) {
   EXPECT_EQ(buf, data.substr(8000, 100));
 }
 
+// With a revalidation set (the token source sets one), a new modification time asks it once: a
+// file only touched reads on; its answer is the read's error otherwise.
+TEST_F(StorageTest, AChangedModificationTimeAsksTheRevalidationOnce) {
+  const std::string uri = Path("touched.bin");
+  const std::string data = Pattern(3 * 4096);
+  Put(uri, data);
+  auto r = storage_->OpenForRead(uri);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  int asked = 0;
+  Status answer;
+  (*r)->SetRevalidation([&] {
+    ++asked;
+    std::string inside(10, '\0');
+    EXPECT_TRUE((*r)->ReadAt(3 * 4096 - 10, inside.data(), 10).ok());  // its own reads are not checked again
+    return answer;
+  });
+  std::string buf(100, '\0');
+  ASSERT_TRUE((*r)->ReadAt(0, buf.data(), 100).ok());
+  auto touch = [&](long sec) {
+    const struct timespec times[2] = {{sec, 0}, {sec, 0}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, uri.c_str(), times, 0), 0) << std::strerror(errno);
+  };
+  touch(1700000000);
+  for (int k = 0; k < 3; ++k) ASSERT_TRUE((*r)->ReadAt(3 * 4096 - 100, buf.data(), 100).ok()) << k;
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ(buf, data.substr(3 * 4096 - 100, 100));
+  touch(1700000100);
+  answer = DataLoss(uri + ": not what was opened");
+  Status s = (*r)->ReadAt(3 * 4096 - 100, buf.data(), 100);
+  EXPECT_EQ(s.code(), Code::kDataLoss) << s.ToString();
+  EXPECT_THAT(s.message(), HasSubstr("not what was opened"));
+  EXPECT_EQ(asked, 2);
+}
+
 // A path that cannot be looked up any more (its directory moved away, a file put in its place:
 // ENOTDIR) says nothing about the opened file, which still reads.
 TEST_F(StorageTest, APathThatNoLongerResolvesStillReadsTheOpenedFile) {
