@@ -43,8 +43,8 @@ class ReadableObject {
   // (POSIX maps files and checks the file by path once a second, and before every read that
   // reaches into its last page: a truncation can leave a read within the file's new last page
   // reading zeros until that check, and a rewrite in place (same inode) is seen by its modification
-  // time, also then. Merely touching a file changes that time too, and ends the read with
-  // DataLoss: a data file must not change while a job reads it.)
+  // time, also then: DataLoss, unless the owner's revalidation (SetRevalidation) finds the
+  // contents unchanged, as after merely touching the file.)
   virtual Status ReadAt(uint64_t offset, void* dst, size_t n) const = 0;
 
   // Calls visit(data, n, ctx) with bytes [offset, offset + n) of the object, valid only during the
