@@ -74,6 +74,7 @@ struct GuardedCopy {
   sigjmp_buf env;
   const char* lo;
   const char* hi;
+  const char* volatile fault;  // the address that faulted (set by the handler before it jumps)
   volatile sig_atomic_t active;
 };
 thread_local GuardedCopy t_copy;
@@ -97,6 +98,7 @@ void OnSigbus(int sig, siginfo_t* info, void* ctx) {
   const char* addr = static_cast<const char*>(info->si_addr);
   if (info->si_code > 0 && t_copy.active && addr >= t_copy.lo && addr < t_copy.hi) {
     t_copy.active = 0;
+    t_copy.fault = addr;
     siglongjmp(t_copy.env, 1);
   }
   for (const MappedRegion* r = g_regions.load(std::memory_order_acquire); r != nullptr; r = r->next) {
@@ -267,10 +269,11 @@ class PosixReadableObject final : public ReadableObject {
       g.active = 0;
       return Status::Ok();
     }
-    // The copy faulted (the handler jumped back here).
-    RETURN_IF_ERROR(CheckSize(offset));
-    return IoError(uri_ + ": read error at offset " + std::to_string(offset) +
-                   " (the storage failed to read a page of the memory-mapped file)");
+    // The copy faulted (the handler jumped back here), at this byte of the file.
+    const uint64_t at = static_cast<uint64_t>(g.fault - map_);
+    RETURN_IF_ERROR(CheckSize(at));
+    return IoError(uri_ + ": read error at offset " + std::to_string(at) +
+                   " (the storage failed to read a page of the memory-mapped file, or the file was truncated)");
   }
 
   // DataLoss if the file is now shorter than at open, or was modified since (rewritten in place,

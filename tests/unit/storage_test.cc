@@ -232,6 +232,9 @@ TEST_F(StorageTest, ReadVisitOfATruncatedPageIsDataLoss) {
     Status s = (*r)->ReadVisit(4000, 5000, visit, &seen);
     EXPECT_EQ(s.code(), Code::kDataLoss) << s.ToString();
     EXPECT_THAT(s.message(), HasSubstr(uri));
+    // The byte that faulted: the first of the first page past the new end (page 0 still holds
+    // bytes 0..999, and reads zeros after them).
+    EXPECT_THAT(s.message(), HasSubstr("reading at offset 4096"));
   }
   EXPECT_EQ(seen.started, 3u);   // the visitor ran each time: the fault came from inside it
   EXPECT_EQ(seen.finished, 1u);  // and was cut short both times
