@@ -622,14 +622,38 @@ Result<Hid> OpenShard(const std::string& path) {
 // zero that memory as the file grows over it; this driver keeps the file in an ImageBuffer and
 // changes only the bytes HDF5 writes, which are metadata: a write of raw data is refused, as it
 // would land on data already in place. Every call comes with Hdf5Mutex() held.
+// Byte ranges [begin, end) of a file.
+using ByteRanges = std::vector<std::pair<uint64_t, uint64_t>>;
+
+// The union of `ranges` as sorted, disjoint ranges (touching ones joined; empty ones dropped).
+ByteRanges MergeRanges(ByteRanges ranges) {
+  std::sort(ranges.begin(), ranges.end());
+  ByteRanges out;
+  for (const auto& [begin, end] : ranges) {
+    if (begin >= end) continue;
+    if (!out.empty() && out.back().second >= begin) {
+      out.back().second = std::max(out.back().second, end);
+    } else {
+      out.push_back({begin, end});
+    }
+  }
+  return out;
+}
+
+// Whether [begin, end) shares a byte with one of `merged` (MergeRanges' output).
+bool Overlaps(const ByteRanges& merged, uint64_t begin, uint64_t end) {
+  const auto after = std::upper_bound(merged.begin(), merged.end(), std::make_pair(begin, ~uint64_t{0}));
+  return (after != merged.end() && after->first < end) || (after != merged.begin() && std::prev(after)->second > begin);
+}
+
 struct ImageSink {
   ImageBuffer* arena = nullptr;
   ImageWriter* writer = nullptr;  // null when only planning
-  // The data already in the image ([begin, end) bytes, sorted, disjoint): HDF5 must not write there.
-  std::vector<std::pair<uint64_t, uint64_t>> data;
-  // Planning: every metadata write ([begin, end)), to check afterwards that no dataset was placed
-  // where metadata had been (its data would have been overwritten when building in place).
-  std::vector<std::pair<uint64_t, uint64_t>>* writes = nullptr;
+  // The data already in the image (MergeRanges' output): HDF5 must not write there.
+  ByteRanges data;
+  // Planning: every metadata write, to check afterwards that no dataset was placed where metadata
+  // had been (its data would have been overwritten when building in place).
+  ByteRanges* writes = nullptr;
   uint64_t size = 0;  // the file's size, set when HDF5 closes it
   // What went wrong inside the driver. The driver itself never fails a call: a failed write would
   // fail HDF5's close, after which HDF5 keeps the file and flushes it again at exit (and crashes).
@@ -712,8 +736,7 @@ herr_t ImageWrite(H5FD_t* file, H5FD_mem_t type, hid_t, haddr_t addr, size_t siz
     return 0;
   }
   // Metadata onto data in place would silently change the data: refused (the save fails).
-  const auto after = std::upper_bound(sink->data.begin(), sink->data.end(), std::make_pair(addr, ~uint64_t{0}));
-  if ((after != sink->data.end() && after->first < end) || (after != sink->data.begin() && std::prev(after)->second > addr)) {
+  if (Overlaps(sink->data, addr, end)) {
     if (sink->error.empty()) {
       sink->error = "HDF5 wrote metadata at bytes [" + std::to_string(addr) + ", " + std::to_string(end) +
                     ") of the file, where dataset data lies";
@@ -815,6 +838,12 @@ std::string StepDirName(int64_t step) {
 }
 
 std::string StepDir(const std::string& root, int64_t step) { return Join(root, StepDirName(step)); }
+
+std::optional<int64_t> StepFromDirName(std::string_view name) {
+  if (name.size() <= 5 || name.substr(0, 5) != "step-" || name.size() > 5 + 18) return std::nullopt;
+  if (!std::all_of(name.begin() + 5, name.end(), [](unsigned char c) { return std::isdigit(c); })) return std::nullopt;
+  return std::stoll(std::string(name.substr(5)));
+}
 
 std::string ShardFileName(int rank, int world) {
   char name[48];
@@ -1028,7 +1057,7 @@ Result<ShardLayout> PlanShard(const ShardWrite& w) {
   const size_t room = elements * w.arrays.size() * sizeof(float) + 2 * MetaBlockBytes(CountDatasets(w)) + (size_t{1} << 20);
   if (!scratch.Reserve(room)) return Internal("checkpoint shard: out of memory planning the shard's layout");
   std::memset(scratch.data(), 0, scratch.capacity());
-  std::vector<std::pair<uint64_t, uint64_t>> writes;
+  ByteRanges writes;
   ImageSink sink;
   sink.arena = &scratch;
   sink.writes = &writes;
@@ -1038,14 +1067,11 @@ Result<ShardLayout> PlanShard(const ShardWrite& w) {
   layout.file_size = sink.size;
   // A dataset placed where metadata had been written (space HDF5 freed and gave out again) cannot
   // be built in place: the metadata would be written over the data already there.
-  std::sort(writes.begin(), writes.end());
+  const ByteRanges metadata = MergeRanges(std::move(writes));
   for (const ShardLayout::Extent& e : layout.extents) {
     const uint64_t end = e.offset + e.count * sizeof(float);
     if (end > layout.file_size) return Internal(what + ": a dataset planned past the end of the file");
-    const auto after = std::upper_bound(writes.begin(), writes.end(), std::make_pair(e.offset, ~uint64_t{0}));
-    bool overlap = after != writes.end() && after->first < end;
-    for (auto it = writes.begin(); it != after && !overlap; ++it) overlap = it->second > e.offset;
-    if (overlap) {
+    if (Overlaps(metadata, e.offset, end)) {
       return Internal(what + ": HDF5 placed a dataset at byte " + std::to_string(e.offset) +
                       ", where it had written metadata; this shard cannot be built in place");
     }
@@ -1077,36 +1103,28 @@ Result<ShardFileInfo> WriteShardImage(const std::string& step_dir, const ShardWr
   info.ranges = w.ranges;
   const std::string path = Join(step_dir, info.name);
   const std::string tmp = Join(step_dir, "." + info.name + ".tmp-" + std::to_string(::getpid()));
-  // Everything around the data is zeroed: HDF5 writes its metadata there, and what it leaves
-  // unused (room in its blocks) must not carry bytes of an earlier shard.
-  std::vector<ShardLayout::Extent> by_offset = layout.extents;
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const ShardLayout::Extent& a, const ShardLayout::Extent& b) { return a.offset < b.offset; });
+  // Where the data lies. Everything around it is zeroed: HDF5 writes its metadata there, and what
+  // it leaves unused (room in its blocks) must not carry bytes of an earlier shard.
+  ByteRanges extents;
+  for (const ShardLayout::Extent& e : layout.extents) extents.push_back({e.offset, e.offset + e.count * sizeof(float)});
+  ImageSink sink;
+  sink.arena = image;
+  sink.data = MergeRanges(std::move(extents));
   const uint64_t padded = std::min<uint64_t>(image->capacity(), (layout.file_size + 4095) & ~uint64_t{4095});
   uint64_t next = 0;
-  for (const ShardLayout::Extent& e : by_offset) {
-    if (e.offset > next) std::memset(image->data() + next, 0, e.offset - next);
-    next = std::max(next, e.offset + e.count * sizeof(float));
+  for (const auto& [begin, end] : sink.data) {
+    if (begin > next) std::memset(image->data() + next, 0, begin - next);
+    next = end;
   }
   if (padded > next) std::memset(image->data() + next, 0, padded - next);
   RemoveOnFailure cleanup(tmp);
   ::unlink(tmp.c_str());  // a leftover of an earlier process with the same pid
   ASSIGN_OR_RETURN(std::unique_ptr<ImageWriter> writer, ImageWriter::Create(tmp, image));
   // The data is final already: the writer starts on it while HDF5 builds the metadata.
-  for (const ShardLayout::Extent& e : by_offset) {
-    if (!writer->Final(e.offset, e.count * sizeof(float))) return writer->Abandon();
+  for (const auto& [begin, end] : sink.data) {
+    if (!writer->Final(begin, end - begin)) return writer->Abandon();
   }
-  ImageSink sink;
-  sink.arena = image;
   sink.writer = writer.get();
-  for (const ShardLayout::Extent& e : by_offset) {
-    const uint64_t end = e.offset + e.count * sizeof(float);
-    if (!sink.data.empty() && sink.data.back().second >= e.offset) {
-      sink.data.back().second = std::max(sink.data.back().second, end);
-    } else if (end > e.offset) {
-      sink.data.push_back({e.offset, end});
-    }
-  }
   RETURN_IF_ERROR(BuildShard(tmp, w, &sink, &layout, nullptr));  // stops the writer when it fails
   if (sink.size != layout.file_size) {
     static_cast<void>(writer->Abandon());
@@ -1214,10 +1232,10 @@ Result<std::vector<Entry>> List(const std::string& root) {
   ASSIGN_OR_RETURN(std::vector<std::string> names, storage::ListDirectory(root));
   std::vector<Entry> out;
   for (const std::string& name : names) {
-    if (name.size() <= 5 || name.compare(0, 5, "step-") != 0 || name.size() > 5 + 18) continue;
-    if (!std::all_of(name.begin() + 5, name.end(), [](unsigned char c) { return std::isdigit(c); })) continue;
+    const std::optional<int64_t> step = StepFromDirName(name);
+    if (!step) continue;
     Entry e;
-    e.step = std::stoll(name.substr(5));
+    e.step = *step;
     e.dir = Join(root, name);
     if (!storage::IsDirectory(e.dir)) continue;
     auto m = ReadManifest(e.dir);

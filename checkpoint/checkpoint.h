@@ -19,7 +19,9 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -145,6 +147,8 @@ struct Manifest {
 // "step-000001200" and <root>/step-000001200.
 std::string StepDirName(int64_t step);
 std::string StepDir(const std::string& root, int64_t step);
+// The step a directory name ("step-" and 1 to 18 digits) stands for; nullopt for any other name.
+std::optional<int64_t> StepFromDirName(std::string_view name);
 // "rank-00002-of-00004.h5".
 std::string ShardFileName(int rank, int world);
 

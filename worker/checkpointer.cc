@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -473,8 +472,7 @@ Result<ResumeCandidates> FindResumeCandidates(const std::string& resume, const s
     std::string base = resume;
     while (base.size() > 1 && base.back() == '/') base.pop_back();
     base = base.substr(base.find_last_of('/') == std::string::npos ? 0 : base.find_last_of('/') + 1);
-    const bool step_name = base.size() > 5 && base.compare(0, 5, "step-") == 0 &&
-                           std::all_of(base.begin() + 5, base.end(), [](unsigned char ch) { return std::isdigit(ch); });
+    const bool step_name = checkpoint::StepFromDirName(base).has_value();
     const bool has_manifest = ::access((resume + "/manifest.pb").c_str(), F_OK) == 0;
     if (m.ok() || step_name || has_manifest || !checkpoint::List(resume).ok()) {
       if (!m.ok()) return m.status().WithContext("--resume " + resume);
