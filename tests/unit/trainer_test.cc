@@ -337,6 +337,30 @@ RunResult TrainOnce(const config::JobSpec& spec, int64_t stop_after = 0, const s
 
 // Interrupted and resumed (same world size): the same losses and bit-identical final weights as
 // an uninterrupted run; the stop itself writes a checkpoint; saves every 4 steps are committed.
+// The steps of the checkpoint directories under `root`, oldest first.
+std::vector<int64_t> StepsIn(const std::string& root) {
+  std::vector<int64_t> steps;
+  auto entries = checkpoint::List(root);
+  EXPECT_TRUE(entries.ok()) << entries.status().ToString();
+  if (!entries.ok()) return steps;
+  for (const auto& e : *entries) {
+    EXPECT_TRUE(e.complete) << e.dir << ": " << e.problem;
+    steps.push_back(e.step);
+  }
+  return steps;
+}
+
+// The superseded-* directory a run made under `root` ("" when there is none).
+std::string SupersededDir(const std::string& root) {
+  auto names = storage::ListDirectory(root);
+  EXPECT_TRUE(names.ok()) << names.status().ToString();
+  if (!names.ok()) return "";
+  for (const std::string& n : *names) {
+    if (n.rfind("superseded-", 0) == 0) return root + "/" + n;
+  }
+  return "";
+}
+
 TEST_F(TrainerTest, ResumeAfterAStopIsBitExact) {
   const std::vector<std::string> common = {"train.steps=12", "train.eval_interval=0", "optimizer.weight_decay=0.1",
                                            "checkpoint.interval=4"};
@@ -376,31 +400,16 @@ TEST_F(TrainerTest, ResumeAfterAStopIsBitExact) {
   EXPECT_EQ(third.params, ref.params);
   // --resume=never starts over (and trains the same run from scratch). The earlier run's
   // checkpoints are moved aside, whole, not mixed with the new run's or deleted.
-  auto before = checkpoint::List(dir_ + "/run");
-  ASSERT_TRUE(before.ok());
+  const std::vector<int64_t> before = StepsIn(dir_ + "/run");
+  ASSERT_FALSE(before.empty());
   const RunResult fresh = TrainOnce(with_dir("run"), 0, "never");
   ASSERT_TRUE(fresh.summary.ok());
   EXPECT_EQ(fresh.summary->resumed_from_step, -1);
   EXPECT_EQ(fresh.params, ref.params);
-  auto names = storage::ListDirectory(dir_ + "/run");
-  ASSERT_TRUE(names.ok());
-  std::string aside;
-  for (const std::string& n : *names) {
-    if (n.rfind("superseded-", 0) == 0) aside = dir_ + "/run/" + n;
-  }
+  const std::string aside = SupersededDir(dir_ + "/run");
   ASSERT_FALSE(aside.empty()) << "no superseded-* directory";
-  auto moved = checkpoint::List(aside);
-  ASSERT_TRUE(moved.ok());
-  ASSERT_EQ(moved->size(), before->size());
-  for (size_t i = 0; i < moved->size(); ++i) {
-    EXPECT_EQ((*moved)[i].step, (*before)[i].step);
-    EXPECT_TRUE((*moved)[i].complete) << (*moved)[i].dir << ": " << (*moved)[i].problem;
-  }
-  auto now = checkpoint::List(dir_ + "/run");
-  ASSERT_TRUE(now.ok());
-  std::vector<int64_t> steps;
-  for (const auto& e : *now) steps.push_back(e.step);
-  EXPECT_EQ(steps, (std::vector<int64_t>{4, 8, 12}));
+  EXPECT_EQ(StepsIn(aside), before);  // every one complete, as it was
+  EXPECT_EQ(StepsIn(dir_ + "/run"), (std::vector<int64_t>{4, 8, 12}));
 }
 
 // Resuming from an older step than the newest in the root starts another timeline: the newer
@@ -413,26 +422,10 @@ TEST_F(TrainerTest, ResumingFromAnOlderStepMovesTheNewerOnesAside) {
   const RunResult again = TrainOnce(spec, 0, checkpoint::StepDir(root, 4));
   ASSERT_TRUE(again.summary.ok()) << again.summary.status().ToString();
   EXPECT_EQ(again.summary->resumed_from_step, 4);
-  auto names = storage::ListDirectory(root);
-  ASSERT_TRUE(names.ok());
-  std::string aside;
-  for (const std::string& n : *names) {
-    if (n.rfind("superseded-", 0) == 0) aside = root + "/" + n;
-  }
+  const std::string aside = SupersededDir(root);
   ASSERT_FALSE(aside.empty()) << "no superseded-* directory";
-  auto moved = checkpoint::List(aside);
-  ASSERT_TRUE(moved.ok());
-  std::vector<int64_t> steps;
-  for (const auto& e : *moved) steps.push_back(e.step);
-  EXPECT_EQ(steps, (std::vector<int64_t>{8, 12}));
-  auto now = checkpoint::List(root);
-  ASSERT_TRUE(now.ok());
-  steps.clear();
-  for (const auto& e : *now) {
-    EXPECT_TRUE(e.complete) << e.dir;
-    steps.push_back(e.step);
-  }
-  EXPECT_EQ(steps, (std::vector<int64_t>{4, 8, 12}));  // this run's 8 and 12, beside the 4 it started from
+  EXPECT_EQ(StepsIn(aside), (std::vector<int64_t>{8, 12}));
+  EXPECT_EQ(StepsIn(root), (std::vector<int64_t>{4, 8, 12}));  // this run's 8 and 12, beside the 4 it started from
 }
 
 // Flips one bit 100 bytes before the end of `path`: in a checkpoint shard, data of the last
@@ -534,14 +527,7 @@ TEST_F(TrainerTest, RetentionKeepsTheLastAndEveryMth) {
                                   "checkpoint.keep_last=2", "checkpoint.keep_every=8", "checkpoint.dir=" + root}));
   ASSERT_TRUE(run.summary.ok()) << run.summary.status().ToString();
   EXPECT_EQ(run.summary->checkpoints_committed, 10);
-  auto entries = checkpoint::List(root);
-  ASSERT_TRUE(entries.ok());
-  std::vector<int64_t> steps;
-  for (const auto& e : *entries) {
-    EXPECT_TRUE(e.complete) << e.dir << ": " << e.problem;
-    steps.push_back(e.step);
-  }
-  EXPECT_EQ(steps, (std::vector<int64_t>{8, 16, 18, 20}));
+  EXPECT_EQ(StepsIn(root), (std::vector<int64_t>{8, 16, 18, 20}));
   // A committed checkpoint whose manifest is now damaged is reported, never deleted by retention:
   // the next run (resuming from 20) commits 22 and 24 and keeps step 8's directory as it is.
   FlipBitNearTheEnd(checkpoint::StepDir(root, 8) + "/manifest.pb");
@@ -549,9 +535,9 @@ TEST_F(TrainerTest, RetentionKeepsTheLastAndEveryMth) {
                                          "checkpoint.keep_last=2", "checkpoint.keep_every=8", "checkpoint.dir=" + root}));
   ASSERT_TRUE(more.summary.ok()) << more.summary.status().ToString();
   EXPECT_EQ(more.summary->resumed_from_step, 20);
-  entries = checkpoint::List(root);
+  auto entries = checkpoint::List(root);
   ASSERT_TRUE(entries.ok());
-  steps.clear();
+  std::vector<int64_t> steps;
   for (const auto& e : *entries) {
     steps.push_back(e.step);
     if (e.step == 8) {
