@@ -21,6 +21,8 @@ void AddDataCommands(CLI::App& app, Context& ctx);    // data_cmd.cc:   data pre
 void AddTrainCommand(CLI::App& app, Context& ctx);    // train_cmd.cc:  train
 void AddLaunchCommand(CLI::App& app, Context& ctx);   // launch_cmd.cc: launch sbatch
 void AddCkptCommands(CLI::App& app, Context& ctx);    // ckpt_cmd.cc:   ckpt list|verify
+// job_cmd.cc: coordinator, worker, submit, jobs, status, logs, cancel, workers
+void AddJobCommands(CLI::App& app, Context& ctx);
 
 // Exit codes shared by all subcommands (documented in README.md).
 inline constexpr int kExitOk = 0;

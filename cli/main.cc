@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   cohort::cli::AddTrainCommand(app, ctx);
   cohort::cli::AddLaunchCommand(app, ctx);
   cohort::cli::AddCkptCommands(app, ctx);
+  cohort::cli::AddJobCommands(app, ctx);
 
   try {
     app.parse(argc, argv);

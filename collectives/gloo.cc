@@ -509,9 +509,10 @@ class GlooCommunicator final : public Communicator {
   std::string first_error_;
 };
 
-// "file:///abs/dir" -> dir; "tcp://host:port" -> host, port.
+// "file:///abs/dir" -> dir; "tcp://host:port" or "store://host:port" -> host, port.
 struct StoreUri {
   bool tcp = false;
+  bool served = false;  // store://: someone else (the coordinator) serves it; rank 0 does not
   std::string path;
   std::string host;
   int port = 0;
@@ -526,13 +527,16 @@ Result<StoreUri> ParseStoreUri(const std::string& uri) {
     }
     return u;
   }
-  if (uri.rfind("tcp://", 0) == 0) {
+  const bool served = uri.rfind("store://", 0) == 0;
+  if (uri.rfind("tcp://", 0) == 0 || served) {
     u.tcp = true;
-    std::string rest = uri.substr(6);
+    u.served = served;
+    const std::string scheme = served ? "store" : "tcp";
+    std::string rest = uri.substr(scheme.size() + 3);
     while (!rest.empty() && rest.back() == '/') rest.pop_back();
     const size_t colon = rest.rfind(':');
     if (colon == std::string::npos || colon == 0) {
-      return InvalidArgument("gloo store '" + uri + "': expected tcp://HOST:PORT");
+      return InvalidArgument("gloo store '" + uri + "': expected " + scheme + "://HOST:PORT");
     }
     u.host = rest.substr(0, colon);
     if (u.host.size() >= 2 && u.host.front() == '[' && u.host.back() == ']') u.host = u.host.substr(1, u.host.size() - 2);
@@ -545,7 +549,7 @@ Result<StoreUri> ParseStoreUri(const std::string& uri) {
     if (u.host.empty()) return InvalidArgument("gloo store '" + uri + "': empty host");
     return u;
   }
-  return InvalidArgument("gloo store '" + uri + "': expected file:///dir or tcp://HOST:PORT");
+  return InvalidArgument("gloo store '" + uri + "': expected file:///dir, tcp://HOST:PORT or store://HOST:PORT");
 }
 
 std::string ThisHostName() {
@@ -603,7 +607,7 @@ Result<std::unique_ptr<Communicator>> CreateGlooCommunicator(const GlooOptions& 
   std::unique_ptr<KvStoreServer> server;
   std::unique_ptr<KvStore> kv;
   if (uri.tcp) {
-    if (o.rank == 0) {
+    if (o.rank == 0 && !uri.served) {
       auto started = KvStoreServer::Start(uri.port);
       if (!started.ok()) return started.status().WithContext(me + ": serving " + o.store);
       server = std::move(started).value();

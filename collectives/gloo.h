@@ -48,8 +48,9 @@ struct GlooOptions {
   int size = 1;
   // Rendezvous store: "file:///abs/dir" (a directory on a filesystem all ranks share) or
   // "tcp://HOST:PORT" (rank 0 serves the store on PORT, torchrun/MASTER_ADDR style; the others
-  // connect to HOST:PORT, retrying until the timeout). HOST may be a name, an IPv4 address or a
-  // bracketed IPv6 address.
+  // connect to HOST:PORT, retrying until the timeout), or "store://HOST:PORT" (a store served by
+  // someone else, e.g. the Cohort coordinator: every rank only connects). HOST may be a name, an
+  // IPv4 address or a bracketed IPv6 address.
   std::string store;
   // Namespace inside the store (job id / attempt), so re-runs never read stale keys. Characters
   // [A-Za-z0-9._-/]; '/' makes nested directories in a file store.

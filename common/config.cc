@@ -220,6 +220,41 @@ class Reader {
     *out = n.Scalar();
   }
 
+  // A command: a string (run by /bin/sh -c) or a non-empty list of strings (the argv).
+  void Command(const YAML::Node& n, const std::string& path, std::vector<std::string>* out) {
+    if (!status_.ok()) return;
+    std::vector<std::string> argv;
+    if (n.IsScalar()) {
+      std::string line;
+      String(n, path, &line, 65536);
+      if (!status_.ok()) return;
+      if (line.empty()) {
+        Error(n, path, "empty command");
+        return;
+      }
+      argv = {"/bin/sh", "-c", line};
+    } else if (n.IsSequence()) {
+      if (n.size() == 0 || n.size() > 4096) {
+        Error(n, path, "expected 1 to 4096 arguments, got " + std::to_string(n.size()));
+        return;
+      }
+      for (size_t i = 0; i < n.size() && status_.ok(); ++i) {
+        std::string arg;
+        String(n[i], path + "[" + std::to_string(i) + "]", &arg, 65536);
+        argv.push_back(arg);
+      }
+      if (!status_.ok()) return;
+      if (argv[0].empty()) {
+        Error(n, path + "[0]", "the program is empty");
+        return;
+      }
+    } else {
+      Error(n, path, "expected a string or a list of strings, got " + Describe(n));
+      return;
+    }
+    *out = std::move(argv);
+  }
+
   void Enum(const YAML::Node& n, const std::string& path, std::string* out,
             const std::vector<std::string>& allowed) {
     if (!status_.ok()) return;
@@ -326,7 +361,9 @@ Status Validate(const JobSpec& s, std::string_view source, const Reader& r) {
                                    ") must not exceed model.context_length (" +
                                    std::to_string(s.model.context_length) + ")");
   }
-  if (s.data.train.empty()) return err("data.train", "required: path or glob of training shards");
+  if (s.data.train.empty() && s.command.empty()) {
+    return err("data.train", "required: path or glob of training shards (or a command: to run instead)");
+  }
   if (s.data.hdf5_dataset.empty()) return err("data.hdf5_dataset", "must not be empty");
   const int64_t tokens = int64_t{s.data.batch_size} * s.effective_seq_len();
   if (tokens > kMaxBatchTokens) {
@@ -479,6 +516,15 @@ Result<JobSpec> ParseJobSpec(std::string_view yaml, std::string_view source, con
          if (r.status().ok() && !IsSafeName(s.name)) {
            r.Error(n, p, "must be 1-64 characters of [A-Za-z0-9._-], not starting with '.' or '-'");
          }
+       }},
+      {"command", [&](const YAML::Node& n, const std::string& p) { r.Command(n, p, &s.command); }},
+      {"launch", [&](const YAML::Node& n, const std::string& p) {
+         r.Section(n, p, Fields{
+           {"ranks", [&](auto& v, auto& q) { r.Int(v, q, &s.launch.ranks, 1, 1 << 20); }},
+           {"priority", [&](auto& v, auto& q) { r.Int(v, q, &s.launch.priority, -1000000, 1000000); }},
+           {"max_restarts", [&](auto& v, auto& q) { r.Int(v, q, &s.launch.max_restarts, 0, 1000000); }},
+           {"time_limit_s", [&](auto& v, auto& q) { r.Int<int64_t>(v, q, &s.launch.time_limit_s, 0, int64_t{1} << 40); }},
+         });
        }},
       {"model", [&](const YAML::Node& n, const std::string& p) {
          r.Section(n, p, Fields{
@@ -656,6 +702,16 @@ std::string ToYaml(const JobSpec& s) {
   YAML::Emitter e;
   e << YAML::BeginMap;
   e << YAML::Key << "name" << YAML::Value << s.name;
+  if (!s.command.empty()) {
+    e << YAML::Key << "command" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+    for (const auto& a : s.command) e << YAML::DoubleQuoted << a;
+    e << YAML::EndSeq;
+  }
+  e << YAML::Key << "launch" << YAML::Value << YAML::BeginMap
+    << YAML::Key << "ranks" << YAML::Value << s.launch.ranks
+    << YAML::Key << "priority" << YAML::Value << s.launch.priority
+    << YAML::Key << "max_restarts" << YAML::Value << s.launch.max_restarts
+    << YAML::Key << "time_limit_s" << YAML::Value << s.launch.time_limit_s << YAML::EndMap;
   e << YAML::Key << "model" << YAML::Value << YAML::BeginMap
     << YAML::Key << "n_layer" << YAML::Value << s.model.n_layer
     << YAML::Key << "n_head" << YAML::Value << s.model.n_head

@@ -86,8 +86,22 @@ struct ParallelSpec {
   int timeout_s = 300;           // deadline of every collective; a dead peer fails the job by then
 };
 
+// How the coordinator runs the job (`cohort submit`; docs/job-spec.md#launch). `cohort train`
+// under mpirun / srun ignores it: there the launcher decides.
+struct LaunchSpec {
+  int ranks = 1;                 // rank processes (the world size)
+  int priority = 0;              // higher first; first come, first served within a priority
+  int max_restarts = 3;          // failed attempts re-run (from the latest checkpoint)
+  int64_t time_limit_s = 0;      // an attempt running longer is stopped and failed; 0 = none
+};
+
 struct JobSpec {
   std::string name = "job";
+  // A command run on every rank instead of the built-in trainer (torchrun-style environment:
+  // RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...). Empty = the trainer. A YAML string is run by
+  // /bin/sh -c; a list is the argv itself. Only the coordinator runs it.
+  std::vector<std::string> command;
+  LaunchSpec launch;
   ModelSpec model;
   DataSpec data;
   OptimizerSpec optimizer;

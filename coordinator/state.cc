@@ -446,7 +446,7 @@ Result<JobRecord> StateStore::EndAttempt(uint64_t epoch, const End& end, int64_t
     case Outcome::kSucceeded: state = "succeeded"; break;
     case Outcome::kCancelled: state = "cancelled"; break;
     case Outcome::kFailed:
-      if (restarts < max_restarts) {
+      if (restarts < max_restarts && !end.no_restart) {
         state = "queued";
         // base * 2^restarts, capped (the shift is bounded so it cannot overflow).
         const int64_t grown = backoff_.base_ms << std::min(restarts, 30);

@@ -115,6 +115,7 @@ class StateStore {
     int exit_status = 0;
     std::string log_tail;
     std::string message;     // for the job: why it failed or was cancelled
+    bool no_restart = false; // kFailed: fail the job even with restarts left (a time limit hit)
   };
   Result<JobRecord> EndAttempt(uint64_t epoch, const End& end, int64_t now_ms);
 

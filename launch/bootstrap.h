@@ -8,7 +8,8 @@
 // whatever the backend says.
 //
 // Gloo's rendezvous store, first match wins:
-//   COHORT_RENDEZVOUS=file:///shared/dir or tcp://host:port (explicit),
+//   COHORT_RENDEZVOUS=file:///shared/dir, tcp://host:port (rank 0 serves) or store://host:port (a
+//   store someone else serves: the coordinator sets this for the ranks it launches) (explicit),
 //   MASTER_ADDR + MASTER_PORT (torchrun style; rank 0 serves a TCP store there),
 //   all ranks on one node (Slurm says so, or a torchrun-style local world): a file store under
 //   $TMPDIR (or /tmp) keyed by the job id, created 0700 and refused if another user owns it.

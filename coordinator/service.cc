@@ -1,0 +1,1150 @@
+#include "coordinator/service.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include <boost/asio.hpp>
+#include <yaml-cpp/yaml.h>
+
+#include "common/config.h"
+#include "common/logging.h"
+#include "coordinator/client.h"
+
+namespace cohort::coordinator {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using boost::system::error_code;
+
+namespace {
+
+class RealClock : public Clock {
+ public:
+  int64_t NowMs() override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+};
+
+bool SafeWorkerName(const std::string& s) {
+  if (s.empty() || s.size() > 128) return false;
+  for (char c : s) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+  }
+  return true;
+}
+
+proto::JobState ToProto(JobState s) {
+  switch (s) {
+    case JobState::kQueued: return proto::JOB_QUEUED;
+    case JobState::kRunning: return proto::JOB_RUNNING;
+    case JobState::kSucceeded: return proto::JOB_SUCCEEDED;
+    case JobState::kFailed: return proto::JOB_FAILED;
+    case JobState::kCancelled: return proto::JOB_CANCELLED;
+  }
+  return proto::JOB_STATE_UNSPECIFIED;
+}
+
+void FillSummary(const JobRecord& j, proto::JobSummary* out) {
+  out->set_job_id(j.id);
+  out->set_name(j.spec.name);
+  out->set_state(ToProto(j.state));
+  out->set_ranks(j.spec.ranks);
+  out->set_priority(j.spec.priority);
+  out->set_restarts(static_cast<uint32_t>(j.restarts));
+  out->set_submitted_unix_ms(j.submitted_ms);
+  out->set_updated_unix_ms(j.updated_ms);
+  out->set_message(j.message);
+}
+
+std::string Describe(const std::vector<Placement>& p) {
+  std::string out;
+  for (const Placement& x : p) {
+    if (!out.empty()) out += ", ";
+    out += x.worker;
+    out += ':';
+    out += std::to_string(x.first_rank);
+    if (x.count > 1) {
+      out += '-';
+      out += std::to_string(x.first_rank + x.count - 1);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Clock* SystemClock() {
+  static RealClock clock;  // stateless
+  return &clock;
+}
+
+class Session;
+
+class Service::Impl {
+ public:
+  Impl(const ServiceOptions& o, RendezvousHost* rdv, Clock* clock)
+      : o_(o), rdv_(rdv), clock_(clock), acceptor_(io_), signals_(io_), tick_(io_) {}
+
+  Status Init();
+  Status Run();
+  void Stop() {
+    asio::post(io_, [this] { Shutdown(); });
+  }
+  int port() const { return port_; }
+
+  // Called by sessions (on the loop thread).
+  void OnFrame(const std::shared_ptr<Session>& s, const proto::Envelope& e);
+  void OnClosed(Session* s);
+  const ServiceOptions& options() const { return o_; }
+  asio::io_context& io() { return io_; }
+
+ private:
+  struct Worker {
+    std::string name;
+    int slots = 0;
+    int gpus = 0;
+    std::string address;  // where its ranks are reachable (the peer address of its connection)
+    std::weak_ptr<Session> session;
+    bool connected = false;
+    bool up = false;
+    int64_t last_seen_ms = 0;
+    int64_t disconnected_ms = 0;
+  };
+  struct Attempt {
+    uint64_t job_id = 0;
+    uint64_t epoch = 0;
+    std::vector<Placement> placements;
+    int ranks = 0;
+    std::set<int> succeeded;
+    int64_t started_ms = 0;
+    int64_t time_limit_ms = 0;
+    bool reattaching = false;     // open when the coordinator (re)started
+    int64_t reattach_deadline_ms = 0;
+    std::set<int> attached;       // ranks their workers reported running since the restart
+    bool rendezvous = false;
+  };
+  struct Queued {
+    QueuedJob job;
+    int64_t not_before_ms = 0;
+  };
+
+  void Accept();
+  void Tick();
+  void Shutdown();
+  void Fatal(const Status& st);
+
+  void HandleUser(const std::shared_ptr<Session>& s, const proto::Envelope& e);
+  void HandleWorker(const std::shared_ptr<Session>& s, const proto::Envelope& e);
+  void Register(const std::shared_ptr<Session>& s, const proto::Envelope& e);
+  void NoteRunning(Worker& w, const google::protobuf::RepeatedPtrField<proto::RunningRank>& running);
+  void RankExited(Worker& w, const proto::Envelope& e);
+  void LogChunk(Worker& w, const proto::LogChunk& c);
+
+  void Schedule();
+  void StartJob(const Start& start);
+  // Ends an open attempt as failed (or cancelled): records it, stops its ranks everywhere, and
+  // releases its rendezvous store. `final` fails the job even with restarts left.
+  void FailAttempt(uint64_t epoch, int rank, int status, const std::string& tail, const std::string& why,
+                   bool final = false);
+  void StopRanks(const Attempt& a);
+  void Forget(uint64_t epoch);
+  void WorkerDown(Worker& w, const std::string& why);
+  void Requeued(const JobRecord& j);
+  bool SendTo(const std::string& worker, const proto::Envelope& e);
+  void AppendLog(uint64_t job, int rank, const std::string& text);
+  std::string LogPath(uint64_t job, int rank) const;
+
+  ServiceOptions o_;
+  RendezvousHost* rdv_;
+  Clock* clock_;
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  asio::signal_set signals_;
+  asio::steady_timer tick_;
+  int port_ = 0;
+  std::unique_ptr<StateStore> store_;
+  uint64_t next_session_ = 1;
+  std::map<uint64_t, std::shared_ptr<Session>> sessions_;
+  std::map<std::string, Worker> workers_;
+  std::map<uint64_t, Attempt> attempts_;  // open attempts by epoch
+  std::map<uint64_t, Queued> queued_;     // queued jobs by id
+  std::map<uint64_t, uint64_t> epoch_job_;  // every epoch known this run -> its job (late log lines)
+  bool dirty_ = true;                     // something changed that may let a job start
+  bool stopping_ = false;
+  Status fatal_;
+};
+
+// One connection. Lives while a read or write is pending on it (the handlers hold it) and in the
+// service's session table.
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(Service::Impl* svc, tcp::socket sock, uint64_t id)
+      : id(id), svc_(svc), sock_(std::move(sock)), timer_(svc->io()), decoder_(svc->options().limits) {
+    error_code ec;
+    const auto ep = sock_.remote_endpoint(ec);
+    if (!ec) {
+      peer_ip = ep.address().to_string();
+      peer = peer_ip + ":" + std::to_string(ep.port());
+    }
+  }
+
+  const uint64_t id;
+  proto::Role role = proto::ROLE_UNSPECIFIED;
+  std::string worker;  // the registered worker's name (role worker, after RegisterWorker)
+  std::string peer_ip, peer;
+
+  void Start() {
+    Arm(svc_->options().handshake_timeout_ms, "no hello within the handshake timeout");
+    Read();
+  }
+
+  // The idle limit for users; workers are watched through their heartbeats instead.
+  void Touch() {
+    if (role == proto::ROLE_USER) Arm(svc_->options().idle_timeout_ms, "idle");
+    if (role == proto::ROLE_WORKER) timer_.cancel();
+  }
+
+  void Send(const proto::Envelope& e) {
+    if (closed_) return;
+    std::string frame;
+    Status st = AppendFrame(e, svc_->options().limits, &frame);
+    if (!st.ok()) {
+      COHORT_LOG_ERROR("coordinator: not sending a {} to {}: {}", BodyName(e), peer, st.ToString());
+      return;
+    }
+    out_bytes_ += frame.size();
+    out_.push_back(std::move(frame));
+    // A peer that does not read what it asked for is cut off rather than buffered without end.
+    if (out_bytes_ > 64 * svc_->options().limits.max_frame_bytes) {
+      Close("does not read its replies (" + std::to_string(out_bytes_) + " bytes queued)");
+      return;
+    }
+    if (!writing_) Write();
+  }
+
+  void SendError(uint64_t request_id, const Status& st) {
+    proto::Envelope e;
+    e.set_request_id(request_id);
+    e.mutable_error()->set_code(static_cast<uint32_t>(st.code()));
+    e.mutable_error()->set_message(st.message());
+    Send(e);
+  }
+
+  // Sends what is queued, then closes (a refused handshake: the error reaches the client).
+  void CloseAfterWrite(const std::string& why) {
+    close_reason_ = why;
+    close_after_write_ = true;
+    if (!writing_) Close(why);
+  }
+
+  void Close(const std::string& why) {
+    if (closed_) return;
+    closed_ = true;
+    if (!why.empty()) COHORT_LOG_INFO("coordinator: closing {} ({}): {}", peer, Who(), why);
+    error_code ec;
+    sock_.shutdown(tcp::socket::shutdown_both, ec);
+    sock_.close(ec);
+    timer_.cancel();
+    svc_->OnClosed(this);
+  }
+
+  bool closed() const { return closed_; }
+
+  std::string Who() const {
+    if (!worker.empty()) return "worker " + worker;
+    return role == proto::ROLE_USER ? "user" : role == proto::ROLE_WORKER ? "worker" : "unauthenticated";
+  }
+
+ private:
+  void Arm(int64_t ms, std::string why) {
+    timer_.expires_after(std::chrono::milliseconds(ms));
+    timer_.async_wait([self = shared_from_this(), why = std::move(why)](const error_code& ec) {
+      if (!ec && !self->closed_) self->Close(why);
+    });
+  }
+
+  void Read() {
+    sock_.async_read_some(asio::buffer(buf_), [self = shared_from_this()](const error_code& ec, size_t n) {
+      self->OnRead(ec, n);
+    });
+  }
+
+  void OnRead(const error_code& ec, size_t n) {
+    if (closed_) return;
+    if (ec) {
+      Close(ec == asio::error::eof
+                ? (decoder_.buffered() > 0
+                       ? "closed inside a frame (" + std::to_string(decoder_.buffered()) + " bytes of it sent)"
+                       : std::string())
+                : ec.message());
+      return;
+    }
+    if (Status st = decoder_.Feed(buf_.data(), n); !st.ok()) {
+      Close(st.message());
+      return;
+    }
+    proto::Envelope e;
+    for (;;) {
+      Result<bool> r = decoder_.Next(&e);
+      if (!r.ok()) {
+        Close(r.status().message());
+        return;
+      }
+      if (!*r) break;
+      svc_->OnFrame(shared_from_this(), e);
+      if (closed_ || close_after_write_) return;
+    }
+    Read();
+  }
+
+  void Write() {
+    writing_ = true;
+    asio::async_write(sock_, asio::buffer(out_.front()), [self = shared_from_this()](const error_code& ec, size_t) {
+      self->writing_ = false;
+      if (self->closed_) return;
+      if (ec) {
+        self->Close(ec.message());
+        return;
+      }
+      self->out_bytes_ -= self->out_.front().size();
+      self->out_.pop_front();
+      if (!self->out_.empty()) {
+        self->Write();
+      } else if (self->close_after_write_) {
+        self->Close(self->close_reason_);
+      }
+    });
+  }
+
+  Service::Impl* svc_;
+  tcp::socket sock_;
+  asio::steady_timer timer_;
+  FrameDecoder decoder_;
+  std::array<char, 65536> buf_;
+  std::deque<std::string> out_;
+  size_t out_bytes_ = 0;
+  bool writing_ = false;
+  bool closed_ = false;
+  bool close_after_write_ = false;
+  std::string close_reason_;
+};
+
+// ---- setup -------------------------------------------------------------------------------------
+
+Status Service::Impl::Init() {
+  if (o_.state_dir.empty()) return InvalidArgument("coordinator: state_dir is required");
+  if (o_.user_token.empty() && o_.worker_token.empty()) {
+    return InvalidArgument("coordinator: no user or worker token configured: nobody could connect");
+  }
+  std::error_code fec;
+  std::filesystem::create_directories(o_.state_dir + "/logs", fec);
+  if (fec) return IoError("coordinator: cannot create " + o_.state_dir + "/logs: " + fec.message());
+  ASSIGN_OR_RETURN(store_, StateStore::Open(o_.state_dir + "/state.db", o_.backoff));
+
+  // The jobs as the last run left them.
+  const int64_t now = clock_->NowMs();
+  ASSIGN_OR_RETURN(std::vector<JobRecord> jobs, store_->Jobs());
+  std::map<uint64_t, const JobRecord*> by_id;
+  for (const JobRecord& j : jobs) {
+    by_id[j.id] = &j;
+    if (j.state == JobState::kQueued) {
+      queued_[j.id] = {{j.id, j.spec.priority, j.queue_order, j.spec.ranks, j.spec.time_limit_ms}, j.not_before_ms};
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<AttemptRecord> open, store_->OpenAttempts());
+  for (const AttemptRecord& r : open) {
+    const JobRecord* j = by_id.count(r.job_id) > 0 ? by_id[r.job_id] : nullptr;
+    if (j == nullptr) continue;
+    Attempt a;
+    a.job_id = r.job_id;
+    a.epoch = r.epoch;
+    a.placements = r.placements;
+    a.ranks = j->spec.ranks;
+    a.started_ms = r.started_ms;
+    a.time_limit_ms = j->spec.time_limit_ms;
+    a.reattaching = true;
+    a.reattach_deadline_ms = now + o_.reattach_grace_ms;
+    attempts_[r.epoch] = std::move(a);
+    epoch_job_[r.epoch] = r.job_id;
+    COHORT_LOG_INFO("coordinator: job {} attempt (epoch {}) was running on {}: waiting up to {} ms for its workers",
+                    r.job_id, r.epoch, Describe(r.placements), o_.reattach_grace_ms);
+  }
+  // Known workers are down until they register again.
+  ASSIGN_OR_RETURN(std::vector<WorkerRecord> known, store_->Workers());
+  for (const WorkerRecord& w : known) {
+    Worker& x = workers_[w.name];
+    x.name = w.name;
+    x.slots = w.slots;
+    x.gpus = w.gpus;
+    x.disconnected_ms = now;
+  }
+
+  error_code ec;
+  const auto addr = asio::ip::make_address(o_.listen_host, ec);
+  if (ec) return InvalidArgument("coordinator: listen address '" + o_.listen_host + "': " + ec.message());
+  const tcp::endpoint ep(addr, static_cast<unsigned short>(o_.listen_port));
+  acceptor_.open(ep.protocol(), ec);
+  if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(ep, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return Status(Code::kUnavailable, "coordinator: cannot listen on " + o_.listen_host + ":" +
+                                          std::to_string(o_.listen_port) + ": " + ec.message());
+  }
+  port_ = acceptor_.local_endpoint().port();
+  if (o_.advertise_host.empty()) {
+    o_.advertise_host = addr.is_unspecified() ? "127.0.0.1" : o_.listen_host;
+  }
+  return Status::Ok();
+}
+
+Status Service::Impl::Run() {
+  if (o_.stop_on_signals) {
+    signals_.add(SIGINT);
+    signals_.add(SIGTERM);
+    signals_.async_wait([this](const error_code& ec, int sig) {
+      if (!ec) {
+        COHORT_LOG_INFO("coordinator: signal {}: stopping (jobs keep running; a restart re-attaches them)", sig);
+        Shutdown();
+      }
+    });
+  }
+  COHORT_LOG_INFO("coordinator: listening on {}:{}, state in {}", o_.listen_host, port_, o_.state_dir);
+  Accept();
+  Tick();
+  io_.run();
+  return fatal_;
+}
+
+void Service::Impl::Shutdown() {
+  if (stopping_) return;
+  stopping_ = true;
+  error_code ec;
+  acceptor_.close(ec);
+  signals_.cancel(ec);
+  tick_.cancel();
+  // Copy: closing removes sessions from the table.
+  auto sessions = sessions_;
+  for (auto& [id, s] : sessions) s->Close("");
+  for (auto& [epoch, a] : attempts_) {
+    if (a.rendezvous) rdv_->Close(epoch);
+  }
+  io_.stop();
+}
+
+void Service::Impl::Fatal(const Status& st) {
+  COHORT_LOG_ERROR("coordinator: {}: stopping; a restart resumes from the state on disk", st.ToString());
+  if (fatal_.ok()) fatal_ = st;
+  Shutdown();
+}
+
+void Service::Impl::Accept() {
+  acceptor_.async_accept([this](const error_code& ec, tcp::socket sock) {
+    if (stopping_) return;
+    if (!ec) {
+      if (sessions_.size() >= o_.max_connections) {
+        error_code ignored;
+        sock.close(ignored);
+      } else {
+        auto s = std::make_shared<Session>(this, std::move(sock), next_session_++);
+        sessions_[s->id] = s;
+        s->Start();
+      }
+    } else if (ec == asio::error::operation_aborted) {
+      return;
+    }
+    Accept();
+  });
+}
+
+void Service::Impl::OnClosed(Session* s) {
+  if (!s->worker.empty()) {
+    auto it = workers_.find(s->worker);
+    if (it != workers_.end() && it->second.session.lock().get() == s) {
+      it->second.connected = false;
+      it->second.disconnected_ms = clock_->NowMs();
+      COHORT_LOG_WARN("coordinator: worker {} disconnected; down unless it registers within {} ms", s->worker,
+                      o_.heartbeat_timeout_ms);
+    }
+  }
+  sessions_.erase(s->id);
+}
+
+// ---- requests ----------------------------------------------------------------------------------
+
+void Service::Impl::OnFrame(const std::shared_ptr<Session>& s, const proto::Envelope& e) {
+  if (stopping_) return;
+  if (s->role == proto::ROLE_UNSPECIFIED) {
+    Result<proto::Role> role = CheckHello(e, o_.user_token, o_.worker_token);
+    if (!role.ok()) {
+      s->SendError(e.request_id(), role.status());
+      s->CloseAfterWrite(role.status().message());
+      return;
+    }
+    s->role = *role;
+    proto::Envelope w;
+    w.set_request_id(e.request_id());
+    w.mutable_welcome()->set_protocol_version(kProtocolVersion);
+    s->Send(w);
+    // A worker must register next, within the handshake timeout (the timer keeps running).
+    if (s->role == proto::ROLE_USER) s->Touch();
+    return;
+  }
+  if (s->role == proto::ROLE_USER) {
+    s->Touch();
+    HandleUser(s, e);
+  } else {
+    HandleWorker(s, e);
+  }
+}
+
+void Service::Impl::HandleUser(const std::shared_ptr<Session>& s, const proto::Envelope& e) {
+  const uint64_t rid = e.request_id();
+  proto::Envelope r;
+  r.set_request_id(rid);
+  const int64_t now = clock_->NowMs();
+  switch (e.body_case()) {
+    case proto::Envelope::kSubmit: {
+      const std::string source = e.submit().source().empty() ? "job" : e.submit().source();
+      Result<config::JobSpec> spec = config::ParseJobSpec(e.submit().spec_yaml(), source);
+      if (!spec.ok()) {
+        s->SendError(rid, spec.status());
+        return;
+      }
+      NewJob n;
+      n.name = spec->name;
+      n.spec_yaml = e.submit().spec_yaml();
+      n.source = source;
+      n.ranks = spec->launch.ranks;
+      n.priority = spec->launch.priority;
+      n.max_restarts = spec->launch.max_restarts;
+      n.time_limit_ms = spec->launch.time_limit_s * 1000;
+      Result<uint64_t> id = store_->AddJob(n, now);
+      if (!id.ok()) {
+        s->SendError(rid, id.status());
+        return;
+      }
+      Result<JobRecord> j = store_->Job(*id);
+      if (!j.ok()) return Fatal(j.status());
+      queued_[*id] = {{*id, n.priority, j->queue_order, n.ranks, n.time_limit_ms}, 0};
+      COHORT_LOG_INFO("coordinator: job {} '{}' submitted from {} ({} ranks, priority {})", *id, n.name, source,
+                      n.ranks, n.priority);
+      r.mutable_submit_reply()->set_job_id(*id);
+      s->Send(r);
+      dirty_ = true;
+      Schedule();
+      return;
+    }
+    case proto::Envelope::kListJobs: {
+      Result<std::vector<JobRecord>> jobs = store_->Jobs();
+      if (!jobs.ok()) return s->SendError(rid, jobs.status());
+      // The newest ones when there are more than a reply may hold.
+      const size_t n = jobs->size(), keep = std::min(n, o_.limits.max_repeated);
+      for (size_t i = n - keep; i < n; ++i) FillSummary((*jobs)[i], r.mutable_job_list()->add_jobs());
+      s->Send(r);
+      return;
+    }
+    case proto::Envelope::kJobStatus: {
+      Result<JobRecord> j = store_->Job(e.job_status().job_id());
+      if (!j.ok()) return s->SendError(rid, j.status());
+      Result<std::vector<AttemptRecord>> attempts = store_->Attempts(j->id);
+      if (!attempts.ok()) return s->SendError(rid, attempts.status());
+      auto* reply = r.mutable_job_status_reply();
+      FillSummary(*j, reply->mutable_job());
+      const size_t n = attempts->size(), keep = std::min(n, o_.limits.max_repeated);
+      for (size_t i = n - keep; i < n; ++i) {
+        const AttemptRecord& a = (*attempts)[i];
+        auto* x = reply->add_attempts();
+        x->set_epoch(a.epoch);
+        for (const Placement& p : a.placements) {
+          auto* q = x->add_placements();
+          q->set_worker(p.worker);
+          q->set_first_rank(p.first_rank);
+          q->set_count(p.count);
+        }
+        x->set_started_unix_ms(a.started_ms);
+        x->set_ended_unix_ms(a.ended_ms);
+        x->set_exit_rank(a.exit_rank);
+        x->set_exit_status(a.exit_status);
+        x->set_log_tail(a.log_tail);
+      }
+      s->Send(r);
+      return;
+    }
+    case proto::Envelope::kCancel: {
+      const uint64_t id = e.cancel().job_id();
+      Result<uint64_t> epoch = store_->CancelJob(id, "cancelled by " + s->peer, now);
+      if (!epoch.ok()) return s->SendError(rid, epoch.status());
+      queued_.erase(id);
+      if (*epoch != 0 && attempts_.count(*epoch) > 0) {
+        StopRanks(attempts_[*epoch]);
+        Forget(*epoch);
+      }
+      COHORT_LOG_INFO("coordinator: job {} cancelled by {}", id, s->peer);
+      r.mutable_cancel_reply();
+      s->Send(r);
+      dirty_ = true;
+      Schedule();
+      return;
+    }
+    case proto::Envelope::kLogs: {
+      const auto& q = e.logs();
+      Result<JobRecord> j = store_->Job(q.job_id());
+      if (!j.ok()) return s->SendError(rid, j.status());
+      const std::string path = LogPath(q.job_id(), q.rank() < 0 ? -1 : q.rank());
+      std::ifstream in(path, std::ios::binary);
+      std::string data;
+      uint64_t size = 0;
+      if (in) {
+        in.seekg(0, std::ios::end);
+        size = static_cast<uint64_t>(in.tellg());
+        if (q.offset() < size) {
+          const uint64_t n = std::min<uint64_t>(size - q.offset(), o_.limits.max_string_bytes / 2);
+          data.resize(n);
+          in.seekg(static_cast<std::streamoff>(q.offset()));
+          in.read(data.data(), static_cast<std::streamsize>(n));
+          data.resize(static_cast<size_t>(in.gcount()));
+        }
+      }
+      const uint64_t next = std::max<uint64_t>(q.offset(), std::min<uint64_t>(size, q.offset() + data.size()));
+      auto* reply = r.mutable_logs_reply();
+      reply->set_data(std::move(data));
+      reply->set_next_offset(next);
+      reply->set_done(IsFinal(j->state) && next >= size);
+      s->Send(r);
+      return;
+    }
+    case proto::Envelope::kListWorkers: {
+      std::map<std::string, int> used;
+      for (const auto& [epoch, a] : attempts_) {
+        for (const Placement& p : a.placements) used[p.worker] += p.count;
+      }
+      for (const auto& [name, w] : workers_) {
+        auto* x = r.mutable_worker_list()->add_workers();
+        x->set_name(name);
+        x->set_slots(w.slots);
+        x->set_used_slots(used[name]);
+        x->set_up(w.up);
+        x->set_last_heartbeat_unix_ms(w.last_seen_ms);
+        if (r.worker_list().workers_size() >= static_cast<int>(o_.limits.max_repeated)) break;
+      }
+      s->Send(r);
+      return;
+    }
+    default:
+      s->SendError(rid, InvalidArgument("a " + std::string(BodyName(e)) + " is not a user request"));
+      s->CloseAfterWrite("sent a " + std::string(BodyName(e)) + " as a user");
+  }
+}
+
+void Service::Impl::HandleWorker(const std::shared_ptr<Session>& s, const proto::Envelope& e) {
+  if (s->worker.empty()) {
+    if (e.body_case() != proto::Envelope::kRegisterWorker) {
+      s->SendError(e.request_id(), InvalidArgument("a worker must register first, not send a " +
+                                                   std::string(BodyName(e))));
+      s->CloseAfterWrite("did not register");
+      return;
+    }
+    Register(s, e);
+    return;
+  }
+  auto it = workers_.find(s->worker);
+  if (it == workers_.end() || it->second.session.lock() != s) {
+    s->Close("replaced by a newer connection of the same worker");
+    return;
+  }
+  Worker& w = it->second;
+  w.last_seen_ms = clock_->NowMs();
+  switch (e.body_case()) {
+    case proto::Envelope::kHeartbeat:
+      NoteRunning(w, e.heartbeat().running());
+      return;
+    case proto::Envelope::kRankExited:
+      RankExited(w, e);
+      return;
+    case proto::Envelope::kLogChunk:
+      LogChunk(w, e.log_chunk());
+      return;
+    default:
+      s->SendError(e.request_id(), InvalidArgument("a " + std::string(BodyName(e)) + " is not a worker report"));
+      s->CloseAfterWrite("sent a " + std::string(BodyName(e)) + " as a worker");
+  }
+}
+
+void Service::Impl::Register(const std::shared_ptr<Session>& s, const proto::Envelope& e) {
+  const auto& r = e.register_worker();
+  if (!SafeWorkerName(r.name()) || r.slots() < 0 || r.gpus() < 0) {
+    Status st = InvalidArgument("worker registration: the name must be 1-128 of [A-Za-z0-9._-] and slots and gpus >= 0 "
+                                "(got '" + r.name() + "', " + std::to_string(r.slots()) + ", " +
+                                std::to_string(r.gpus()) + ")");
+    s->SendError(e.request_id(), st);
+    s->CloseAfterWrite(st.message());
+    return;
+  }
+  const int64_t now = clock_->NowMs();
+  if (Status st = store_->UpsertWorker(r.name(), r.slots(), r.gpus(), now); !st.ok()) return Fatal(st);
+  Worker& w = workers_[r.name()];
+  if (auto old = w.session.lock(); old && old != s) old->Close("worker " + r.name() + " registered again");
+  w.name = r.name();
+  w.slots = r.slots();
+  w.gpus = r.gpus();
+  w.address = s->peer_ip;
+  w.session = s;
+  w.connected = true;
+  w.up = true;
+  w.last_seen_ms = now;
+  s->worker = r.name();
+  s->Touch();
+  COHORT_LOG_INFO("coordinator: worker {} registered from {} ({} slots, {} GPUs, {} ranks running)", w.name, s->peer,
+                  w.slots, w.gpus, r.running_size());
+  proto::Envelope reply;
+  reply.set_request_id(e.request_id());
+  reply.mutable_registered()->set_heartbeat_interval_ms(static_cast<uint32_t>(o_.heartbeat_interval_ms));
+  reply.mutable_registered()->set_lease_ms(static_cast<uint32_t>(o_.heartbeat_timeout_ms));
+  s->Send(reply);
+  NoteRunning(w, r.running());
+  dirty_ = true;
+  Schedule();
+}
+
+// What a worker says it runs: ranks of open attempts placed on it are (re-)attached; ranks of any
+// other epoch belong to an attempt that ended (or never was, for this coordinator): stopped.
+void Service::Impl::NoteRunning(Worker& w, const google::protobuf::RepeatedPtrField<proto::RunningRank>& running) {
+  std::set<std::pair<uint64_t, uint64_t>> stale;  // (job, epoch)
+  for (const proto::RunningRank& r : running) {
+    auto it = attempts_.find(r.epoch());
+    bool ours = false;
+    if (it != attempts_.end() && it->second.job_id == r.job_id()) {
+      for (const Placement& p : it->second.placements) {
+        if (p.worker == w.name && r.rank() >= p.first_rank && r.rank() < p.first_rank + p.count) ours = true;
+      }
+    }
+    if (!ours) {
+      stale.insert({r.job_id(), r.epoch()});
+      continue;
+    }
+    Attempt& a = it->second;
+    if (a.reattaching && a.attached.insert(r.rank()).second &&
+        static_cast<int>(a.attached.size() + a.succeeded.size()) >= a.ranks) {
+      a.reattaching = false;
+      COHORT_LOG_INFO("coordinator: job {} attempt (epoch {}) re-attached: every rank is running", a.job_id, a.epoch);
+    }
+  }
+  for (const auto& [job, epoch] : stale) {
+    COHORT_LOG_WARN("coordinator: worker {} runs ranks of job {} epoch {}, which is not a running attempt: stopping them",
+                    w.name, job, epoch);
+    proto::Envelope stop;
+    stop.mutable_stop()->set_job_id(job);
+    stop.mutable_stop()->set_epoch(epoch);
+    SendTo(w.name, stop);
+  }
+}
+
+void Service::Impl::RankExited(Worker& w, const proto::Envelope& e) {
+  const auto& x = e.rank_exited();
+  proto::Envelope ack;
+  ack.set_request_id(e.request_id());
+  ack.mutable_ack();
+  auto it = attempts_.find(x.epoch());
+  bool ours = false;
+  if (it != attempts_.end() && it->second.job_id == x.job_id()) {
+    for (const Placement& p : it->second.placements) {
+      if (p.worker == w.name && x.rank() >= p.first_rank && x.rank() < p.first_rank + p.count) ours = true;
+    }
+  }
+  // Acknowledged either way: a stale report is settled by being refused, and the worker keeps an
+  // unacknowledged one to send again after a reconnect.
+  if (auto s = w.session.lock()) s->Send(ack);
+  if (!ours) {
+    COHORT_LOG_INFO("coordinator: ignoring the exit of rank {} of job {} epoch {} on {}: not a running attempt (stale)",
+                    x.rank(), x.job_id(), x.epoch(), w.name);
+    return;
+  }
+  Attempt& a = it->second;
+  if (x.exit_status() == 0) {
+    a.succeeded.insert(x.rank());
+    a.attached.erase(x.rank());
+    COHORT_LOG_INFO("coordinator: job {} rank {} finished on {}", a.job_id, x.rank(), w.name);
+    if (static_cast<int>(a.succeeded.size()) < a.ranks) return;
+    StateStore::End end;
+    end.outcome = Outcome::kSucceeded;
+    Result<JobRecord> j = store_->EndAttempt(a.epoch, end, clock_->NowMs());
+    if (!j.ok()) return Fatal(j.status());
+    COHORT_LOG_INFO("coordinator: job {} succeeded", a.job_id);
+    Forget(a.epoch);
+    dirty_ = true;
+    Schedule();
+    return;
+  }
+  FailAttempt(a.epoch, x.rank(), x.exit_status(), x.log_tail(),
+              "rank " + std::to_string(x.rank()) + " exited with status " + std::to_string(x.exit_status()) +
+                  " on worker " + w.name);
+}
+
+void Service::Impl::LogChunk(Worker& w, const proto::LogChunk& c) {
+  auto it = epoch_job_.find(c.epoch());
+  if (it == epoch_job_.end() || it->second != c.job_id() || c.rank() < 0) return;  // not an attempt of this run
+  AppendLog(c.job_id(), c.rank(), c.data());
+}
+
+std::string Service::Impl::LogPath(uint64_t job, int rank) const {
+  return o_.state_dir + "/logs/" + std::to_string(job) + "/" + (rank < 0 ? std::string("all") : "rank-" + std::to_string(rank)) +
+         ".log";
+}
+
+void Service::Impl::AppendLog(uint64_t job, int rank, const std::string& text) {
+  std::error_code ec;
+  std::filesystem::create_directories(o_.state_dir + "/logs/" + std::to_string(job), ec);
+  if (rank >= 0) {
+    std::ofstream(LogPath(job, rank), std::ios::app | std::ios::binary) << text;
+  }
+  // The job's combined log: every line prefixed with its rank.
+  std::string prefixed;
+  const std::string tag = rank >= 0 ? "[rank " + std::to_string(rank) + "] " : "";
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t nl = text.find('\n', at);
+    const size_t end = nl == std::string::npos ? text.size() : nl + 1;
+    prefixed += tag;
+    prefixed.append(text, at, end - at);
+    at = end;
+  }
+  if (!prefixed.empty() && prefixed.back() != '\n') prefixed += '\n';
+  std::ofstream(LogPath(job, -1), std::ios::app | std::ios::binary) << prefixed;
+}
+
+// ---- scheduling and supervision ----------------------------------------------------------------
+
+bool Service::Impl::SendTo(const std::string& worker, const proto::Envelope& e) {
+  auto it = workers_.find(worker);
+  if (it == workers_.end()) return false;
+  auto s = it->second.session.lock();
+  if (!s || s->closed()) return false;
+  s->Send(e);
+  return true;
+}
+
+void Service::Impl::Schedule() {
+  if (!dirty_ || stopping_) return;
+  dirty_ = false;
+  const int64_t now = clock_->NowMs();
+  std::vector<QueuedJob> queue;
+  for (const auto& [id, q] : queued_) {
+    if (q.not_before_ms <= now) queue.push_back(q.job);
+  }
+  if (queue.empty()) return;
+  std::map<std::string, int> used;
+  std::vector<RunningJob> running;
+  for (const auto& [epoch, a] : attempts_) {
+    RunningJob r;
+    r.id = a.job_id;
+    r.ends_at_ms = a.time_limit_ms > 0 ? a.started_ms + a.time_limit_ms : 0;
+    for (const Placement& p : a.placements) {
+      used[p.worker] += p.count;
+      r.slots[p.worker] += p.count;
+    }
+    running.push_back(std::move(r));
+  }
+  std::vector<WorkerCapacity> capacity;
+  for (const auto& [name, w] : workers_) {
+    if (w.up && w.connected) capacity.push_back({name, w.slots, used[name]});
+  }
+  const Decision d = coordinator::Schedule(queue, capacity, running, now);
+  for (const Start& s : d.starts) {
+    StartJob(s);
+    if (stopping_) return;
+  }
+}
+
+void Service::Impl::StartJob(const Start& start) {
+  const int64_t now = clock_->NowMs();
+  Result<JobRecord> j = store_->Job(start.job_id);
+  if (!j.ok()) return Fatal(j.status());
+  Result<config::JobSpec> spec = config::ParseJobSpec(j->spec.spec_yaml, j->spec.source);
+  if (!spec.ok()) return Fatal(spec.status().WithContext("job " + std::to_string(j->id) + " no longer parses"));
+  Result<uint64_t> epoch = store_->StartAttempt(start.job_id, start.placements, now);
+  if (!epoch.ok()) return Fatal(epoch.status());
+  queued_.erase(start.job_id);
+  Attempt a;
+  a.job_id = start.job_id;
+  a.epoch = *epoch;
+  a.placements = start.placements;
+  a.ranks = j->spec.ranks;
+  a.started_ms = now;
+  a.time_limit_ms = j->spec.time_limit_ms;
+  attempts_[a.epoch] = a;
+  epoch_job_[a.epoch] = a.job_id;
+  COHORT_LOG_INFO("coordinator: job {} attempt {} (epoch {}) starts on {}{}", a.job_id, j->restarts + 1, a.epoch,
+                  Describe(a.placements), start.backfilled ? " (backfilled)" : "");
+  AppendLog(a.job_id, -1,
+            "--- cohort: attempt " + std::to_string(j->restarts + 1) + " (epoch " + std::to_string(a.epoch) + ") on " +
+                Describe(a.placements) + " ---\n");
+
+  proto::Envelope launch;
+  auto* l = launch.mutable_launch();
+  l->set_job_id(a.job_id);
+  l->set_epoch(a.epoch);
+  l->set_world_size(a.ranks);
+  l->set_spec_yaml(j->spec.spec_yaml);
+  if (!j->spec.source.empty() && j->spec.source[0] == '/') {
+    l->set_workdir(std::filesystem::path(j->spec.source).parent_path().string());
+  }
+  for (const std::string& arg : spec->command) l->add_argv(arg);
+  auto& env = *l->mutable_env();
+  const Worker* first = nullptr;
+  for (const Placement& p : a.placements) {
+    if (p.first_rank == 0) first = &workers_[p.worker];
+  }
+  env["MASTER_ADDR"] = first != nullptr && !first->address.empty() ? first->address : "127.0.0.1";
+  env["MASTER_PORT"] = std::to_string(o_.master_port_base + static_cast<int>(a.epoch % static_cast<uint64_t>(
+                                                                 std::max(1, o_.master_port_count))));
+  env["COHORT_JOB_ID"] = std::to_string(a.job_id);
+  env["COHORT_ATTEMPT_EPOCH"] = std::to_string(a.epoch);
+  env["COHORT_RESTART_COUNT"] = std::to_string(j->restarts);
+  if (spec->command.empty() && a.ranks > 1 && rdv_ != nullptr) {
+    Result<int> port = rdv_->Open(a.epoch);
+    if (!port.ok()) {
+      FailAttempt(a.epoch, -1, 0, "", "cannot serve the rendezvous store: " + port.status().message());
+      return;
+    }
+    attempts_[a.epoch].rendezvous = true;
+    env["COHORT_RENDEZVOUS"] = "store://" + o_.advertise_host + ":" + std::to_string(*port);
+  }
+  for (const Placement& p : a.placements) {
+    proto::Envelope mine = launch;
+    for (int r = p.first_rank; r < p.first_rank + p.count; ++r) mine.mutable_launch()->add_ranks(r);
+    if (!SendTo(p.worker, mine)) {
+      FailAttempt(a.epoch, -1, 0, "", "worker " + p.worker + " is not connected");
+      return;
+    }
+  }
+}
+
+void Service::Impl::StopRanks(const Attempt& a) {
+  proto::Envelope stop;
+  stop.mutable_stop()->set_job_id(a.job_id);
+  stop.mutable_stop()->set_epoch(a.epoch);
+  for (const Placement& p : a.placements) SendTo(p.worker, stop);
+}
+
+void Service::Impl::Forget(uint64_t epoch) {
+  auto it = attempts_.find(epoch);
+  if (it == attempts_.end()) return;
+  if (it->second.rendezvous && rdv_ != nullptr) rdv_->Close(epoch);
+  attempts_.erase(it);
+}
+
+void Service::Impl::Requeued(const JobRecord& j) {
+  if (j.state != JobState::kQueued) return;
+  queued_[j.id] = {{j.id, j.spec.priority, j.queue_order, j.spec.ranks, j.spec.time_limit_ms}, j.not_before_ms};
+}
+
+void Service::Impl::FailAttempt(uint64_t epoch, int rank, int status, const std::string& tail, const std::string& why,
+                                bool final) {
+  auto it = attempts_.find(epoch);
+  if (it == attempts_.end()) return;
+  const Attempt a = it->second;
+  StateStore::End end;
+  end.outcome = Outcome::kFailed;
+  end.exit_rank = rank;
+  end.exit_status = status;
+  end.log_tail = tail;
+  end.message = why;
+  end.no_restart = final;
+  Result<JobRecord> j = store_->EndAttempt(epoch, end, clock_->NowMs());
+  if (!j.ok()) return Fatal(j.status());
+  StopRanks(a);
+  Forget(epoch);
+  Requeued(*j);
+  AppendLog(a.job_id, -1, "--- cohort: attempt (epoch " + std::to_string(epoch) + ") failed: " + why + " ---\n");
+  if (j->state == JobState::kQueued) {
+    COHORT_LOG_WARN("coordinator: job {} attempt (epoch {}) failed: {}; requeued (restart {} of {}, not before +{} ms)",
+                    a.job_id, epoch, why, j->restarts + 1, j->spec.max_restarts, j->not_before_ms - j->updated_ms);
+  } else {
+    COHORT_LOG_WARN("coordinator: job {} failed: {} (after {} restarts)", a.job_id, why, j->restarts);
+  }
+  dirty_ = true;
+}
+
+void Service::Impl::WorkerDown(Worker& w, const std::string& why) {
+  if (!w.up) return;
+  w.up = false;
+  COHORT_LOG_WARN("coordinator: worker {} is down: {}", w.name, why);
+  std::vector<uint64_t> hit;
+  for (const auto& [epoch, a] : attempts_) {
+    for (const Placement& p : a.placements) {
+      if (p.worker == w.name) hit.push_back(epoch);
+    }
+  }
+  for (uint64_t epoch : hit) FailAttempt(epoch, -1, 0, "", "worker " + w.name + " lost: " + why);
+  if (auto s = w.session.lock()) s->Close("declared down");
+}
+
+void Service::Impl::Tick() {
+  if (stopping_) return;
+  const int64_t now = clock_->NowMs();
+  for (auto& [name, w] : workers_) {
+    if (w.connected && w.up && now - w.last_seen_ms > o_.heartbeat_timeout_ms) {
+      WorkerDown(w, "no heartbeat for " + std::to_string(now - w.last_seen_ms) + " ms");
+    } else if (!w.connected && now - w.disconnected_ms > o_.heartbeat_timeout_ms) {
+      if (w.up) {
+        WorkerDown(w, "disconnected for " + std::to_string(now - w.disconnected_ms) + " ms");
+      } else {
+        // Known from the state but never registered since the restart: its attempts' grace decides.
+      }
+    }
+    if (stopping_) return;
+  }
+  std::vector<std::pair<uint64_t, std::string>> failing;
+  std::vector<std::pair<uint64_t, std::string>> timed_out;
+  for (const auto& [epoch, a] : attempts_) {
+    if (a.reattaching && now >= a.reattach_deadline_ms) {
+      failing.push_back({epoch, "not re-attached within " + std::to_string(o_.reattach_grace_ms) +
+                                    " ms of the coordinator's restart (" + std::to_string(a.attached.size()) + " of " +
+                                    std::to_string(a.ranks) + " ranks reported)"});
+    } else if (a.time_limit_ms > 0 && now - a.started_ms > a.time_limit_ms) {
+      timed_out.push_back({epoch, "time limit of " + std::to_string(a.time_limit_ms / 1000) + " s reached"});
+    }
+  }
+  for (const auto& [epoch, why] : failing) FailAttempt(epoch, -1, 0, "", why);
+  for (const auto& [epoch, why] : timed_out) FailAttempt(epoch, -1, 0, "", why, /*final=*/true);
+  if (stopping_) return;
+  for (const auto& [id, q] : queued_) {
+    if (q.not_before_ms > 0 && q.not_before_ms <= now) dirty_ = true;
+  }
+  Schedule();
+  tick_.expires_after(std::chrono::milliseconds(o_.tick_ms));
+  tick_.async_wait([this](const error_code& ec) {
+    if (!ec) Tick();
+  });
+}
+
+// ---- the public face ---------------------------------------------------------------------------
+
+Service::Service(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Service::~Service() = default;
+
+Result<std::unique_ptr<Service>> Service::Create(const ServiceOptions& options, RendezvousHost* rendezvous,
+                                                 Clock* clock) {
+  auto impl = std::make_unique<Impl>(options, rendezvous, clock);
+  RETURN_IF_ERROR(impl->Init());
+  return std::unique_ptr<Service>(new Service(std::move(impl)));
+}
+
+Status Service::Run() { return impl_->Run(); }
+void Service::Stop() { impl_->Stop(); }
+int Service::port() const { return impl_->port(); }
+
+// ---- coordinator.yaml --------------------------------------------------------------------------
+
+namespace {
+
+Result<std::string> ReadToken(const std::string& path, const std::string& where) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return ErrnoError(where + ": " + path, errno);
+  if (!S_ISREG(st.st_mode) || st.st_size > 4096) {
+    return InvalidArgument(where + ": " + path + " is not a small regular file");
+  }
+  if ((st.st_mode & 077) != 0) {
+    return InvalidArgument(where + ": " + path + " is readable by other users (chmod 600 it)");
+  }
+  std::ifstream in(path);
+  std::string token;
+  std::getline(in, token);
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (token.size() < 16) return InvalidArgument(where + ": " + path + ": a token needs at least 16 characters");
+  return token;
+}
+
+}  // namespace
+
+Result<ServiceOptions> LoadServiceOptions(const std::string& path) {
+  ServiceOptions o;
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    return ErrnoError(path, errno != 0 ? errno : ENOENT);
+  } catch (const YAML::Exception& e) {
+    return InvalidArgument(path + ": invalid YAML at line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  if (!root.IsMap()) return InvalidArgument(path + ": expected a mapping of settings");
+  const std::string base = std::filesystem::absolute(path).parent_path().string();
+  auto resolve = [&](const std::string& p) { return p.empty() || p[0] == '/' ? p : base + "/" + p; };
+  try {
+    for (const auto& kv : root) {
+      const std::string key = kv.first.as<std::string>();
+      const YAML::Node& v = kv.second;
+      const std::string where = path + ": " + key;
+      auto ms = [&](int64_t scale, int64_t lo, int64_t hi) -> Result<int64_t> {
+        const int64_t x = v.as<int64_t>();
+        if (x < lo || x > hi) {
+          return InvalidArgument(where + ": " + std::to_string(x) + " is out of range [" + std::to_string(lo) + ", " +
+                                 std::to_string(hi) + "]");
+        }
+        return x * scale;
+      };
+      if (key == "state_dir") {
+        o.state_dir = resolve(v.as<std::string>());
+      } else if (key == "listen") {
+        RETURN_IF_ERROR(ParseHostPort(v.as<std::string>(), where, &o.listen_host, &o.listen_port, /*allow_any_port=*/true));
+      } else if (key == "advertise") {
+        o.advertise_host = v.as<std::string>();
+      } else if (key == "user_token_file") {
+        ASSIGN_OR_RETURN(o.user_token, ReadToken(resolve(v.as<std::string>()), where));
+      } else if (key == "worker_token_file") {
+        ASSIGN_OR_RETURN(o.worker_token, ReadToken(resolve(v.as<std::string>()), where));
+      } else if (key == "heartbeat_interval_ms") {
+        ASSIGN_OR_RETURN(o.heartbeat_interval_ms, ms(1, 10, 600000));
+      } else if (key == "heartbeat_timeout_s") {
+        ASSIGN_OR_RETURN(o.heartbeat_timeout_ms, ms(1000, 1, 86400));
+      } else if (key == "reattach_grace_s") {
+        ASSIGN_OR_RETURN(o.reattach_grace_ms, ms(1000, 0, 86400));
+      } else if (key == "handshake_timeout_s") {
+        ASSIGN_OR_RETURN(o.handshake_timeout_ms, ms(1000, 1, 3600));
+      } else if (key == "idle_timeout_s") {
+        ASSIGN_OR_RETURN(o.idle_timeout_ms, ms(1000, 1, 86400 * 7));
+      } else if (key == "restart_backoff_s") {
+        ASSIGN_OR_RETURN(o.backoff.base_ms, ms(1000, 0, 86400));
+      } else if (key == "restart_backoff_max_s") {
+        ASSIGN_OR_RETURN(o.backoff.max_ms, ms(1000, 0, 86400 * 7));
+      } else if (key == "max_connections") {
+        ASSIGN_OR_RETURN(int64_t n, ms(1, 1, 1000000));
+        o.max_connections = static_cast<size_t>(n);
+      } else if (key == "max_frame_bytes") {
+        ASSIGN_OR_RETURN(int64_t n, ms(1, 1024, int64_t{1} << 30));
+        o.limits.max_frame_bytes = static_cast<size_t>(n);
+      } else if (key == "master_port_base") {
+        ASSIGN_OR_RETURN(int64_t n, ms(1, 1024, 65000));
+        o.master_port_base = static_cast<int>(n);
+      } else {
+        return InvalidArgument(where + ": unknown key (allowed: state_dir, listen, advertise, user_token_file, "
+                               "worker_token_file, heartbeat_interval_ms, heartbeat_timeout_s, reattach_grace_s, "
+                               "handshake_timeout_s, idle_timeout_s, restart_backoff_s, restart_backoff_max_s, "
+                               "max_connections, max_frame_bytes, master_port_base)");
+      }
+    }
+  } catch (const YAML::Exception& e) {
+    return InvalidArgument(path + ": line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  if (o.state_dir.empty()) return InvalidArgument(path + ": state_dir is required");
+  if (o.heartbeat_timeout_ms <= o.heartbeat_interval_ms) {
+    return InvalidArgument(path + ": heartbeat_timeout_s must be longer than heartbeat_interval_ms");
+  }
+  return o;
+}
+
+}  // namespace cohort::coordinator

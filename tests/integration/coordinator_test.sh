@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# The coordinator, two worker agents and the job CLI as real processes on loopback (issue 6):
+#  - a generic command: job whose ranks check their torchrun-style environment;
+#  - the restart budget: a job whose rank always fails runs exactly max_restarts + 1 times, then
+#    FAILED with the rank's exit status and output;
+#  - a 2-rank training job (Gloo through the coordinator's rendezvous store) that trains,
+#    checkpoints and completes;
+#  - kill -9 of the agent running a job: detected within the heartbeat timeout, the job resumes on
+#    the other worker from its checkpoint and completes, with exactly one restart;
+#  - kill -9 of the coordinator mid-job, and during a burst of submissions: the job table is the
+#    same after the restart, every acknowledged job is there once, the running job re-attaches;
+#  - cancel: every rank of the job is stopped;
+#  - wrong and missing tokens, oversized, truncated and garbage frames: refused, nothing created,
+#    other clients still served.
+# Every process is started by this script and stopped by its PID.
+source "$(dirname "$0")/lib.sh"
+B=$COHORT_BIN
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cd "$WORK"
+head -c 32 /dev/urandom | base64 > user.token
+head -c 32 /dev/urandom | base64 > worker.token
+chmod 600 user.token worker.token
+HB_TIMEOUT=3
+cat > coordinator.yaml <<EOF
+state_dir: $WORK/state
+listen: 127.0.0.1:0
+user_token_file: user.token
+worker_token_file: worker.token
+heartbeat_timeout_s: $HB_TIMEOUT
+reattach_grace_s: 10
+restart_backoff_s: 1
+EOF
+
+COORD_PID=""
+start_coordinator() {  # sets COORD_PID and (first time) PORT
+  "$B" coordinator --config coordinator.yaml >> coord.out 2>> coord.err &
+  COORD_PID=$!
+  PIDS+=("$COORD_PID")
+  local i
+  for i in $(seq 1 100); do
+    if grep -q "listening on" coord.out 2>/dev/null && [ "$(grep -c 'listening on' coord.out)" -ge "$1" ]; then break; fi
+    sleep 0.1
+  done
+  PORT=$(grep 'listening on' coord.out | tail -1 | sed 's/.*:\([0-9]*\)$/\1/')
+}
+start_coordinator 1
+[ -n "$PORT" ] || { cat coord.err >&2; echo "coordinator did not start"; exit 1; }
+# Restarts listen on the same port.
+sed -i "s/^listen: .*/listen: 127.0.0.1:$PORT/" coordinator.yaml
+export COHORT_COORDINATOR=127.0.0.1:$PORT COHORT_TOKEN_FILE=$WORK/user.token
+
+declare -A WPID
+start_worker() {  # NAME
+  "$B" worker --slots 2 --name "$1" --token-file worker.token --work-dir "$WORK/$1" --stop-grace-s 5 >> "$1.out" 2>&1 &
+  WPID[$1]=$!
+  PIDS+=("$!")
+}
+start_worker w1
+start_worker w2
+for i in $(seq 1 50); do
+  [ "$("$B" workers 2>/dev/null | grep -c ' up ')" = 2 ] && break
+  sleep 0.1
+done
+expect_exit 0 "two workers registered" -- "$B" workers
+expect_output "w1 +up +2" "w1 is up with 2 slots"
+expect_output "w2 +up +2" "w2 is up with 2 slots"
+
+job_id() { sed -n 's/^submitted job \([0-9]*\).*/\1/p' <<<"$OUT"; }
+
+# ---- a generic command job checks its torchrun-style environment ----------------------------------
+# The script is named relative to the job file's directory: the ranks run there.
+cat > envcheck.sh <<'EOF'
+echo "rank=$RANK world=$WORLD_SIZE local=$LOCAL_RANK/$LOCAL_WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT cwd=$(pwd)"
+[ "$WORLD_SIZE" = 3 ] && [ "$RANK" -ge 0 ] && [ "$RANK" -lt 3 ] && [ "$LOCAL_RANK" -lt "$LOCAL_WORLD_SIZE" ] &&
+  [ "$MASTER_ADDR" = 127.0.0.1 ] && [ "$MASTER_PORT" -gt 0 ]
+EOF
+cat > envcheck.yaml <<'EOF'
+name: envcheck
+command: [/bin/sh, envcheck.sh]
+launch:
+  ranks: 3
+EOF
+expect_exit 0 "a command job with 3 ranks over two workers succeeds" -- "$B" submit envcheck.yaml --wait
+ENVJOB=$(job_id)
+expect_exit 0 "its logs" -- "$B" logs "$ENVJOB"
+for r in 0 1 2; do expect_output "\\[rank $r\\] rank=$r world=3" "rank $r saw RANK=$r WORLD_SIZE=3"; done
+expect_output "local=1/2" "two ranks share one worker (LOCAL_RANK 1 of 2)"
+expect_output "cwd=$WORK\$" "the ranks ran in the job file's directory"
+
+# ---- the restart budget ---------------------------------------------------------------------------
+cat > flaky.yaml <<'EOF'
+name: flaky
+command: 'echo "attempt of rank $RANK failing"; exit 3'
+launch:
+  ranks: 1
+  max_restarts: 2
+EOF
+expect_exit 1 "a job whose rank always exits 3 fails" -- "$B" submit flaky.yaml --wait
+FLAKY=$(job_id)
+expect_output "failed: rank 0 exited with status 3" "the failure names the rank and its status"
+expect_exit 0 "status of the failed job" -- "$B" status "$FLAKY"
+expect_output "restarts   2" "restarted exactly twice"
+[ "$(grep -c '^  attempt' <<<"$OUT")" = 3 ] && pass "exactly 3 launches" || fail "launches: $(grep -c '^  attempt' <<<"$OUT"), want 3"
+expect_output "attempt of rank 0 failing" "the rank's last output is shown"
+
+# ---- a 2-rank training job ------------------------------------------------------------------------
+make_shards 4 400
+train_job() {  # NAME STEPS CKPT_INTERVAL
+  cat > "$1.yaml" <<EOF
+name: $1
+launch: {ranks: 2, max_restarts: 2}
+model: {n_layer: 2, n_head: 2, n_embd: 32, context_length: 32}
+data: {train: shards/train-*.bin, batch_size: 4, tokenizer: byte}
+train: {steps: $2, eval_interval: 0, eval_batches: 2, log_interval: 100, threads: 1}
+checkpoint: {dir: ckpt-$1, interval: $3}
+EOF
+}
+train_job small 60 20
+expect_exit 0 "a 2-rank training job trains, checkpoints and completes" -- "$B" submit small.yaml --wait
+SMALL=$(job_id)
+[ -d "ckpt-small/step-000000060" ] && pass "its final checkpoint is committed" || fail "no ckpt-small/step-000000060"
+expect_exit 0 "its logs" -- "$B" logs "$SMALL" --rank 0
+expect_output "data parallel: 2 ranks over gloo" "the ranks formed a 2-rank Gloo group"
+
+# ---- kill -9 the agent running a job --------------------------------------------------------------
+train_job agentkill 5000 200
+expect_exit 0 "submit a long job" -- "$B" submit agentkill.yaml
+AK=$(job_id)
+for i in $(seq 1 100); do
+  [ -d ckpt-agentkill/step-000000200 ] && break
+  sleep 0.1
+done
+"$B" status "$AK" > st.txt
+VICTIM=$(grep -o 'on w[12]' st.txt | head -1 | cut -c4-)
+OTHER=$([ "$VICTIM" = w1 ] && echo w2 || echo w1)
+RANK_PIDS=$(pgrep -f "$WORK/$VICTIM/$AK/epoch" || true)
+[ -n "$RANK_PIDS" ] && pass "the job's ranks run on $VICTIM" || fail "no rank of job $AK found on $VICTIM"
+KILLED_AT=$(date +%s.%N)
+kill -9 "${WPID[$VICTIM]}"
+expect_exit 0 "after kill -9 of $VICTIM's agent the job completes" -- "$B" status "$AK" --wait
+expect_exit 0 "status" -- "$B" status "$AK"
+expect_output "restarts   1" "exactly one restart"
+expect_output "attempt 2 .* on $OTHER ranks 0-1" "the second attempt ran on $OTHER"
+ENDED=$(python3 - "$WORK/state/state.db" "$AK" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+print(db.execute("SELECT ended_ms FROM attempts WHERE job_id=? ORDER BY epoch LIMIT 1", (int(sys.argv[2]),)).fetchone()[0] / 1000)
+PY
+)
+python3 -c "import sys; d=$ENDED-$KILLED_AT; print('detected after %.1f s' % d); sys.exit(0 if d <= $HB_TIMEOUT + 1.5 else 1)" \
+  && pass "the lost worker was detected within the heartbeat timeout" || fail "detection took too long"
+expect_exit 0 "its logs" -- "$B" logs "$AK" --rank 0
+expect_output "resumed from .*ckpt-agentkill/step-" "the second attempt resumed from a checkpoint"
+LEFT=0
+for p in $RANK_PIDS; do kill -0 "$p" 2>/dev/null && LEFT=$((LEFT + 1)); done
+[ "$LEFT" = 0 ] && pass "no rank of the killed agent is left running" || fail "$LEFT ranks of the killed agent still run"
+start_worker "$VICTIM"
+
+# ---- kill -9 the coordinator mid-job --------------------------------------------------------------
+train_job coordkill 3000 500
+expect_exit 0 "submit a job" -- "$B" submit coordkill.yaml
+CK=$(job_id)
+# Killed once training runs (its first checkpoint is there), not during the ranks' rendezvous.
+for i in $(seq 1 200); do
+  [ -d ckpt-coordkill/step-000000500 ] && break
+  sleep 0.1
+done
+"$B" jobs > jobs.before
+kill -9 "$COORD_PID"
+sleep 1
+start_coordinator 2
+"$B" jobs > jobs.after
+diff jobs.before jobs.after > /dev/null && pass "the job table is the same after kill -9 and a restart" \
+  || { fail "job tables differ:"; diff jobs.before jobs.after >&2 || true; }
+expect_exit 0 "the running job completes after the coordinator's restart" -- "$B" status "$CK" --wait
+expect_exit 0 "status" -- "$B" status "$CK"
+expect_output "restarts   0" "its ranks were re-attached, not restarted"
+grep -q "job $CK attempt (epoch [0-9]*) re-attached" coord.err && pass "the coordinator says it re-attached" \
+  || fail "no re-attach message"
+
+# ---- kill -9 the coordinator during a burst of submissions ----------------------------------------
+cat > noop.yaml <<'EOF'
+name: noop
+command: 'true'
+EOF
+( for i in $(seq 1 40); do "$B" submit noop.yaml --set "name=burst-$i" 2>/dev/null || true; done ) > burst.out &
+BURST=$!
+sleep 0.$((RANDOM % 5 + 3))
+kill -9 "$COORD_PID"
+wait "$BURST" || true
+start_coordinator 3
+for i in $(seq 1 50); do
+  [ "$("$B" workers 2>/dev/null | grep -c ' up ')" = 2 ] && break
+  sleep 0.1
+done
+ACKED=$(grep -c '^submitted job' burst.out || true)
+"$B" jobs > jobs.burst
+MISSING=0
+while read -r id name; do
+  grep -Eq "^$id +$name " jobs.burst || { MISSING=$((MISSING + 1)); echo "missing: job $id $name" >&2; }
+done < <(sed -n 's/^submitted job \([0-9]*\) (\([^,]*\),.*/\1 \2/p' burst.out)
+[ "$ACKED" -gt 0 ] && [ "$MISSING" = 0 ] && pass "all $ACKED acknowledged submissions survived the kill" \
+  || fail "$MISSING of $ACKED acknowledged jobs are missing"
+DUPS=$(grep -o 'burst-[0-9]*' jobs.burst | sort | uniq -d | wc -l)
+[ "$DUPS" = 0 ] && pass "no job was recorded twice" || fail "$DUPS jobs recorded twice"
+
+# ---- cancel ---------------------------------------------------------------------------------------
+cat > sleeper.yaml <<'EOF'
+name: sleeper
+command: 'sleep 300 & wait'
+launch: {ranks: 4}
+EOF
+expect_exit 0 "submit a 4-rank job" -- "$B" submit sleeper.yaml
+SL=$(job_id)
+for i in $(seq 1 100); do
+  [ "$(pgrep -fc 'sleep 300' || true)" -ge 4 ] && break
+  sleep 0.1
+done
+expect_exit 0 "cancel it" -- "$B" cancel "$SL"
+for i in $(seq 1 100); do
+  [ "$(pgrep -fc 'sleep 300' || true)" = 0 ] && break
+  sleep 0.1
+done
+[ "$(pgrep -fc 'sleep 300' || true)" = 0 ] && pass "every rank (and its children) stopped on both nodes" \
+  || fail "ranks of the cancelled job still run"
+expect_exit 0 "status" -- "$B" status "$SL"
+expect_output "state      cancelled" "the job is cancelled"
+
+# ---- refused clients ------------------------------------------------------------------------------
+head -c 32 /dev/urandom | base64 > wrong.token
+chmod 600 wrong.token
+expect_exit 2 "a wrong token is refused" -- "$B" jobs --token-file wrong.token
+expect_output "authentication failed for the user role" "the refusal says why"
+expect_exit 2 "the worker token does not work for users" -- "$B" jobs --token-file worker.token
+: > empty.token
+expect_exit 2 "an empty token file is refused before connecting" -- "$B" jobs --token-file empty.token
+expect_exit 2 "a user token does not register a worker" -- timeout 5 "$B" worker --slots 1 --name intruder --token-file user.token
+BEFORE=$("$B" jobs | wc -l)
+python3 - "$PORT" <<'PY' > frames.out
+import socket, struct, sys, time
+port = int(sys.argv[1])
+def conn():
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return s
+def closed(s):
+    try:
+        s.settimeout(10)
+        while True:
+            d = s.recv(4096)
+            if not d:
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+results = {}
+s = conn(); s.sendall(struct.pack("<I", 1 << 30)); results["oversized"] = closed(s)
+s = conn(); s.sendall(b"\xde\xad\xbe\xef" * 64); results["garbage"] = closed(s)
+s = conn(); s.sendall(struct.pack("<I", 100) + b"\x12\x05"); s.shutdown(socket.SHUT_WR); results["truncated"] = closed(s)
+s = conn(); s.sendall(struct.pack("<I", 4) + b"\xff\xff\xff\xff"); results["unparsable"] = closed(s)
+# A submit without a hello: refused and closed.
+s = conn(); s.sendall(struct.pack("<I", 6) + b"\x52\x04\x0a\x02\x78\x78"); results["no hello"] = closed(s)
+s = conn(); results["silent"] = closed(s)  # no hello within the handshake timeout (5 s)
+for k, v in results.items():
+    print(k, "closed" if v else "OPEN")
+PY
+for k in oversized garbage truncated unparsable "no hello" silent; do
+  grep -q "^$k closed" frames.out && pass "a $k connection is closed" || fail "a $k connection stayed open"
+done
+AFTER=$("$B" jobs | wc -l)
+[ "$BEFORE" = "$AFTER" ] && pass "nothing was created by refused clients, and others are still served" \
+  || fail "job count changed from $BEFORE to $AFTER lines"
+grep -q "the peer announced a frame of 1073741824 bytes" coord.err && pass "the oversized frame is named in the log" \
+  || fail "no log line for the oversized frame"
+
+finish
