@@ -182,6 +182,7 @@ void AddCoordinatorCommand(CLI::App& app, Context& ctx) {
     if (!svc.ok()) return ReportError(svc.status(), ctx);
     // The port, for scripts that asked for any free one (listen: HOST:0).
     std::printf("cohort coordinator: listening on %s:%d\n", o->listen_host.c_str(), (*svc)->port());
+    if ((*svc)->http_port() >= 0) std::printf("cohort coordinator: http on %s:%d\n", o->http_host.c_str(), (*svc)->http_port());
     std::fflush(stdout);
     Status st = (*svc)->Run();
     if (!st.ok()) return ReportError(st, ctx);

@@ -103,9 +103,11 @@ void AddTrainCommand(CLI::App& app, Context& ctx) {
         *metrics << fmt::format(
             "{{\"step\": {}, \"loss\": {:.9g}, \"lr\": {:.9g}, \"grad_norm\": {:.9g}, "
             "\"step_ms\": {:.3f}, \"data_ms\": {:.3f}, \"comm_ms\": {:.3f}, "
-            "\"comm_exposed_ms\": {:.3f}, \"tokens_per_s\": {:.1f}}}\n",
+            "\"comm_exposed_ms\": {:.3f}, \"tokens_per_s\": {:.1f}, \"ckpt_stall_ms\": {:.3f}, "
+            "\"ckpts\": {}}}\n",
             m.step, m.loss, m.lr, m.grad_norm, 1e3 * m.step_seconds, 1e3 * m.data_seconds,
-            1e3 * m.comm_seconds, 1e3 * m.comm_exposed_seconds, m.tokens_per_second);
+            1e3 * m.comm_seconds, 1e3 * m.comm_exposed_seconds, m.tokens_per_second,
+            1e3 * m.checkpoint_stall_seconds, m.checkpoints_committed);
         metrics->flush();
       };
     }

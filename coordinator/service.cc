@@ -16,6 +16,9 @@
 #include <sstream>
 
 #include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include "common/config.h"
@@ -25,6 +28,8 @@
 namespace cohort::coordinator {
 
 namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
 using tcp = asio::ip::tcp;
 using boost::system::error_code;
 
@@ -96,7 +101,7 @@ class Session;
 class Service::Impl {
  public:
   Impl(const ServiceOptions& o, RendezvousHost* rdv, Clock* clock)
-      : o_(o), rdv_(rdv), clock_(clock), acceptor_(io_), signals_(io_), tick_(io_) {}
+      : o_(o), rdv_(rdv), clock_(clock), acceptor_(io_), http_acceptor_(io_), signals_(io_), tick_(io_) {}
 
   Status Init();
   Status Run();
@@ -104,6 +109,10 @@ class Service::Impl {
     asio::post(io_, [this] { Shutdown(); });
   }
   int port() const { return port_; }
+  int http_port() const { return http_port_; }
+
+  // The HTTP endpoint's answer to one request (on the loop thread).
+  http::response<http::string_body> HandleHttp(const http::request<http::string_body>& req);
 
   // Called by sessions (on the loop thread).
   void OnFrame(const std::shared_ptr<Session>& s, const proto::Envelope& e);
@@ -135,6 +144,10 @@ class Service::Impl {
     int64_t reattach_deadline_ms = 0;
     std::set<int> attached;       // ranks their workers reported running since the restart
     bool rendezvous = false;
+    std::string name;             // the job's
+    int restarts = 0;             // of the job, before this attempt
+    bool has_progress = false;
+    proto::JobProgress progress;  // the latest step rank 0 reported
   };
   struct Queued {
     QueuedJob job;
@@ -142,6 +155,8 @@ class Service::Impl {
   };
 
   void Accept();
+  void AcceptHttp();
+  std::string Metrics();
   void Tick();
   void Shutdown();
   void Fatal(const Status& st);
@@ -172,6 +187,10 @@ class Service::Impl {
   Clock* clock_;
   asio::io_context io_;
   tcp::acceptor acceptor_;
+  tcp::acceptor http_acceptor_;
+  int http_port_ = -1;
+  // Open HTTP connections; shared with them, as one may outlive the loop (destroyed with it).
+  std::shared_ptr<int> http_sessions_ = std::make_shared<int>(0);
   asio::signal_set signals_;
   asio::steady_timer tick_;
   int port_ = 0;
@@ -182,6 +201,8 @@ class Service::Impl {
   std::map<uint64_t, Attempt> attempts_;  // open attempts by epoch
   std::map<uint64_t, Queued> queued_;     // queued jobs by id
   std::map<uint64_t, uint64_t> epoch_job_;  // every epoch known this run -> its job (late log lines)
+  std::vector<WorkerRecord> unsaved_workers_;  // registrations not yet in the state (written per tick)
+  uint64_t heartbeats_ = 0;
   bool dirty_ = true;                     // something changed that may let a job start
   bool stopping_ = false;
   Status fatal_;
@@ -377,6 +398,8 @@ Status Service::Impl::Init() {
     a.time_limit_ms = j->spec.time_limit_ms;
     a.reattaching = true;
     a.reattach_deadline_ms = now + o_.reattach_grace_ms;
+    a.name = j->spec.name;
+    a.restarts = j->restarts;
     attempts_[r.epoch] = std::move(a);
     epoch_job_[r.epoch] = r.job_id;
     COHORT_LOG_INFO("coordinator: job {} attempt (epoch {}) was running on {}: waiting up to {} ms for its workers",
@@ -405,6 +428,20 @@ Status Service::Impl::Init() {
                                           std::to_string(o_.listen_port) + ": " + ec.message());
   }
   port_ = acceptor_.local_endpoint().port();
+  if (!o_.http_host.empty()) {
+    const auto haddr = asio::ip::make_address(o_.http_host, ec);
+    if (ec) return InvalidArgument("coordinator: http address '" + o_.http_host + "': " + ec.message());
+    const tcp::endpoint hep(haddr, static_cast<unsigned short>(o_.http_port));
+    http_acceptor_.open(hep.protocol(), ec);
+    if (!ec) http_acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) http_acceptor_.bind(hep, ec);
+    if (!ec) http_acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      return Status(Code::kUnavailable, "coordinator: cannot serve HTTP on " + o_.http_host + ":" +
+                                            std::to_string(o_.http_port) + ": " + ec.message());
+    }
+    http_port_ = http_acceptor_.local_endpoint().port();
+  }
   if (o_.advertise_host.empty()) {
     o_.advertise_host = addr.is_unspecified() ? "127.0.0.1" : o_.listen_host;
   }
@@ -423,7 +460,9 @@ Status Service::Impl::Run() {
     });
   }
   COHORT_LOG_INFO("coordinator: listening on {}:{}, state in {}", o_.listen_host, port_, o_.state_dir);
+  if (http_port_ >= 0) COHORT_LOG_INFO("coordinator: HTTP (/metrics, /api/jobs, /api/workers) on {}:{}", o_.http_host, http_port_);
   Accept();
+  if (http_port_ >= 0) AcceptHttp();
   Tick();
   io_.run();
   return fatal_;
@@ -434,6 +473,7 @@ void Service::Impl::Shutdown() {
   stopping_ = true;
   error_code ec;
   acceptor_.close(ec);
+  http_acceptor_.close(ec);
   signals_.cancel(ec);
   tick_.cancel();
   // Copy: closing removes sessions from the table.
@@ -669,9 +709,23 @@ void Service::Impl::HandleWorker(const std::shared_ptr<Session>& s, const proto:
   Worker& w = it->second;
   w.last_seen_ms = clock_->NowMs();
   switch (e.body_case()) {
-    case proto::Envelope::kHeartbeat:
+    case proto::Envelope::kHeartbeat: {
+      ++heartbeats_;
       NoteRunning(w, e.heartbeat().running());
+      for (const proto::JobProgress& p : e.heartbeat().progress()) {
+        auto it = attempts_.find(p.epoch());
+        if (it != attempts_.end() && it->second.job_id == p.job_id()) {
+          it->second.progress = p;
+          it->second.has_progress = true;
+        }
+      }
+      // Acknowledged, so an agent (or a benchmark) sees the round trip.
+      proto::Envelope ack;
+      ack.set_request_id(e.request_id());
+      ack.mutable_heartbeat_ack();
+      if (auto self = w.session.lock()) self->Send(ack);
       return;
+    }
     case proto::Envelope::kRankExited:
       RankExited(w, e);
       return;
@@ -695,7 +749,9 @@ void Service::Impl::Register(const std::shared_ptr<Session>& s, const proto::Env
     return;
   }
   const int64_t now = clock_->NowMs();
-  if (Status st = store_->UpsertWorker(r.name(), r.slots(), r.gpus(), now); !st.ok()) return Fatal(st);
+  // Written with the other registrations of this tick, in one transaction: a worker's record only
+  // says what it was last seen with, and it registers again after any restart.
+  unsaved_workers_.push_back({r.name(), r.slots(), r.gpus(), now});
   Worker& w = workers_[r.name()];
   if (auto old = w.session.lock(); old && old != s) old->Close("worker " + r.name() + " registered again");
   w.name = r.name();
@@ -885,6 +941,8 @@ void Service::Impl::StartJob(const Start& start) {
   a.ranks = j->spec.ranks;
   a.started_ms = now;
   a.time_limit_ms = j->spec.time_limit_ms;
+  a.name = j->spec.name;
+  a.restarts = j->restarts;
   attempts_[a.epoch] = a;
   epoch_job_[a.epoch] = a.job_id;
   COHORT_LOG_INFO("coordinator: job {} attempt {} (epoch {}) starts on {}{}", a.job_id, j->restarts + 1, a.epoch,
@@ -995,6 +1053,10 @@ void Service::Impl::WorkerDown(Worker& w, const std::string& why) {
 
 void Service::Impl::Tick() {
   if (stopping_) return;
+  if (!unsaved_workers_.empty()) {
+    if (Status st = store_->UpsertWorkers(unsaved_workers_); !st.ok()) return Fatal(st);
+    unsaved_workers_.clear();
+  }
   const int64_t now = clock_->NowMs();
   for (auto& [name, w] : workers_) {
     if (w.connected && w.up && now - w.last_seen_ms > o_.heartbeat_timeout_ms) {
@@ -1032,6 +1094,235 @@ void Service::Impl::Tick() {
   });
 }
 
+// ---- HTTP: /metrics (Prometheus text format) and a JSON API ---------------------------------------
+
+namespace {
+
+// One HTTP request per connection (Connection: close), read with Beast under a 10 s deadline.
+class HttpSession : public std::enable_shared_from_this<HttpSession> {
+ public:
+  HttpSession(Service::Impl* svc, tcp::socket sock, std::shared_ptr<int> count)
+      : svc_(svc), stream_(std::move(sock)), count_(std::move(count)) {
+    ++*count_;
+    parser_.header_limit(8192);
+    parser_.body_limit(4096);
+  }
+  ~HttpSession() { --*count_; }
+
+  void Start() {
+    stream_.expires_after(std::chrono::seconds(10));
+    http::async_read(stream_, buf_, parser_, [self = shared_from_this()](const error_code& ec, size_t) {
+      if (ec) return self->Close();
+      self->res_ = self->svc_->HandleHttp(self->parser_.get());
+      self->res_.keep_alive(false);
+      self->res_.prepare_payload();
+      http::async_write(self->stream_, self->res_, [self](const error_code&, size_t) { self->Close(); });
+    });
+  }
+
+ private:
+  void Close() {
+    error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.close();
+  }
+
+  Service::Impl* svc_;
+  beast::tcp_stream stream_;
+  std::shared_ptr<int> count_;
+  beast::flat_buffer buf_;
+  http::request_parser<http::string_body> parser_;
+  http::response<http::string_body> res_;
+};
+
+std::string StateLabel(JobState s) { return std::string(JobStateName(s)); }
+
+}  // namespace
+
+void Service::Impl::AcceptHttp() {
+  http_acceptor_.async_accept([this](const error_code& ec, tcp::socket sock) {
+    if (stopping_ || ec == asio::error::operation_aborted) return;
+    if (!ec) {
+      if (*http_sessions_ >= 64) {
+        error_code ignored;
+        sock.close(ignored);
+      } else {
+        std::make_shared<HttpSession>(this, std::move(sock), http_sessions_)->Start();
+      }
+    }
+    AcceptHttp();
+  });
+}
+
+std::string Service::Impl::Metrics() {
+  std::ostringstream m;
+  auto gauge = [&m](const char* name, const char* help, const char* type = "gauge") {
+    m << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n';
+  };
+  const int64_t now = clock_->NowMs();
+  size_t waiting = 0;
+  for (const auto& [id, q] : queued_) waiting += q.not_before_ms <= now ? 1 : 0;
+  gauge("cohort_queue_length", "Jobs waiting to start (not counting those in a restart backoff).");
+  m << "cohort_queue_length " << waiting << '\n';
+  gauge("cohort_jobs_backing_off", "Requeued jobs waiting out their restart backoff.");
+  m << "cohort_jobs_backing_off " << queued_.size() - waiting << '\n';
+  gauge("cohort_jobs_running", "Jobs with a running attempt.");
+  m << "cohort_jobs_running " << attempts_.size() << '\n';
+  if (auto counts = store_->CountJobs(); counts.ok()) {
+    gauge("cohort_jobs", "Jobs by state, ended ones included.");
+    for (const auto& [state, n] : *counts) m << "cohort_jobs{state=\"" << StateLabel(state) << "\"} " << n << '\n';
+  }
+  int up = 0, down = 0;
+  long slots = 0, used = 0;
+  for (const auto& [name, w] : workers_) {
+    if (w.up && w.connected) {
+      ++up;
+      slots += w.slots;
+    } else {
+      ++down;
+    }
+  }
+  for (const auto& [epoch, a] : attempts_) {
+    for (const Placement& p : a.placements) used += p.count;
+  }
+  gauge("cohort_workers_up", "Workers registered and heartbeating.");
+  m << "cohort_workers_up " << up << '\n';
+  gauge("cohort_workers_down", "Workers known but not up.");
+  m << "cohort_workers_down " << down << '\n';
+  gauge("cohort_slots", "Rank slots of the workers that are up, and those held by running attempts.");
+  m << "cohort_slots{kind=\"total\"} " << slots << "\ncohort_slots{kind=\"used\"} " << used << '\n';
+  gauge("cohort_heartbeats_received_total", "Worker heartbeats handled since the coordinator started.", "counter");
+  m << "cohort_heartbeats_received_total " << heartbeats_ << '\n';
+  // Per running job: restarts always; training progress when its rank 0 reported some.
+  gauge("cohort_job_restarts", "Attempts of the job started after its first.");
+  for (const auto& [epoch, a] : attempts_) {
+    m << "cohort_job_restarts{job=\"" << a.job_id << "\",name=\"" << a.name << "\"} " << a.restarts << '\n';
+  }
+  struct Series {
+    const char* name;
+    const char* help;
+    const char* type;
+    double (*get)(const proto::JobProgress&);
+  };
+  const Series series[] = {
+      {"cohort_job_step", "The job's last completed training step.", "gauge",
+       [](const proto::JobProgress& p) { return static_cast<double>(p.step()); }},
+      {"cohort_job_loss", "Training loss at that step.", "gauge", [](const proto::JobProgress& p) { return p.loss(); }},
+      {"cohort_job_tokens_per_second", "Training throughput of all the job's ranks together.", "gauge",
+       [](const proto::JobProgress& p) { return p.tokens_per_s(); }},
+      {"cohort_job_data_wait_ratio", "Share of that step spent waiting for data.", "gauge",
+       [](const proto::JobProgress& p) { return p.step_ms() > 0 ? p.data_ms() / p.step_ms() : 0.0; }},
+      {"cohort_job_checkpoint_stall_seconds_total", "Training time stalled by checkpoint saves, this attempt.",
+       "counter", [](const proto::JobProgress& p) { return p.checkpoint_stall_ms() / 1000.0; }},
+      {"cohort_job_checkpoints_total", "Checkpoints committed by this attempt.", "counter",
+       [](const proto::JobProgress& p) { return static_cast<double>(p.checkpoints()); }},
+  };
+  for (const Series& x : series) {
+    gauge(x.name, x.help, x.type);
+    for (const auto& [epoch, a] : attempts_) {
+      if (!a.has_progress) continue;
+      m << x.name << "{job=\"" << a.job_id << "\",name=\"" << a.name << "\"} " << x.get(a.progress) << '\n';
+    }
+  }
+  return m.str();
+}
+
+http::response<http::string_body> Service::Impl::HandleHttp(const http::request<http::string_body>& req) {
+  http::response<http::string_body> res;
+  res.version(req.version());
+  res.set(http::field::server, "cohort-coordinator");
+  auto reply = [&res](http::status code, const std::string& type, std::string body) {
+    res.result(code);
+    res.set(http::field::content_type, type);
+    res.body() = std::move(body);
+    return res;
+  };
+  auto json_error = [&](http::status code, const std::string& message) {
+    return reply(code, "application/json", nlohmann::json{{"error", message}}.dump() + "\n");
+  };
+  if (req.method() != http::verb::get) return json_error(http::status::method_not_allowed, "only GET is served");
+  const std::string target(req.target());
+  const std::string path = target.substr(0, target.find('?'));
+  if (path == "/metrics") return reply(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", Metrics());
+  if (path == "/api/workers") {
+    std::map<std::string, int> used;
+    for (const auto& [epoch, a] : attempts_) {
+      for (const Placement& p : a.placements) used[p.worker] += p.count;
+    }
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& [name, w] : workers_) {
+      out.push_back({{"name", name}, {"slots", w.slots}, {"gpus", w.gpus}, {"used_slots", used[name]},
+                     {"up", w.up && w.connected}, {"address", w.address}, {"last_heartbeat_unix_ms", w.last_seen_ms}});
+    }
+    return reply(http::status::ok, "application/json", out.dump() + "\n");
+  }
+  auto job_json = [this](const JobRecord& j) {
+    nlohmann::json x = {{"id", j.id},
+                        {"name", j.spec.name},
+                        {"state", std::string(JobStateName(j.state))},
+                        {"ranks", j.spec.ranks},
+                        {"priority", j.spec.priority},
+                        {"max_restarts", j.spec.max_restarts},
+                        {"restarts", j.restarts},
+                        {"submitted_unix_ms", j.submitted_ms},
+                        {"updated_unix_ms", j.updated_ms},
+                        {"message", j.message}};
+    if (j.open_epoch != 0) {
+      auto it = attempts_.find(j.open_epoch);
+      if (it != attempts_.end() && it->second.has_progress) {
+        const proto::JobProgress& p = it->second.progress;
+        x["progress"] = {{"step", p.step()},
+                         {"loss", p.loss()},
+                         {"tokens_per_s", p.tokens_per_s()},
+                         {"step_ms", p.step_ms()},
+                         {"data_ms", p.data_ms()},
+                         {"checkpoint_stall_ms", p.checkpoint_stall_ms()},
+                         {"checkpoints", p.checkpoints()}};
+      }
+    }
+    return x;
+  };
+  if (path == "/api/jobs") {
+    Result<std::vector<JobRecord>> jobs = store_->Jobs();
+    if (!jobs.ok()) return json_error(http::status::internal_server_error, jobs.status().message());
+    nlohmann::json out = nlohmann::json::array();
+    for (const JobRecord& j : *jobs) out.push_back(job_json(j));
+    return reply(http::status::ok, "application/json", out.dump() + "\n");
+  }
+  const std::string prefix = "/api/jobs/";
+  if (path.rfind(prefix, 0) == 0) {
+    const std::string id = path.substr(prefix.size());
+    if (id.empty() || id.size() > 19 || id.find_first_not_of("0123456789") != std::string::npos) {
+      return json_error(http::status::bad_request, "expected /api/jobs/<id>");
+    }
+    Result<JobRecord> j = store_->Job(std::stoull(id));
+    if (!j.ok()) {
+      return json_error(j.status().code() == Code::kNotFound ? http::status::not_found
+                                                              : http::status::internal_server_error,
+                        j.status().message());
+    }
+    nlohmann::json x = job_json(*j);
+    Result<std::vector<AttemptRecord>> attempts = store_->Attempts(j->id);
+    if (!attempts.ok()) return json_error(http::status::internal_server_error, attempts.status().message());
+    x["attempts"] = nlohmann::json::array();
+    for (const AttemptRecord& a : *attempts) {
+      nlohmann::json placements = nlohmann::json::array();
+      for (const Placement& p : a.placements) {
+        placements.push_back({{"worker", p.worker}, {"first_rank", p.first_rank}, {"count", p.count}});
+      }
+      x["attempts"].push_back({{"epoch", a.epoch},
+                               {"placements", placements},
+                               {"started_unix_ms", a.started_ms},
+                               {"ended_unix_ms", a.ended_ms},
+                               {"exit_rank", a.exit_rank},
+                               {"exit_status", a.exit_status},
+                               {"log_tail", a.log_tail}});
+    }
+    return reply(http::status::ok, "application/json", x.dump() + "\n");
+  }
+  return json_error(http::status::not_found, "no such path: " + path + " (try /metrics, /api/jobs, /api/workers)");
+}
+
 // ---- the public face ---------------------------------------------------------------------------
 
 Service::Service(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -1047,6 +1338,7 @@ Result<std::unique_ptr<Service>> Service::Create(const ServiceOptions& options, 
 Status Service::Run() { return impl_->Run(); }
 void Service::Stop() { impl_->Stop(); }
 int Service::port() const { return impl_->port(); }
+int Service::http_port() const { return impl_->http_port(); }
 
 // ---- coordinator.yaml --------------------------------------------------------------------------
 
@@ -1101,6 +1393,13 @@ Result<ServiceOptions> LoadServiceOptions(const std::string& path) {
         o.state_dir = resolve(v.as<std::string>());
       } else if (key == "listen") {
         RETURN_IF_ERROR(ParseHostPort(v.as<std::string>(), where, &o.listen_host, &o.listen_port, /*allow_any_port=*/true));
+      } else if (key == "http") {
+        const std::string x = v.as<std::string>();
+        if (x.empty() || x == "off") {
+          o.http_host.clear();
+        } else {
+          RETURN_IF_ERROR(ParseHostPort(x, where, &o.http_host, &o.http_port, /*allow_any_port=*/true));
+        }
       } else if (key == "advertise") {
         o.advertise_host = v.as<std::string>();
       } else if (key == "user_token_file") {
@@ -1131,7 +1430,7 @@ Result<ServiceOptions> LoadServiceOptions(const std::string& path) {
         ASSIGN_OR_RETURN(int64_t n, ms(1, 1024, 65000));
         o.master_port_base = static_cast<int>(n);
       } else {
-        return InvalidArgument(where + ": unknown key (allowed: state_dir, listen, advertise, user_token_file, "
+        return InvalidArgument(where + ": unknown key (allowed: state_dir, listen, http, advertise, user_token_file, "
                                "worker_token_file, heartbeat_interval_ms, heartbeat_timeout_s, reattach_grace_s, "
                                "handshake_timeout_s, idle_timeout_s, restart_backoff_s, restart_backoff_max_s, "
                                "max_connections, max_frame_bytes, master_port_base)");

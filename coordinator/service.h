@@ -26,6 +26,9 @@
 //    Every job's ranks also get the torchrun-style environment (RANK, WORLD_SIZE, LOCAL_RANK,
 //    LOCAL_WORLD_SIZE, MASTER_ADDR = the address of rank 0's worker, MASTER_PORT).
 //  - Logs: workers stream their ranks' output; it is kept under <state_dir>/logs/<job>/.
+//  - Observability: heartbeats carry the latest training step of each job's rank 0 (step, loss,
+//    tokens/s, data wait, checkpoint stall); an HTTP port serves them with the queue, workers and
+//    slots as Prometheus metrics, and jobs and workers as JSON.
 #pragma once
 
 #include <cstdint>
@@ -61,6 +64,10 @@ struct ServiceOptions {
   std::string state_dir;                // required: state.db and logs/
   std::string listen_host = "127.0.0.1";
   int listen_port = 7450;               // 0: any free port (see Service::port)
+  // HTTP: /metrics (Prometheus text format), /api/jobs, /api/jobs/<id>, /api/workers (JSON).
+  // Unauthenticated, read-only: keep it on loopback or a trusted network. "" = off.
+  std::string http_host = "127.0.0.1";
+  int http_port = 7451;                 // 0: any free port (see Service::http_port)
   std::string user_token;               // empty: no user may connect
   std::string worker_token;             // empty: no worker may connect
   // The address ranks use to reach the coordinator's rendezvous stores; "" = listen_host, or
@@ -98,7 +105,8 @@ class Service {
   // Ends Run() soon; callable from any thread.
   void Stop();
 
-  int port() const;  // the bound port of the protocol listener
+  int port() const;       // the bound port of the protocol listener
+  int http_port() const;  // the bound HTTP port; -1 when off
 
   class Impl;
 

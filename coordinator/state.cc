@@ -322,6 +322,15 @@ Result<std::vector<JobRecord>> StateStore::Jobs() {
   return out;
 }
 
+Result<std::vector<std::pair<JobState, int64_t>>> StateStore::CountJobs() {
+  Stmt q(db_, "SELECT state, count(*) FROM jobs GROUP BY state");
+  std::vector<std::pair<JobState, int64_t>> out;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) out.emplace_back(ParseState(q.Text(0)), q.Int(1));
+  if (rc != SQLITE_DONE) return Fail("counting jobs");
+  return out;
+}
+
 namespace {
 
 Status ReadPlacements(sqlite3* db, AttemptRecord* a, const std::function<Status(const std::string&)>& fail) {
@@ -497,14 +506,32 @@ Result<uint64_t> StateStore::CancelJob(uint64_t job_id, const std::string& messa
 }
 
 Status StateStore::UpsertWorker(const std::string& name, int slots, int gpus, int64_t now_ms) {
-  if (name.empty()) return InvalidArgument("worker: empty name");
-  if (slots < 0 || gpus < 0) return InvalidArgument("worker " + name + ": negative slots or GPUs");
-  Stmt q(db_,
-         "INSERT INTO workers(name, slots, gpus, registered_ms) VALUES(?, ?, ?, ?) "
-         "ON CONFLICT(name) DO UPDATE SET slots = excluded.slots, gpus = excluded.gpus, "
-         "registered_ms = excluded.registered_ms");
-  q.Bind(1, name).Bind(2, slots).Bind(3, gpus).Bind(4, now_ms);
-  if (q.Step() != SQLITE_DONE) return Fail("registering worker " + name);
+  return UpsertWorkers({{name, slots, gpus, now_ms}});
+}
+
+Status StateStore::UpsertWorkers(const std::vector<WorkerRecord>& workers) {
+  for (const WorkerRecord& w : workers) {
+    if (w.name.empty()) return InvalidArgument("worker: empty name");
+    if (w.slots < 0 || w.gpus < 0) return InvalidArgument("worker " + w.name + ": negative slots or GPUs");
+  }
+  if (workers.empty()) return Status::Ok();
+  RETURN_IF_ERROR(Begin());
+  for (const WorkerRecord& w : workers) {
+    Stmt q(db_,
+           "INSERT INTO workers(name, slots, gpus, registered_ms) VALUES(?, ?, ?, ?) "
+           "ON CONFLICT(name) DO UPDATE SET slots = excluded.slots, gpus = excluded.gpus, "
+           "registered_ms = excluded.registered_ms");
+    q.Bind(1, w.name).Bind(2, w.slots).Bind(3, w.gpus).Bind(4, w.registered_ms);
+    if (q.Step() != SQLITE_DONE) {
+      Status st = Fail("registering worker " + w.name);
+      Rollback();
+      return st;
+    }
+  }
+  if (Status st = Commit(); !st.ok()) {
+    Rollback();
+    return st;
+  }
   return Status::Ok();
 }
 

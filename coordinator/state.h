@@ -97,6 +97,8 @@ class StateStore {
   Result<JobRecord> Job(uint64_t id);
   // Every job, in id order (ended ones too).
   Result<std::vector<JobRecord>> Jobs();
+  // How many jobs are in each state (for metrics), without reading them.
+  Result<std::vector<std::pair<JobState, int64_t>>> CountJobs();
   Result<std::vector<AttemptRecord>> Attempts(uint64_t job_id);
   // Attempts not yet ended, with their jobs RUNNING (what a restarted coordinator must re-attach).
   Result<std::vector<AttemptRecord>> OpenAttempts();
@@ -127,6 +129,9 @@ class StateStore {
   // Records a worker's registration (heartbeats are kept in memory, not here: at thousands of
   // workers a durable write per heartbeat would be thousands of fsyncs a second).
   Status UpsertWorker(const std::string& name, int slots, int gpus, int64_t now_ms);
+  // Several registrations in one transaction (one fsync): a coordinator that thousands of workers
+  // register with at once (after its restart) writes them in batches.
+  Status UpsertWorkers(const std::vector<WorkerRecord>& workers);
   Result<std::vector<WorkerRecord>> Workers();
 
   const std::string& path() const { return path_; }

@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "common/logging.h"
 #include "coordinator/client.h"
 
@@ -166,6 +168,16 @@ class Agent::Impl {
   // RankExited reports not yet acknowledged, by the request id they were last sent with.
   std::map<uint64_t, proto::RankExited> unacked_;
   std::deque<proto::RankExited> unsent_;
+  // The built-in trainer's metrics file of each attempt whose rank 0 runs here (job, epoch).
+  struct Progress {
+    std::string path;
+    uint64_t offset = 0;
+    std::string partial;
+    bool have = false;
+    proto::JobProgress latest;
+  };
+  std::map<std::pair<uint64_t, uint64_t>, Progress> progress_;
+  void ReadProgress(Progress& p);
   bool ever_registered_ = false;
   Status fatal_;  // a refusal at start: Run() ends with it
 };
@@ -274,6 +286,8 @@ void Agent::Impl::Handle(const proto::Envelope& e) {
     case proto::Envelope::kAck:
       unacked_.erase(e.request_id());
       return;
+    case proto::Envelope::kHeartbeatAck:
+      return;
     case proto::Envelope::kError:
       COHORT_LOG_WARN("worker {}: the coordinator refused request {}: {}", o_.name, e.request_id(), e.error().message());
       unacked_.erase(e.request_id());
@@ -323,7 +337,12 @@ void Agent::Impl::Launch(const proto::LaunchRanks& l) {
 Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank, int local_size,
                           const std::string& spec_path) {
   std::vector<std::string> argv(l.argv().begin(), l.argv().end());
-  if (argv.empty()) argv = {o_.self_exe, "train", spec_path, "--resume=auto"};
+  if (argv.empty()) {
+    // The built-in trainer; its rank 0 writes a line of metrics per step, read for heartbeats.
+    const std::string metrics = spec_path.substr(0, spec_path.size() - 5) + ".metrics.jsonl";
+    argv = {o_.self_exe, "train", spec_path, "--resume=auto", "--metrics", metrics};
+    if (rank == 0) progress_[{l.job_id(), l.epoch()}].path = metrics;
+  }
   // The environment: ours, then the job's, then the rank's own (later entries win).
   std::map<std::string, std::string> env;
   for (char** p = environ; *p != nullptr; ++p) {
@@ -469,6 +488,7 @@ void Agent::Impl::Report(Rank& r) {
     x.set_log_tail(r.out->tail);
   }
   COHORT_LOG_INFO("worker {}: job {} epoch {} rank {} exited with status {}", o_.name, r.job, r.epoch, r.rank, r.status);
+  if (r.rank == 0) progress_.erase({r.job, r.epoch});
   unsent_.push_back(std::move(x));
   SendPendingExits();
 }
@@ -499,8 +519,58 @@ void Agent::Impl::SendHeartbeat() {
   next_heartbeat_ = Clock::now() + heartbeat_interval_;
   proto::Envelope e;
   RunningList(e.mutable_heartbeat()->mutable_running());
+  for (auto& [key, p] : progress_) {
+    ReadProgress(p);
+    if (!p.have) continue;
+    p.latest.set_job_id(key.first);
+    p.latest.set_epoch(key.second);
+    *e.mutable_heartbeat()->add_progress() = p.latest;
+  }
   Send(std::move(e));
 }
+
+// Reads what the trainer appended to its metrics file since the last heartbeat; keeps the last
+// complete step line. A line that does not parse is skipped (it is the trainer's file, not input
+// the agent must trust to run).
+void Agent::Impl::ReadProgress(Progress& p) {
+  std::ifstream in(p.path, std::ios::binary);
+  if (!in) return;
+  in.seekg(0, std::ios::end);
+  const auto size = static_cast<uint64_t>(in.tellg());
+  if (size < p.offset) p.offset = 0;  // rewritten
+  if (size == p.offset) return;
+  const uint64_t n = std::min<uint64_t>(size - p.offset, 1 << 20);
+  std::string data(n, '\0');
+  in.seekg(static_cast<std::streamoff>(p.offset));
+  in.read(data.data(), static_cast<std::streamsize>(n));
+  data.resize(static_cast<size_t>(in.gcount()));
+  p.offset += data.size();
+  p.partial += data;
+  const size_t end = p.partial.rfind('\n');
+  if (end == std::string::npos) return;
+  const std::string lines = p.partial.substr(0, end + 1);
+  p.partial.erase(0, end + 1);
+  // The newest step line (the last one may be the run's summary, which has no "step").
+  size_t stop = lines.size() - 1;  // the '\n' ending the line being looked at
+  while (stop != std::string::npos && stop > 0) {
+    const size_t nl = lines.rfind('\n', stop - 1);
+    const size_t begin = nl == std::string::npos ? 0 : nl + 1;
+    nlohmann::json j = nlohmann::json::parse(lines.substr(begin, stop - begin), nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("step") && j["step"].is_number_integer()) {
+      p.latest.set_step(j["step"].get<int64_t>());
+      p.latest.set_loss(j.value("loss", 0.0));
+      p.latest.set_tokens_per_s(j.value("tokens_per_s", 0.0));
+      p.latest.set_step_ms(j.value("step_ms", 0.0));
+      p.latest.set_data_ms(j.value("data_ms", 0.0));
+      p.latest.set_checkpoint_stall_ms(j.value("ckpt_stall_ms", 0.0));
+      p.latest.set_checkpoints(j.value("ckpts", int64_t{0}));
+      p.have = true;
+      return;
+    }
+    stop = nl;
+  }
+}
+
 
 Status Agent::Impl::Run() {
   COHORT_LOG_INFO("worker {}: {} slots, coordinator {}:{}, work directory {}", o_.name, o_.slots, o_.coordinator_host,

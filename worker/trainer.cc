@@ -667,6 +667,10 @@ Result<TrainSummary> TrainOnThisRank(const config::JobSpec& spec, const TrainOpt
         exposed_total += m.comm_exposed_seconds;
       }
     }
+    if (checkpointer) {
+      m.checkpoint_stall_seconds = checkpointer->stats().total_stall_seconds;
+      m.checkpoints_committed = checkpointer->stats().committed;
+    }
     if (options.on_step) options.on_step(m);
 
     const bool last = step + 1 == spec.train.steps;

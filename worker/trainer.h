@@ -44,6 +44,8 @@ struct StepMetrics {
   double tokens_per_second = 0;  // global: all ranks together
   double comm_seconds = 0;       // gradient reduction time on the communication thread
   double comm_exposed_seconds = 0;  // part of it not hidden behind backward
+  double checkpoint_stall_seconds = 0;  // training stalled for checkpoints so far, all saves together
+  int64_t checkpoints_committed = 0;    // by this run so far
 };
 
 struct TrainOptions {

@@ -31,6 +31,7 @@ HB_TIMEOUT=3
 cat > coordinator.yaml <<EOF
 state_dir: $WORK/state
 listen: 127.0.0.1:0
+http: 127.0.0.1:0
 user_token_file: user.token
 worker_token_file: worker.token
 heartbeat_timeout_s: $HB_TIMEOUT
@@ -49,11 +50,12 @@ start_coordinator() {  # sets COORD_PID and (first time) PORT
     sleep 0.1
   done
   PORT=$(grep 'listening on' coord.out | tail -1 | sed 's/.*:\([0-9]*\)$/\1/')
+  HTTP_PORT=$(grep 'http on' coord.out | tail -1 | sed 's/.*:\([0-9]*\)$/\1/')
 }
 start_coordinator 1
 [ -n "$PORT" ] || { cat coord.err >&2; echo "coordinator did not start"; exit 1; }
-# Restarts listen on the same port.
-sed -i "s/^listen: .*/listen: 127.0.0.1:$PORT/" coordinator.yaml
+# Restarts listen on the same ports.
+sed -i "s/^listen: .*/listen: 127.0.0.1:$PORT/; s/^http: .*/http: 127.0.0.1:$HTTP_PORT/" coordinator.yaml
 export COHORT_COORDINATOR=127.0.0.1:$PORT COHORT_TOKEN_FILE=$WORK/user.token
 
 declare -A WPID
@@ -137,6 +139,42 @@ for i in $(seq 1 100); do
   [ -d ckpt-agentkill/step-000000200 ] && break
   sleep 0.1
 done
+# While it trains: the HTTP endpoint's metrics and JSON API.
+sleep 1.5  # a heartbeat carries the trainer's progress
+python3 - "$HTTP_PORT" "$AK" > http.out 2>&1 <<'PY' && pass "HTTP: /metrics and the JSON API describe the running job" || { fail "HTTP endpoint:"; cat http.out >&2; }
+import json, re, sys, urllib.request, urllib.error
+port, job = sys.argv[1], sys.argv[2]
+base = "http://127.0.0.1:%s" % port
+metrics = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+def value(name, labels=""):
+    m = re.search(r"^%s%s (\S+)$" % (re.escape(name), re.escape(labels)), metrics, re.M)
+    assert m, "no %s%s in /metrics:\n%s" % (name, labels, metrics)
+    return float(m.group(1))
+assert value("cohort_workers_up") == 2
+assert value("cohort_jobs_running") >= 1
+assert value("cohort_slots", '{kind="total"}') == 4
+lab = '{job="%s",name="agentkill"}' % job
+assert value("cohort_job_step", lab) >= 200, "step"
+assert 0 < value("cohort_job_loss", lab) < 10
+assert value("cohort_job_tokens_per_second", lab) > 0
+assert 0 <= value("cohort_job_data_wait_ratio", lab) <= 1
+assert value("cohort_job_checkpoints_total", lab) >= 1
+assert value("cohort_job_restarts", lab) == 0
+jobs = json.load(urllib.request.urlopen(base + "/api/jobs", timeout=10))
+mine = [j for j in jobs if str(j["id"]) == job][0]
+assert mine["state"] == "running" and mine["ranks"] == 2 and mine["progress"]["step"] >= 200, mine
+one = json.load(urllib.request.urlopen(base + "/api/jobs/" + job, timeout=10))
+assert len(one["attempts"]) == 1 and one["attempts"][0]["placements"][0]["count"] == 2, one
+workers = json.load(urllib.request.urlopen(base + "/api/workers", timeout=10))
+assert sorted(w["name"] for w in workers) == ["w1", "w2"] and all(w["up"] for w in workers), workers
+for path, code in (("/api/jobs/999999", 404), ("/nope", 404), ("/api/jobs/x", 400)):
+    try:
+        urllib.request.urlopen(base + path, timeout=10)
+        raise AssertionError(path + " answered 200")
+    except urllib.error.HTTPError as e:
+        assert e.code == code, (path, e.code)
+print("http ok")
+PY
 "$B" status "$AK" > st.txt
 VICTIM=$(grep -o 'on w[12]' st.txt | head -1 | cut -c4-)
 OTHER=$([ "$VICTIM" = w1 ] && echo w2 || echo w1)

@@ -151,18 +151,26 @@ int PeerFailure(const GlooOptions& o, const std::string& mode) {
   return 3;
 }
 
-int FreePort() {
+// A TCP port on 127.0.0.1 that was free a moment ago; 0 on failure.
+int PickFreePort() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof(a);
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    return 1;
+  int port = 0;
+  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
   }
-  std::printf("%d\n", ntohs(a.sin_port));
-  ::close(fd);
+  if (fd >= 0) ::close(fd);
+  return port;
+}
+
+int FreePort() {
+  const int port = PickFreePort();
+  if (port == 0) return 1;
+  std::printf("%d\n", port);
   return 0;
 }
 
@@ -185,7 +193,15 @@ int Bootstrap(const std::string& tmp) {
   o.size = 2;
   o.rank = 0;
   o.store = "http://x";
-  expect("unknown store scheme", o, Code::kInvalidArgument, "expected file:///dir or tcp://HOST:PORT", 1);
+  expect("unknown store scheme", o, Code::kInvalidArgument, "expected file:///dir, tcp://HOST:PORT or store://HOST:PORT", 1);
+  // store://: someone else serves the store, so rank 0 only connects; with nobody serving it, rank
+  // 0 too fails to reach it (a tcp:// store would have been served by rank 0 itself).
+  {
+    const int free_port = PickFreePort();
+    o.store = "store://127.0.0.1:" + std::to_string(free_port);
+    expect("store:// is not served by rank 0", o, Code::kUnavailable,
+           "127.0.0.1:" + std::to_string(free_port) + ": could not connect", 3);
+  }
   o.store = "file://relative/dir";
   expect("relative file store", o, Code::kInvalidArgument, "absolute path", 1);
   o.store = "tcp://127.0.0.1:99999";
