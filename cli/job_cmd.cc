@@ -200,6 +200,9 @@ void AddWorkerCommand(CLI::App& app, Context& ctx) {
   cmd->add_option("--slots", o->slots, "rank processes this node runs at once")->required()->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--gpus", o->gpus, "GPUs on this node")->check(CLI::Range(0, 1024));
   cmd->add_option("--name", o->name, "unique name of this node (default: the host name)");
+  cmd->add_option("--address", o->address,
+                  "address other nodes reach this node's ranks at (default: this side of the connection to the "
+                  "coordinator)");
   cmd->add_option("--work-dir", o->work_dir, "spec files and rank logs (default $TMPDIR/cohort-worker-NAME)");
   cmd->add_option("--stop-grace-s", *grace_s, "seconds between SIGTERM and SIGKILL when stopping a rank")
       ->check(CLI::Range(0, 3600));
@@ -333,7 +336,11 @@ void AddStatusCommand(CLI::App& app, Context& ctx) {
       }
       std::printf("  attempt %d (epoch %" PRIu64 "): %s .. %s on %s", ++n, a.epoch(), Utc(a.started_unix_ms()).c_str(),
                   a.ended_unix_ms() > 0 ? Utc(a.ended_unix_ms()).c_str() : "running", where.c_str());
-      if (a.exit_rank() >= 0) std::printf("; rank %d exited with status %d", a.exit_rank(), a.exit_status());
+      if (!a.message().empty()) {
+        std::printf(": %s", a.message().c_str());
+      } else if (a.exit_rank() >= 0) {
+        std::printf("; rank %d exited with status %d", a.exit_rank(), a.exit_status());
+      }
       std::printf("\n");
       if (!a.log_tail().empty()) {
         std::printf("    output of that rank, the end:\n");

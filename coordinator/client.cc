@@ -48,8 +48,11 @@ class Client::Impl {
       ec = e;
       done = true;
     });
-    RETURN_IF_ERROR(RunUntil(deadline, &done, "connecting to"));
-    if (ec) return Unavailable("cannot connect to the coordinator at " + peer_ + ": " + ec.message());
+    if (Status st = RunUntil(deadline, &done, "connecting to"); !st.ok()) {
+      // Closed, not just cancelled: a cancelled ranged connect would go on to the next address.
+      return Break(st);
+    }
+    if (ec) return Break(Unavailable("cannot connect to the coordinator at " + peer_ + ": " + ec.message()));
     sock_.set_option(tcp::no_delay(true), ec);
     proto::Envelope hello;
     hello.mutable_hello()->set_protocol_version(kProtocolVersion);
@@ -96,7 +99,8 @@ class Client::Impl {
       ec = e;
       done = true;
     });
-    RETURN_IF_ERROR(RunUntil(Clock::now() + timeout, &done, "sending to"));
+    // A send cut short leaves part of a frame on the wire: the stream is unusable after it.
+    if (Status st = RunUntil(Clock::now() + timeout, &done, "sending to"); !st.ok()) return Break(st);
     if (ec) return Break(Unavailable("lost the connection to the coordinator at " + peer_ + ": " + ec.message()));
     return id;
   }
@@ -116,6 +120,11 @@ class Client::Impl {
   }
 
   const std::string& peer() const { return peer_; }
+  std::string local_address() const {
+    error_code ec;
+    const auto ep = sock_.local_endpoint(ec);
+    return ec ? std::string() : ep.address().to_string();
+  }
 
  private:
   static Status Unavailable(std::string m) { return Status(Code::kUnavailable, std::move(m)); }
@@ -129,6 +138,8 @@ class Client::Impl {
 
   // Runs the loop until *done or the deadline; on the deadline cancels the operation (and waits
   // for its handler, which still refers to the caller's locals).
+  // On the deadline the operation is cancelled and its handler awaited (it refers to the caller's
+  // locals); the caller looks at the operation's error to see whether it completed anyway.
   Status RunUntil(Clock::time_point deadline, bool* done, const char* what) {
     io_.restart();
     while (!*done && Clock::now() < deadline) io_.run_one_until(deadline);
@@ -164,10 +175,10 @@ class Client::Impl {
         done = true;
       });
       Status st = RunUntil(deadline, &done, "waiting for");
-      if (!st.ok()) {
-        if (ec == asio::error::operation_aborted) return Status(Code::kDeadlineExceeded, st.message());
-        return st;
+      if (!st.ok() && (ec == asio::error::operation_aborted || ec)) {
+        return Status(Code::kDeadlineExceeded, st.message());
       }
+      // (A read that completed just as the deadline passed is kept: its bytes are fed below.)
       if (ec) {
         return Break(Unavailable("the coordinator at " + peer_ + " closed the connection" +
                                  (ec == asio::error::eof ? std::string() : ": " + ec.message())));
@@ -207,5 +218,6 @@ Result<std::optional<proto::Envelope>> Client::Receive(std::chrono::milliseconds
   return impl_->Receive(timeout);
 }
 std::string Client::peer() const { return impl_->peer(); }
+std::string Client::local_address() const { return impl_->local_address(); }
 
 }  // namespace cohort::coordinator

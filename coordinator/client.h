@@ -54,7 +54,8 @@ class Client {
   // none arrives within `timeout` (0: only what is already here).
   Result<std::optional<proto::Envelope>> Receive(std::chrono::milliseconds timeout);
 
-  std::string peer() const;  // "HOST:PORT"
+  std::string peer() const;           // "HOST:PORT"
+  std::string local_address() const;  // this side's address of the connection
 
   class Impl;
 

@@ -41,6 +41,10 @@ class RealClock : public Clock {
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
   }
+  int64_t SteadyMs() override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
 };
 
 bool SafeWorkerName(const std::string& s) {
@@ -119,18 +123,20 @@ class Service::Impl {
   void OnClosed(Session* s);
   const ServiceOptions& options() const { return o_; }
   asio::io_context& io() { return io_; }
+  std::vector<char>& read_buffer() { return read_buffer_; }
 
  private:
   struct Worker {
     std::string name;
     int slots = 0;
     int gpus = 0;
-    std::string address;  // where its ranks are reachable (the peer address of its connection)
+    std::string address;  // where its ranks are reachable (what it registered, else its peer address)
     std::weak_ptr<Session> session;
     bool connected = false;
     bool up = false;
-    int64_t last_seen_ms = 0;
-    int64_t disconnected_ms = 0;
+    int64_t last_seen_unix_ms = 0;  // for display
+    int64_t last_seen = 0;          // steady clock
+    int64_t disconnected = 0;       // steady clock
   };
   struct Attempt {
     uint64_t job_id = 0;
@@ -141,8 +147,10 @@ class Service::Impl {
     int64_t started_ms = 0;
     int64_t time_limit_ms = 0;
     bool reattaching = false;     // open when the coordinator (re)started
-    int64_t reattach_deadline_ms = 0;
+    int64_t reattach_deadline = 0;  // steady clock
     std::set<int> attached;       // ranks their workers reported running since the restart
+    int64_t launched = 0;         // steady clock: when LaunchRanks went out (0: before a restart)
+    std::map<int, int> missing;   // rank -> heartbeats in a row from its worker not listing it
     bool rendezvous = false;
     std::string name;             // the job's
     int restarts = 0;             // of the job, before this attempt
@@ -152,6 +160,11 @@ class Service::Impl {
   struct Queued {
     QueuedJob job;
     int64_t not_before_ms = 0;
+  };
+  // Slots of an ended attempt whose ranks may still be stopping, per worker.
+  struct Draining {
+    std::map<std::string, int> slots;
+    int64_t until = 0;  // steady clock
   };
 
   void Accept();
@@ -177,6 +190,8 @@ class Service::Impl {
   void StopRanks(const Attempt& a);
   void Forget(uint64_t epoch);
   void WorkerDown(Worker& w, const std::string& why);
+  void CheckReattached(Attempt& a);
+  std::map<std::string, int> UsedSlots() const;
   void Requeued(const JobRecord& j);
   bool SendTo(const std::string& worker, const proto::Envelope& e);
   void AppendLog(uint64_t job, int rank, const std::string& text);
@@ -194,6 +209,7 @@ class Service::Impl {
   asio::signal_set signals_;
   asio::steady_timer tick_;
   int port_ = 0;
+  std::vector<char> read_buffer_ = std::vector<char>(65536);
   std::unique_ptr<StateStore> store_;
   uint64_t next_session_ = 1;
   std::map<uint64_t, std::shared_ptr<Session>> sessions_;
@@ -202,6 +218,9 @@ class Service::Impl {
   std::map<uint64_t, Queued> queued_;     // queued jobs by id
   std::map<uint64_t, uint64_t> epoch_job_;  // every epoch known this run -> its job (late log lines)
   std::vector<WorkerRecord> unsaved_workers_;  // registrations not yet in the state (written per tick)
+  std::map<uint64_t, Draining> draining_;  // by epoch
+  asio::steady_timer accept_retry_{io_};
+  int64_t last_tick_ = 0;                 // steady clock
   uint64_t heartbeats_ = 0;
   bool dirty_ = true;                     // something changed that may let a job start
   bool stopping_ = false;
@@ -238,30 +257,40 @@ class Session : public std::enable_shared_from_this<Session> {
     if (role == proto::ROLE_WORKER) timer_.cancel();
   }
 
-  void Send(const proto::Envelope& e) {
-    if (closed_) return;
+  // Queues a frame. False (logged) if it cannot go out: the connection is closed, the message
+  // breaks the frame limits, or the peer does not read (the connection is then closed).
+  bool Send(const proto::Envelope& e) {
+    if (closed_) return false;
     std::string frame;
     Status st = AppendFrame(e, svc_->options().limits, &frame);
     if (!st.ok()) {
       COHORT_LOG_ERROR("coordinator: not sending a {} to {}: {}", BodyName(e), peer, st.ToString());
-      return;
+      return false;
     }
     out_bytes_ += frame.size();
     out_.push_back(std::move(frame));
     // A peer that does not read what it asked for is cut off rather than buffered without end.
     if (out_bytes_ > 64 * svc_->options().limits.max_frame_bytes) {
       Close("does not read its replies (" + std::to_string(out_bytes_) + " bytes queued)");
-      return;
+      return false;
     }
     if (!writing_) Write();
+    return true;
   }
 
   void SendError(uint64_t request_id, const Status& st) {
     proto::Envelope e;
     e.set_request_id(request_id);
     e.mutable_error()->set_code(static_cast<uint32_t>(st.code()));
-    e.mutable_error()->set_message(st.message());
+    e.mutable_error()->set_message(st.message().substr(0, 65536));
     Send(e);
+  }
+
+  // A reply, or an error naming why it could not be sent (too large for a frame).
+  void Reply(const proto::Envelope& e) {
+    if (closed_ || Send(e) || closed_) return;
+    SendError(e.request_id(), InvalidArgument("the reply (" + std::string(BodyName(e)) +
+                                              ") is over the frame limits; ask for less"));
   }
 
   // Sends what is queued, then closes (a refused handshake: the error reaches the client).
@@ -297,9 +326,19 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
+  // Waits for the socket to be readable, then reads what is there into the service's one buffer
+  // (the loop has one thread): an idle connection holds no read buffer of its own, which matters
+  // at ten thousand workers.
   void Read() {
-    sock_.async_read_some(asio::buffer(buf_), [self = shared_from_this()](const error_code& ec, size_t n) {
-      self->OnRead(ec, n);
+    sock_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](const error_code& ec) {
+      if (self->closed_) return;
+      if (ec) return self->OnRead(ec, 0);
+      std::vector<char>& buf = self->svc_->read_buffer();
+      error_code rec;
+      self->sock_.non_blocking(true, rec);
+      const size_t n = self->sock_.read_some(asio::buffer(buf), rec);
+      if (rec == asio::error::would_block) return self->Read();
+      self->OnRead(rec, n);
     });
   }
 
@@ -313,7 +352,7 @@ class Session : public std::enable_shared_from_this<Session> {
                 : ec.message());
       return;
     }
-    if (Status st = decoder_.Feed(buf_.data(), n); !st.ok()) {
+    if (Status st = decoder_.Feed(svc_->read_buffer().data(), n); !st.ok()) {
       Close(st.message());
       return;
     }
@@ -354,7 +393,6 @@ class Session : public std::enable_shared_from_this<Session> {
   tcp::socket sock_;
   asio::steady_timer timer_;
   FrameDecoder decoder_;
-  std::array<char, 65536> buf_;
   std::deque<std::string> out_;
   size_t out_bytes_ = 0;
   bool writing_ = false;
@@ -376,7 +414,8 @@ Status Service::Impl::Init() {
   ASSIGN_OR_RETURN(store_, StateStore::Open(o_.state_dir + "/state.db", o_.backoff));
 
   // The jobs as the last run left them.
-  const int64_t now = clock_->NowMs();
+  const int64_t steady = clock_->SteadyMs();
+  last_tick_ = steady;
   ASSIGN_OR_RETURN(std::vector<JobRecord> jobs, store_->Jobs());
   std::map<uint64_t, const JobRecord*> by_id;
   for (const JobRecord& j : jobs) {
@@ -397,9 +436,14 @@ Status Service::Impl::Init() {
     a.started_ms = r.started_ms;
     a.time_limit_ms = j->spec.time_limit_ms;
     a.reattaching = true;
-    a.reattach_deadline_ms = now + o_.reattach_grace_ms;
+    a.reattach_deadline = steady + o_.reattach_grace_ms;
     a.name = j->spec.name;
     a.restarts = j->restarts;
+    // Ranks that finished before the restart stay finished.
+    ASSIGN_OR_RETURN(auto exits, store_->RankExits(r.epoch));
+    for (const auto& [rank, status] : exits) {
+      if (status == 0) a.succeeded.insert(rank);
+    }
     attempts_[r.epoch] = std::move(a);
     epoch_job_[r.epoch] = r.job_id;
     COHORT_LOG_INFO("coordinator: job {} attempt (epoch {}) was running on {}: waiting up to {} ms for its workers",
@@ -412,7 +456,7 @@ Status Service::Impl::Init() {
     x.name = w.name;
     x.slots = w.slots;
     x.gpus = w.gpus;
-    x.disconnected_ms = now;
+    x.disconnected = steady;
   }
 
   error_code ec;
@@ -443,7 +487,11 @@ Status Service::Impl::Init() {
     http_port_ = http_acceptor_.local_endpoint().port();
   }
   if (o_.advertise_host.empty()) {
-    o_.advertise_host = addr.is_unspecified() ? "127.0.0.1" : o_.listen_host;
+    if (addr.is_unspecified()) {
+      return InvalidArgument("coordinator: listening on every address (" + o_.listen_host +
+                             "): set `advertise` to the address ranks on other nodes reach this host at");
+    }
+    o_.advertise_host = o_.listen_host;
   }
   return Status::Ok();
 }
@@ -505,6 +553,15 @@ void Service::Impl::Accept() {
       }
     } else if (ec == asio::error::operation_aborted) {
       return;
+    } else {
+      // Out of file descriptors (or another accept failure): the pending connection keeps the
+      // listener readable, so accepting again at once would spin. Retry shortly.
+      COHORT_LOG_WARN("coordinator: accept failed: {} (retrying in 100 ms)", ec.message());
+      accept_retry_.expires_after(std::chrono::milliseconds(100));
+      accept_retry_.async_wait([this](const error_code& e) {
+        if (!e && !stopping_) Accept();
+      });
+      return;
     }
     Accept();
   });
@@ -515,7 +572,7 @@ void Service::Impl::OnClosed(Session* s) {
     auto it = workers_.find(s->worker);
     if (it != workers_.end() && it->second.session.lock().get() == s) {
       it->second.connected = false;
-      it->second.disconnected_ms = clock_->NowMs();
+      it->second.disconnected = clock_->SteadyMs();
       COHORT_LOG_WARN("coordinator: worker {} disconnected; down unless it registers within {} ms", s->worker,
                       o_.heartbeat_timeout_ms);
     }
@@ -564,6 +621,13 @@ void Service::Impl::HandleUser(const std::shared_ptr<Session>& s, const proto::E
         s->SendError(rid, spec.status());
         return;
       }
+      // A launch lists a worker's ranks in one frame, within the repeated-field limit.
+      if (static_cast<size_t>(spec->launch.ranks) > o_.limits.max_repeated) {
+        s->SendError(rid, InvalidArgument(source + ": launch.ranks: " + std::to_string(spec->launch.ranks) +
+                                          " ranks, over this coordinator's limit of " +
+                                          std::to_string(o_.limits.max_repeated)));
+        return;
+      }
       NewJob n;
       n.name = spec->name;
       n.spec_yaml = e.submit().spec_yaml();
@@ -594,7 +658,7 @@ void Service::Impl::HandleUser(const std::shared_ptr<Session>& s, const proto::E
       // The newest ones when there are more than a reply may hold.
       const size_t n = jobs->size(), keep = std::min(n, o_.limits.max_repeated);
       for (size_t i = n - keep; i < n; ++i) FillSummary((*jobs)[i], r.mutable_job_list()->add_jobs());
-      s->Send(r);
+      s->Reply(r);
       return;
     }
     case proto::Envelope::kJobStatus: {
@@ -604,7 +668,14 @@ void Service::Impl::HandleUser(const std::shared_ptr<Session>& s, const proto::E
       if (!attempts.ok()) return s->SendError(rid, attempts.status());
       auto* reply = r.mutable_job_status_reply();
       FillSummary(*j, reply->mutable_job());
-      const size_t n = attempts->size(), keep = std::min(n, o_.limits.max_repeated);
+      // The newest attempts that fit in half a frame (a log tail is up to 4 KiB each).
+      const size_t n = attempts->size();
+      size_t keep = 0, bytes = 0;
+      while (keep < std::min(n, o_.limits.max_repeated)) {
+        bytes += 256 + (*attempts)[n - 1 - keep].log_tail.size();
+        if (bytes > o_.limits.max_frame_bytes / 2) break;
+        ++keep;
+      }
       for (size_t i = n - keep; i < n; ++i) {
         const AttemptRecord& a = (*attempts)[i];
         auto* x = reply->add_attempts();
@@ -620,8 +691,9 @@ void Service::Impl::HandleUser(const std::shared_ptr<Session>& s, const proto::E
         x->set_exit_rank(a.exit_rank);
         x->set_exit_status(a.exit_status);
         x->set_log_tail(a.log_tail);
+        x->set_message(a.message);
       }
-      s->Send(r);
+      s->Reply(r);
       return;
     }
     case proto::Envelope::kCancel: {
@@ -668,20 +740,17 @@ void Service::Impl::HandleUser(const std::shared_ptr<Session>& s, const proto::E
       return;
     }
     case proto::Envelope::kListWorkers: {
-      std::map<std::string, int> used;
-      for (const auto& [epoch, a] : attempts_) {
-        for (const Placement& p : a.placements) used[p.worker] += p.count;
-      }
+      std::map<std::string, int> used = UsedSlots();
       for (const auto& [name, w] : workers_) {
         auto* x = r.mutable_worker_list()->add_workers();
         x->set_name(name);
         x->set_slots(w.slots);
         x->set_used_slots(used[name]);
         x->set_up(w.up);
-        x->set_last_heartbeat_unix_ms(w.last_seen_ms);
+        x->set_last_heartbeat_unix_ms(w.last_seen_unix_ms);
         if (r.worker_list().workers_size() >= static_cast<int>(o_.limits.max_repeated)) break;
       }
-      s->Send(r);
+      s->Reply(r);
       return;
     }
     default:
@@ -707,7 +776,8 @@ void Service::Impl::HandleWorker(const std::shared_ptr<Session>& s, const proto:
     return;
   }
   Worker& w = it->second;
-  w.last_seen_ms = clock_->NowMs();
+  w.last_seen = clock_->SteadyMs();
+  w.last_seen_unix_ms = clock_->NowMs();
   switch (e.body_case()) {
     case proto::Envelope::kHeartbeat: {
       ++heartbeats_;
@@ -740,7 +810,7 @@ void Service::Impl::HandleWorker(const std::shared_ptr<Session>& s, const proto:
 
 void Service::Impl::Register(const std::shared_ptr<Session>& s, const proto::Envelope& e) {
   const auto& r = e.register_worker();
-  if (!SafeWorkerName(r.name()) || r.slots() < 0 || r.gpus() < 0) {
+  if (!SafeWorkerName(r.name()) || r.slots() < 0 || r.gpus() < 0 || r.address().size() > 255) {
     Status st = InvalidArgument("worker registration: the name must be 1-128 of [A-Za-z0-9._-] and slots and gpus >= 0 "
                                 "(got '" + r.name() + "', " + std::to_string(r.slots()) + ", " +
                                 std::to_string(r.gpus()) + ")");
@@ -748,20 +818,22 @@ void Service::Impl::Register(const std::shared_ptr<Session>& s, const proto::Env
     s->CloseAfterWrite(st.message());
     return;
   }
-  const int64_t now = clock_->NowMs();
   // Written with the other registrations of this tick, in one transaction: a worker's record only
   // says what it was last seen with, and it registers again after any restart.
-  unsaved_workers_.push_back({r.name(), r.slots(), r.gpus(), now});
+  unsaved_workers_.push_back({r.name(), r.slots(), r.gpus(), clock_->NowMs()});
   Worker& w = workers_[r.name()];
   if (auto old = w.session.lock(); old && old != s) old->Close("worker " + r.name() + " registered again");
   w.name = r.name();
   w.slots = r.slots();
   w.gpus = r.gpus();
-  w.address = s->peer_ip;
+  // Where other nodes reach its ranks: what it says (its side of the connection, or its
+  // --address), else where its connection comes from.
+  w.address = r.address().empty() ? s->peer_ip : r.address();
   w.session = s;
   w.connected = true;
   w.up = true;
-  w.last_seen_ms = now;
+  w.last_seen = clock_->SteadyMs();
+  w.last_seen_unix_ms = clock_->NowMs();
   s->worker = r.name();
   s->Touch();
   COHORT_LOG_INFO("coordinator: worker {} registered from {} ({} slots, {} GPUs, {} ranks running)", w.name, s->peer,
@@ -772,15 +844,37 @@ void Service::Impl::Register(const std::shared_ptr<Session>& s, const proto::Env
   reply.mutable_registered()->set_lease_ms(static_cast<uint32_t>(o_.heartbeat_timeout_ms));
   s->Send(reply);
   NoteRunning(w, r.running());
+  if (stopping_) return;
   dirty_ = true;
   Schedule();
 }
 
-// What a worker says it runs: ranks of open attempts placed on it are (re-)attached; ranks of any
-// other epoch belong to an attempt that ended (or never was, for this coordinator): stopped.
+void Service::Impl::CheckReattached(Attempt& a) {
+  if (!a.reattaching) return;
+  for (const Placement& p : a.placements) {
+    for (int r = p.first_rank; r < p.first_rank + p.count; ++r) {
+      if (a.attached.count(r) == 0 && a.succeeded.count(r) == 0) return;
+    }
+  }
+  a.reattaching = false;
+  COHORT_LOG_INFO("coordinator: job {} attempt (epoch {}) re-attached: every rank is running or has finished", a.job_id,
+                  a.epoch);
+}
+
+// What a worker says it runs (at registration and in every heartbeat):
+//  - ranks of open attempts placed on it are (re-)attached;
+//  - ranks of any other epoch belong to an attempt that has ended: told to stop;
+//  - ranks placed on it that it does not list, twice in a row, and that have not finished, are
+//    gone (its agent restarted and they died with it, or the launch was lost): their attempt
+//    fails. A launch gets a heartbeat interval to show up first;
+//  - slots of ended attempts still held (draining) are released once it lists none of their ranks.
 void Service::Impl::NoteRunning(Worker& w, const google::protobuf::RepeatedPtrField<proto::RunningRank>& running) {
+  const int64_t now = clock_->SteadyMs();
+  std::set<std::pair<uint64_t, int>> listed;      // (epoch, rank)
   std::set<std::pair<uint64_t, uint64_t>> stale;  // (job, epoch)
+  std::set<uint64_t> listed_epochs;
   for (const proto::RunningRank& r : running) {
+    listed_epochs.insert(r.epoch());
     auto it = attempts_.find(r.epoch());
     bool ours = false;
     if (it != attempts_.end() && it->second.job_id == r.job_id()) {
@@ -788,15 +882,10 @@ void Service::Impl::NoteRunning(Worker& w, const google::protobuf::RepeatedPtrFi
         if (p.worker == w.name && r.rank() >= p.first_rank && r.rank() < p.first_rank + p.count) ours = true;
       }
     }
-    if (!ours) {
+    if (ours) {
+      listed.insert({r.epoch(), r.rank()});
+    } else {
       stale.insert({r.job_id(), r.epoch()});
-      continue;
-    }
-    Attempt& a = it->second;
-    if (a.reattaching && a.attached.insert(r.rank()).second &&
-        static_cast<int>(a.attached.size() + a.succeeded.size()) >= a.ranks) {
-      a.reattaching = false;
-      COHORT_LOG_INFO("coordinator: job {} attempt (epoch {}) re-attached: every rank is running", a.job_id, a.epoch);
     }
   }
   for (const auto& [job, epoch] : stale) {
@@ -807,6 +896,31 @@ void Service::Impl::NoteRunning(Worker& w, const google::protobuf::RepeatedPtrFi
     stop.mutable_stop()->set_epoch(epoch);
     SendTo(w.name, stop);
   }
+  for (auto it = draining_.begin(); it != draining_.end();) {
+    if (listed_epochs.count(it->first) == 0) it->second.slots.erase(w.name);
+    it = it->second.slots.empty() ? draining_.erase(it) : std::next(it);
+  }
+  std::vector<std::pair<uint64_t, std::string>> gone;
+  for (auto& [epoch, a] : attempts_) {
+    int lost = -1;
+    for (const Placement& p : a.placements) {
+      if (p.worker != w.name) continue;
+      for (int r = p.first_rank; r < p.first_rank + p.count; ++r) {
+        if (listed.count({epoch, r}) > 0) {
+          a.missing.erase(r);
+          if (a.reattaching) a.attached.insert(r);
+        } else if (a.succeeded.count(r) == 0 && (a.launched == 0 || now - a.launched > o_.heartbeat_interval_ms)) {
+          if (++a.missing[r] >= 2 && lost < 0) lost = r;
+        }
+      }
+    }
+    CheckReattached(a);
+    if (lost >= 0) {
+      gone.push_back({epoch, "rank " + std::to_string(lost) + " is no longer running on worker " + w.name +
+                                 " (its agent restarted, or the launch was lost)"});
+    }
+  }
+  for (const auto& [epoch, why] : gone) FailAttempt(epoch, -1, 0, "", why);
 }
 
 void Service::Impl::RankExited(Worker& w, const proto::Envelope& e) {
@@ -821,33 +935,49 @@ void Service::Impl::RankExited(Worker& w, const proto::Envelope& e) {
       if (p.worker == w.name && x.rank() >= p.first_rank && x.rank() < p.first_rank + p.count) ours = true;
     }
   }
-  // Acknowledged either way: a stale report is settled by being refused, and the worker keeps an
-  // unacknowledged one to send again after a reconnect.
-  if (auto s = w.session.lock()) s->Send(ack);
   if (!ours) {
-    COHORT_LOG_INFO("coordinator: ignoring the exit of rank {} of job {} epoch {} on {}: not a running attempt (stale)",
+    // Settled by being refused: acknowledged, so the worker stops sending it. A rank of a draining
+    // attempt has now stopped: its slot is free.
+    if (auto d = draining_.find(x.epoch()); d != draining_.end()) {
+      auto slot = d->second.slots.find(w.name);
+      if (slot != d->second.slots.end() && --slot->second <= 0) d->second.slots.erase(slot);
+      if (d->second.slots.empty()) draining_.erase(d);
+      dirty_ = true;
+    }
+    COHORT_LOG_INFO("coordinator: the exit of rank {} of job {} epoch {} on {} is not for a running attempt (stale)",
                     x.rank(), x.job_id(), x.epoch(), w.name);
+    if (auto s = w.session.lock()) s->Send(ack);
+    Schedule();
     return;
   }
   Attempt& a = it->second;
+  const uint64_t epoch = a.epoch;
   if (x.exit_status() == 0) {
+    // Durable before acknowledged: the worker forgets an acknowledged report.
+    if (Status st = store_->RecordRankExit(epoch, x.rank(), 0); !st.ok()) return Fatal(st);
     a.succeeded.insert(x.rank());
-    a.attached.erase(x.rank());
+    a.missing.erase(x.rank());
     COHORT_LOG_INFO("coordinator: job {} rank {} finished on {}", a.job_id, x.rank(), w.name);
-    if (static_cast<int>(a.succeeded.size()) < a.ranks) return;
+    if (static_cast<int>(a.succeeded.size()) < a.ranks) {
+      CheckReattached(a);
+      if (auto s = w.session.lock()) s->Send(ack);
+      return;
+    }
     StateStore::End end;
     end.outcome = Outcome::kSucceeded;
-    Result<JobRecord> j = store_->EndAttempt(a.epoch, end, clock_->NowMs());
+    Result<JobRecord> j = store_->EndAttempt(epoch, end, clock_->NowMs());
     if (!j.ok()) return Fatal(j.status());
+    if (auto s = w.session.lock()) s->Send(ack);
     COHORT_LOG_INFO("coordinator: job {} succeeded", a.job_id);
-    Forget(a.epoch);
+    Forget(epoch);
     dirty_ = true;
     Schedule();
     return;
   }
-  FailAttempt(a.epoch, x.rank(), x.exit_status(), x.log_tail(),
+  FailAttempt(epoch, x.rank(), x.exit_status(), x.log_tail(),
               "rank " + std::to_string(x.rank()) + " exited with status " + std::to_string(x.exit_status()) +
                   " on worker " + w.name);
+  if (auto s = w.session.lock()) s->Send(ack);
 }
 
 void Service::Impl::LogChunk(Worker& w, const proto::LogChunk& c) {
@@ -889,8 +1019,18 @@ bool Service::Impl::SendTo(const std::string& worker, const proto::Envelope& e) 
   if (it == workers_.end()) return false;
   auto s = it->second.session.lock();
   if (!s || s->closed()) return false;
-  s->Send(e);
-  return true;
+  return s->Send(e);
+}
+
+std::map<std::string, int> Service::Impl::UsedSlots() const {
+  std::map<std::string, int> used;
+  for (const auto& [epoch, a] : attempts_) {
+    for (const Placement& p : a.placements) used[p.worker] += p.count;
+  }
+  for (const auto& [epoch, d] : draining_) {
+    for (const auto& [worker, n] : d.slots) used[worker] += n;
+  }
+  return used;
 }
 
 void Service::Impl::Schedule() {
@@ -902,16 +1042,13 @@ void Service::Impl::Schedule() {
     if (q.not_before_ms <= now) queue.push_back(q.job);
   }
   if (queue.empty()) return;
-  std::map<std::string, int> used;
+  std::map<std::string, int> used = UsedSlots();
   std::vector<RunningJob> running;
   for (const auto& [epoch, a] : attempts_) {
     RunningJob r;
     r.id = a.job_id;
     r.ends_at_ms = a.time_limit_ms > 0 ? a.started_ms + a.time_limit_ms : 0;
-    for (const Placement& p : a.placements) {
-      used[p.worker] += p.count;
-      r.slots[p.worker] += p.count;
-    }
+    for (const Placement& p : a.placements) r.slots[p.worker] += p.count;
     running.push_back(std::move(r));
   }
   std::vector<WorkerCapacity> capacity;
@@ -930,7 +1067,17 @@ void Service::Impl::StartJob(const Start& start) {
   Result<JobRecord> j = store_->Job(start.job_id);
   if (!j.ok()) return Fatal(j.status());
   Result<config::JobSpec> spec = config::ParseJobSpec(j->spec.spec_yaml, j->spec.source);
-  if (!spec.ok()) return Fatal(spec.status().WithContext("job " + std::to_string(j->id) + " no longer parses"));
+  if (!spec.ok()) {
+    // Accepted once, refused now (a stricter schema after an upgrade): it can never run. Failing
+    // it durably keeps the coordinator from stopping on it at every start.
+    queued_.erase(start.job_id);
+    Result<JobRecord> failed = store_->FailQueuedJob(start.job_id, "the job spec no longer parses: " +
+                                                                       spec.status().message(), now);
+    if (!failed.ok()) return Fatal(failed.status());
+    COHORT_LOG_ERROR("coordinator: job {} failed: its spec no longer parses: {}", start.job_id,
+                     spec.status().message());
+    return;
+  }
   Result<uint64_t> epoch = store_->StartAttempt(start.job_id, start.placements, now);
   if (!epoch.ok()) return Fatal(epoch.status());
   queued_.erase(start.job_id);
@@ -943,6 +1090,7 @@ void Service::Impl::StartJob(const Start& start) {
   a.time_limit_ms = j->spec.time_limit_ms;
   a.name = j->spec.name;
   a.restarts = j->restarts;
+  a.launched = clock_->SteadyMs();
   attempts_[a.epoch] = a;
   epoch_job_[a.epoch] = a.job_id;
   COHORT_LOG_INFO("coordinator: job {} attempt {} (epoch {}) starts on {}{}", a.job_id, j->restarts + 1, a.epoch,
@@ -985,7 +1133,7 @@ void Service::Impl::StartJob(const Start& start) {
     proto::Envelope mine = launch;
     for (int r = p.first_rank; r < p.first_rank + p.count; ++r) mine.mutable_launch()->add_ranks(r);
     if (!SendTo(p.worker, mine)) {
-      FailAttempt(a.epoch, -1, 0, "", "worker " + p.worker + " is not connected");
+      FailAttempt(a.epoch, -1, 0, "", "cannot send the launch to worker " + p.worker);
       return;
     }
   }
@@ -998,10 +1146,26 @@ void Service::Impl::StopRanks(const Attempt& a) {
   for (const Placement& p : a.placements) SendTo(p.worker, stop);
 }
 
+// Drops an attempt that has ended. Ranks that have not exited may still be stopping (writing a
+// checkpoint, freeing GPU memory): their slots stay held on workers that are up until the worker
+// shows them gone, or drain_timeout.
 void Service::Impl::Forget(uint64_t epoch) {
   auto it = attempts_.find(epoch);
   if (it == attempts_.end()) return;
-  if (it->second.rendezvous && rdv_ != nullptr) rdv_->Close(epoch);
+  const Attempt& a = it->second;
+  Draining d;
+  for (const Placement& p : a.placements) {
+    auto w = workers_.find(p.worker);
+    if (w == workers_.end() || !w->second.up) continue;
+    int left = 0;
+    for (int r = p.first_rank; r < p.first_rank + p.count; ++r) left += a.succeeded.count(r) == 0 ? 1 : 0;
+    if (left > 0) d.slots[p.worker] = left;
+  }
+  if (!d.slots.empty()) {
+    d.until = clock_->SteadyMs() + o_.drain_timeout_ms;
+    draining_[epoch] = std::move(d);
+  }
+  if (a.rendezvous && rdv_ != nullptr) rdv_->Close(epoch);
   attempts_.erase(it);
 }
 
@@ -1048,6 +1212,11 @@ void Service::Impl::WorkerDown(Worker& w, const std::string& why) {
     }
   }
   for (uint64_t epoch : hit) FailAttempt(epoch, -1, 0, "", "worker " + w.name + " lost: " + why);
+  // Its draining slots go with it; it starts afresh when it registers again.
+  for (auto it = draining_.begin(); it != draining_.end();) {
+    it->second.slots.erase(w.name);
+    it = it->second.slots.empty() ? draining_.erase(it) : std::next(it);
+  }
   if (auto s = w.session.lock()) s->Close("declared down");
 }
 
@@ -1057,26 +1226,36 @@ void Service::Impl::Tick() {
     if (Status st = store_->UpsertWorkers(unsaved_workers_); !st.ok()) return Fatal(st);
     unsaved_workers_.clear();
   }
-  const int64_t now = clock_->NowMs();
+  const int64_t steady = clock_->SteadyMs();
+  // A loop that stalled (a slow disk under the state, the process stopped) has not read the
+  // heartbeats that arrived meanwhile: their absence is not the workers' fault.
+  const int64_t stalled = steady - last_tick_ - o_.tick_ms;
+  last_tick_ = steady;
+  if (stalled > o_.heartbeat_timeout_ms / 4) {
+    COHORT_LOG_WARN("coordinator: the event loop stalled for {} ms; extending every worker's deadline by that", stalled);
+    for (auto& [name, w] : workers_) {
+      w.last_seen += stalled;
+      w.disconnected += stalled;
+    }
+    for (auto& [epoch, a] : attempts_) a.reattach_deadline += stalled;
+  }
   for (auto& [name, w] : workers_) {
-    if (w.connected && w.up && now - w.last_seen_ms > o_.heartbeat_timeout_ms) {
-      WorkerDown(w, "no heartbeat for " + std::to_string(now - w.last_seen_ms) + " ms");
-    } else if (!w.connected && now - w.disconnected_ms > o_.heartbeat_timeout_ms) {
-      if (w.up) {
-        WorkerDown(w, "disconnected for " + std::to_string(now - w.disconnected_ms) + " ms");
-      } else {
-        // Known from the state but never registered since the restart: its attempts' grace decides.
-      }
+    if (w.connected && w.up && steady - w.last_seen > o_.heartbeat_timeout_ms) {
+      WorkerDown(w, "no heartbeat for " + std::to_string(steady - w.last_seen) + " ms");
+    } else if (!w.connected && w.up && steady - w.disconnected > o_.heartbeat_timeout_ms) {
+      WorkerDown(w, "disconnected for " + std::to_string(steady - w.disconnected) + " ms");
     }
     if (stopping_) return;
   }
+  const int64_t now = clock_->NowMs();
   std::vector<std::pair<uint64_t, std::string>> failing;
   std::vector<std::pair<uint64_t, std::string>> timed_out;
   for (const auto& [epoch, a] : attempts_) {
-    if (a.reattaching && now >= a.reattach_deadline_ms) {
+    if (a.reattaching && steady >= a.reattach_deadline) {
       failing.push_back({epoch, "not re-attached within " + std::to_string(o_.reattach_grace_ms) +
-                                    " ms of the coordinator's restart (" + std::to_string(a.attached.size()) + " of " +
-                                    std::to_string(a.ranks) + " ranks reported)"});
+                                    " ms of the coordinator's restart (" +
+                                    std::to_string(a.attached.size() + a.succeeded.size()) + " of " +
+                                    std::to_string(a.ranks) + " ranks running or finished)"});
     } else if (a.time_limit_ms > 0 && now - a.started_ms > a.time_limit_ms) {
       timed_out.push_back({epoch, "time limit of " + std::to_string(a.time_limit_ms / 1000) + " s reached"});
     }
@@ -1084,8 +1263,20 @@ void Service::Impl::Tick() {
   for (const auto& [epoch, why] : failing) FailAttempt(epoch, -1, 0, "", why);
   for (const auto& [epoch, why] : timed_out) FailAttempt(epoch, -1, 0, "", why, /*final=*/true);
   if (stopping_) return;
-  for (const auto& [id, q] : queued_) {
-    if (q.not_before_ms > 0 && q.not_before_ms <= now) dirty_ = true;
+  for (auto it = draining_.begin(); it != draining_.end();) {
+    if (steady >= it->second.until) {
+      dirty_ = true;
+      it = draining_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // A requeued job whose backoff just ended may start now (once; not on every tick after).
+  for (auto& [id, q] : queued_) {
+    if (q.not_before_ms > 0 && q.not_before_ms <= now) {
+      q.not_before_ms = 0;
+      dirty_ = true;
+    }
   }
   Schedule();
   tick_.expires_after(std::chrono::milliseconds(o_.tick_ms));
@@ -1182,9 +1373,7 @@ std::string Service::Impl::Metrics() {
       ++down;
     }
   }
-  for (const auto& [epoch, a] : attempts_) {
-    for (const Placement& p : a.placements) used += p.count;
-  }
+  for (const auto& [worker, n] : UsedSlots()) used += n;
   gauge("cohort_workers_up", "Workers registered and heartbeating.");
   m << "cohort_workers_up " << up << '\n';
   gauge("cohort_workers_down", "Workers known but not up.");
@@ -1245,14 +1434,11 @@ http::response<http::string_body> Service::Impl::HandleHttp(const http::request<
   const std::string path = target.substr(0, target.find('?'));
   if (path == "/metrics") return reply(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", Metrics());
   if (path == "/api/workers") {
-    std::map<std::string, int> used;
-    for (const auto& [epoch, a] : attempts_) {
-      for (const Placement& p : a.placements) used[p.worker] += p.count;
-    }
+    std::map<std::string, int> used = UsedSlots();
     nlohmann::json out = nlohmann::json::array();
     for (const auto& [name, w] : workers_) {
       out.push_back({{"name", name}, {"slots", w.slots}, {"gpus", w.gpus}, {"used_slots", used[name]},
-                     {"up", w.up && w.connected}, {"address", w.address}, {"last_heartbeat_unix_ms", w.last_seen_ms}});
+                     {"up", w.up && w.connected}, {"address", w.address}, {"last_heartbeat_unix_ms", w.last_seen_unix_ms}});
     }
     return reply(http::status::ok, "application/json", out.dump() + "\n");
   }
@@ -1316,7 +1502,8 @@ http::response<http::string_body> Service::Impl::HandleHttp(const http::request<
                                {"ended_unix_ms", a.ended_ms},
                                {"exit_rank", a.exit_rank},
                                {"exit_status", a.exit_status},
-                               {"log_tail", a.log_tail}});
+                               {"log_tail", a.log_tail},
+                               {"message", a.message}});
     }
     return reply(http::status::ok, "application/json", x.dump() + "\n");
   }

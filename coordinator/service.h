@@ -41,12 +41,15 @@
 
 namespace cohort::coordinator {
 
-// Milliseconds since the Unix epoch. The service reads time only through this, so tests can
-// drive heartbeat timeouts, backoffs and grace periods with a fake clock.
+// The service reads time only through this, so tests can drive heartbeat timeouts, backoffs and
+// grace periods with a fake clock. Wall time stamps what is recorded (and time limits, which must
+// survive a restart); liveness deadlines use the monotonic clock, so a step of the wall clock
+// (NTP) or a paused VM does not declare every worker dead at once.
 class Clock {
  public:
   virtual ~Clock() = default;
-  virtual int64_t NowMs() = 0;
+  virtual int64_t NowMs() = 0;     // milliseconds since the Unix epoch
+  virtual int64_t SteadyMs() = 0;  // milliseconds on a monotonic clock
 };
 Clock* SystemClock();
 
@@ -70,8 +73,8 @@ struct ServiceOptions {
   int http_port = 7451;                 // 0: any free port (see Service::http_port)
   std::string user_token;               // empty: no user may connect
   std::string worker_token;             // empty: no worker may connect
-  // The address ranks use to reach the coordinator's rendezvous stores; "" = listen_host, or
-  // 127.0.0.1 when listening on every address.
+  // The address ranks use to reach the coordinator's rendezvous stores; "" = listen_host (which
+  // must then be a specific address, not 0.0.0.0 or ::).
   std::string advertise_host;
   int64_t heartbeat_interval_ms = 1000;
   int64_t heartbeat_timeout_ms = 10000;
@@ -79,6 +82,9 @@ struct ServiceOptions {
   int64_t handshake_timeout_ms = 5000;
   int64_t idle_timeout_ms = 10 * 60 * 1000;  // user connections
   int64_t tick_ms = 100;                // housekeeping period (timeouts, backoffs, time limits)
+  // After a failed attempt, its slots stay held until the worker reports its ranks gone (they may
+  // still be writing a checkpoint, or holding GPU memory), or this long.
+  int64_t drain_timeout_ms = 60000;
   Backoff backoff;
   WireLimits limits;
   size_t max_connections = 20000;

@@ -10,7 +10,17 @@ namespace {
 
 // "Cohr": marks the file as a Cohort state database (PRAGMA application_id).
 constexpr int kApplicationId = 0x436f6872;
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
+
+// Version 2: each rank's exit, so that ranks that finished survive a coordinator restart; and why
+// each attempt ended (attempts.message, in the schema above; added to a version 1 database).
+constexpr const char* kRankExits = R"sql(
+CREATE TABLE rank_exits(
+  epoch INTEGER NOT NULL REFERENCES attempts(epoch),
+  rank INTEGER NOT NULL,
+  status INTEGER NOT NULL,
+  PRIMARY KEY(epoch, rank));
+)sql";
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE jobs(
@@ -37,7 +47,8 @@ CREATE TABLE attempts(
   outcome TEXT CHECK(outcome IN ('succeeded', 'failed', 'cancelled')),
   exit_rank INTEGER NOT NULL DEFAULT -1,
   exit_status INTEGER NOT NULL DEFAULT 0,
-  log_tail TEXT NOT NULL DEFAULT '');
+  log_tail TEXT NOT NULL DEFAULT '',
+  message TEXT NOT NULL DEFAULT '');
 CREATE INDEX attempts_by_job ON attempts(job_id);
 -- At most one open attempt per job.
 CREATE UNIQUE INDEX one_open_attempt ON attempts(job_id) WHERE ended_ms IS NULL;
@@ -144,7 +155,7 @@ JobRecord ReadJob(const Stmt& s) {
 }
 
 constexpr const char* kAttemptColumns =
-    "epoch, job_id, started_ms, ended_ms, outcome, exit_rank, exit_status, log_tail";
+    "epoch, job_id, started_ms, ended_ms, outcome, exit_rank, exit_status, log_tail, message";
 
 AttemptRecord ReadAttempt(const Stmt& s) {
   AttemptRecord a;
@@ -157,6 +168,7 @@ AttemptRecord ReadAttempt(const Stmt& s) {
   a.exit_rank = static_cast<int>(s.Int(5));
   a.exit_status = static_cast<int>(s.Int(6));
   a.log_tail = s.Text(7);
+  a.message = s.Text(8);
   return a;
 }
 
@@ -252,11 +264,22 @@ Result<std::unique_ptr<StateStore>> StateStore::Open(const std::string& path, Ba
   if (app == 0) {
     RETURN_IF_ERROR(s->Begin());
     Status st = s->Exec(kSchema);
+    if (st.ok()) st = s->Exec(kRankExits);
     if (st.ok()) {
       st = s->Exec(("PRAGMA application_id=" + std::to_string(kApplicationId) + "; PRAGMA user_version=" +
                     std::to_string(kSchemaVersion))
                        .c_str());
     }
+    if (st.ok()) st = s->Commit();
+    if (!st.ok()) {
+      s->Rollback();
+      return st;
+    }
+  } else if (version == 1) {
+    RETURN_IF_ERROR(s->Begin());
+    Status st = s->Exec(kRankExits);
+    if (st.ok()) st = s->Exec("ALTER TABLE attempts ADD COLUMN message TEXT NOT NULL DEFAULT ''");
+    if (st.ok()) st = s->Exec("PRAGMA user_version=2");
     if (st.ok()) st = s->Commit();
     if (!st.ok()) {
       s->Rollback();
@@ -445,9 +468,11 @@ Result<JobRecord> StateStore::EndAttempt(uint64_t epoch, const End& end, int64_t
     restarts = static_cast<int>(q.Int(0));
     max_restarts = static_cast<int>(q.Int(1));
   }
-  Stmt a(db_, "UPDATE attempts SET ended_ms = ?, outcome = ?, exit_rank = ?, exit_status = ?, log_tail = ? WHERE epoch = ?");
+  Stmt a(db_,
+         "UPDATE attempts SET ended_ms = ?, outcome = ?, exit_rank = ?, exit_status = ?, log_tail = ?, message = ? "
+         "WHERE epoch = ?");
   a.Bind(1, now_ms).Bind(2, OutcomeName(end.outcome)).Bind(3, end.exit_rank).Bind(4, end.exit_status);
-  a.Bind(5, end.log_tail).Bind(6, static_cast<int64_t>(epoch));
+  a.Bind(5, end.log_tail).Bind(6, end.message).Bind(7, static_cast<int64_t>(epoch));
   if (a.Step() != SQLITE_DONE) return abort(Fail("ending " + attempt));
   std::string state;
   int64_t not_before = 0;
@@ -473,6 +498,58 @@ Result<JobRecord> StateStore::EndAttempt(uint64_t epoch, const End& end, int64_t
   return Job(job_id);
 }
 
+Status StateStore::RecordRankExit(uint64_t epoch, int rank, int status) {
+  RETURN_IF_ERROR(Begin());
+  {
+    Stmt q(db_, "SELECT ended_ms FROM attempts WHERE epoch = ?");
+    q.Bind(1, static_cast<int64_t>(epoch));
+    const int rc = q.Step();
+    if (rc == SQLITE_DONE) {
+      Rollback();
+      return NotFound("no attempt (epoch " + std::to_string(epoch) + ")");
+    }
+    if (rc != SQLITE_ROW) {
+      Status st = Fail("reading attempt " + std::to_string(epoch));
+      Rollback();
+      return st;
+    }
+    if (!q.IsNull(0)) {
+      Rollback();
+      return InvalidArgument("attempt (epoch " + std::to_string(epoch) + ") has ended already: a stale epoch");
+    }
+  }
+  Stmt ins(db_, "INSERT OR REPLACE INTO rank_exits(epoch, rank, status) VALUES(?, ?, ?)");
+  ins.Bind(1, static_cast<int64_t>(epoch)).Bind(2, rank).Bind(3, status);
+  if (ins.Step() != SQLITE_DONE) {
+    Status st = Fail("recording the exit of rank " + std::to_string(rank) + " (epoch " + std::to_string(epoch) + ")");
+    Rollback();
+    return st;
+  }
+  if (Status st = Commit(); !st.ok()) {
+    Rollback();
+    return st;
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<std::pair<int, int>>> StateStore::RankExits(uint64_t epoch) {
+  Stmt q(db_, "SELECT rank, status FROM rank_exits WHERE epoch = ? ORDER BY rank");
+  q.Bind(1, static_cast<int64_t>(epoch));
+  std::vector<std::pair<int, int>> out;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) out.emplace_back(static_cast<int>(q.Int(0)), static_cast<int>(q.Int(1)));
+  if (rc != SQLITE_DONE) return Fail("reading the rank exits of epoch " + std::to_string(epoch));
+  return out;
+}
+
+Result<JobRecord> StateStore::FailQueuedJob(uint64_t job_id, const std::string& message, int64_t now_ms) {
+  Stmt up(db_, "UPDATE jobs SET state = 'failed', message = ?, updated_ms = ? WHERE id = ? AND state = 'queued'");
+  up.Bind(1, message).Bind(2, now_ms).Bind(3, static_cast<int64_t>(job_id));
+  if (up.Step() != SQLITE_DONE) return Fail("failing job " + std::to_string(job_id));
+  if (sqlite3_changes(db_) != 1) return InvalidArgument("job " + std::to_string(job_id) + " is not queued");
+  return Job(job_id);
+}
+
 Result<uint64_t> StateStore::CancelJob(uint64_t job_id, const std::string& message, int64_t now_ms) {
   RETURN_IF_ERROR(Begin());
   auto abort = [&](Status st) {
@@ -494,8 +571,8 @@ Result<uint64_t> StateStore::CancelJob(uint64_t job_id, const std::string& messa
     epoch = j.open_epoch;
   }
   if (epoch != 0) {
-    Stmt a(db_, "UPDATE attempts SET ended_ms = ?, outcome = 'cancelled' WHERE epoch = ?");
-    a.Bind(1, now_ms).Bind(2, static_cast<int64_t>(epoch));
+    Stmt a(db_, "UPDATE attempts SET ended_ms = ?, outcome = 'cancelled', message = ? WHERE epoch = ?");
+    a.Bind(1, now_ms).Bind(2, message).Bind(3, static_cast<int64_t>(epoch));
     if (a.Step() != SQLITE_DONE) return abort(Fail("cancelling " + job));
   }
   Stmt up(db_, "UPDATE jobs SET state = 'cancelled', message = ?, updated_ms = ? WHERE id = ?");

@@ -69,6 +69,7 @@ struct AttemptRecord {
   int exit_rank = -1;
   int exit_status = 0;
   std::string log_tail;
+  std::string message;       // why it ended, when it did not succeed
 };
 
 struct WorkerRecord {
@@ -120,6 +121,17 @@ class StateStore {
     bool no_restart = false; // kFailed: fail the job even with restarts left (a time limit hit)
   };
   Result<JobRecord> EndAttempt(uint64_t epoch, const End& end, int64_t now_ms);
+
+  // Records that a rank of the open attempt `epoch` exited with `status` (one transaction): the
+  // ranks that finished are known again after a coordinator restart. InvalidArgument for a stale
+  // epoch, NotFound for an unknown one.
+  Status RecordRankExit(uint64_t epoch, int rank, int status);
+  // (rank, status) of every recorded exit of the attempt.
+  Result<std::vector<std::pair<int, int>>> RankExits(uint64_t epoch);
+
+  // QUEUED -> FAILED with `message`, for a job that can never start (its stored spec no longer
+  // parses). InvalidArgument if it is not queued.
+  Result<JobRecord> FailQueuedJob(uint64_t job_id, const std::string& message, int64_t now_ms);
 
   // QUEUED or RUNNING -> CANCELLED (a RUNNING job's attempt is ended too; the caller stops its
   // ranks). Returns the epoch of the attempt that was running, 0 if none. Cancelling an ended job

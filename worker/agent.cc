@@ -17,6 +17,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -76,13 +77,13 @@ void ReadOutput(int fd, std::string log_path, std::shared_ptr<Output> out, std::
   std::string partial;
   char buf[65536];
   for (;;) {
+    // Checked on every round: something outside the rank's process group (it called setsid) may
+    // keep the pipe open and busy after the rank is gone.
+    if (quit->load()) break;
     pollfd p{fd, POLLIN, 0};
     const int r = ::poll(&p, 1, 200);
     if (r < 0 && errno != EINTR) break;
-    if (r <= 0) {
-      if (quit->load()) break;
-      continue;
-    }
+    if (r <= 0) continue;
     const ssize_t n = ::read(fd, buf, sizeof buf);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (n <= 0) break;
@@ -127,6 +128,7 @@ class Agent::Impl {
     std::error_code ec;
     std::filesystem::create_directories(o_.work_dir, ec);
     if (ec) return IoError("worker: cannot create " + o_.work_dir + ": " + ec.message());
+    KillLeftovers();
     if (o_.self_exe.empty()) {
       char buf[4096];
       const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
@@ -139,6 +141,9 @@ class Agent::Impl {
   Status Run();
 
  private:
+  std::string GroupsFile() const { return o_.work_dir + "/process-groups"; }
+  void KillLeftovers();
+  void SaveGroups();
   void Connect();
   void Disconnect(const Status& why);
   void Handle(const proto::Envelope& e);
@@ -160,6 +165,7 @@ class Agent::Impl {
   Clock::time_point next_connect_ = Clock::now();
   milliseconds backoff_{200};
   Clock::time_point disconnected_since_ = Clock::now();
+  Clock::time_point last_heard_ = Clock::now();  // the last frame from the coordinator
   milliseconds heartbeat_interval_{1000};
   milliseconds lease_{10000};
   Clock::time_point next_heartbeat_ = Clock::now();
@@ -182,6 +188,62 @@ class Agent::Impl {
   Status fatal_;  // a refusal at start: Run() ends with it
 };
 
+// The process groups of the ranks this agent runs, one "PGID JOB EPOCH" line each, rewritten
+// whenever one starts or is reported. A killed agent's ranks die with it (PR_SET_PDEATHSIG), but
+// what they started does not; the next agent finds those by their group.
+void Agent::Impl::SaveGroups() {
+  const std::string tmp = GroupsFile() + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    for (const Rank& r : ranks_) f << r.pid << ' ' << r.job << ' ' << r.epoch << '\n';
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, GroupsFile(), ec);
+}
+
+// Kills what is left of the groups a previous agent in this work directory recorded. A process
+// is killed only if it is in such a group and carries that attempt's COHORT_ATTEMPT_EPOCH in its
+// environment, so a reused group id never hits an unrelated process.
+void Agent::Impl::KillLeftovers() {
+  std::ifstream in(GroupsFile());
+  std::map<long, std::string> groups;  // pgid -> "COHORT_ATTEMPT_EPOCH=<epoch>"
+  long pgid = 0;
+  uint64_t job = 0, epoch = 0;
+  while (in >> pgid >> job >> epoch) {
+    if (pgid > 1) groups[pgid] = "COHORT_ATTEMPT_EPOCH=" + std::to_string(epoch);
+  }
+  if (groups.empty()) return;
+  int killed = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    std::getline(stat, line);
+    const size_t close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream fields(line.substr(close + 2));
+    char state;
+    long ppid, group;
+    if (!(fields >> state >> ppid >> group)) continue;
+    auto it = groups.find(group);
+    if (it == groups.end()) continue;
+    std::ifstream env(entry.path() / "environ", std::ios::binary);
+    std::string all((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
+    if (all.find(std::string(1, '\0') + it->second + std::string(1, '\0')) == std::string::npos &&
+        all.rfind(it->second + std::string(1, '\0'), 0) != 0) {
+      continue;
+    }
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (::kill(pid, SIGKILL) == 0) ++killed;
+  }
+  if (killed > 0) {
+    COHORT_LOG_WARN("worker {}: killed {} process(es) left running by ranks of a previous agent", o_.name, killed);
+  }
+  std::filesystem::remove(GroupsFile(), ec);
+}
+
 void Agent::Impl::Send(proto::Envelope e) {
   if (!client_) return;
   Result<uint64_t> id = client_->Send(std::move(e), milliseconds(5000));
@@ -189,8 +251,9 @@ void Agent::Impl::Send(proto::Envelope e) {
 }
 
 void Agent::Impl::RunningList(google::protobuf::RepeatedPtrField<proto::RunningRank>* out) const {
+  // Every rank not yet reported: one that exited is listed until its report goes out (on the same
+  // connection, after this), or the coordinator would count it as vanished.
   for (const Rank& r : ranks_) {
-    if (r.exited) continue;
     auto* x = out->Add();
     x->set_job_id(r.job);
     x->set_epoch(r.epoch);
@@ -231,6 +294,7 @@ void Agent::Impl::Connect() {
   r->set_name(o_.name);
   r->set_slots(o_.slots);
   r->set_gpus(o_.gpus);
+  r->set_address(!o_.address.empty() ? o_.address : (*c)->local_address());
   RunningList(r->mutable_running());
   Result<proto::Envelope> reply = (*c)->Call(std::move(reg), milliseconds(10000));
   if (!reply.ok() || reply->body_case() != proto::Envelope::kRegistered) {
@@ -242,6 +306,7 @@ void Agent::Impl::Connect() {
   }
   client_ = std::move(c).value();
   ever_registered_ = true;
+  last_heard_ = Clock::now();
   backoff_ = milliseconds(200);
   if (reply->registered().heartbeat_interval_ms() > 0) heartbeat_interval_ = milliseconds(reply->registered().heartbeat_interval_ms());
   if (reply->registered().lease_ms() > 0) lease_ = milliseconds(reply->registered().lease_ms());
@@ -385,8 +450,11 @@ Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank,
     if (::getppid() != parent) ::_exit(128 + SIGKILL);  // the agent died before the line above
     ::dup2(fds[1], STDOUT_FILENO);
     ::dup2(fds[1], STDERR_FILENO);
-    const int devnull = ::open("/dev/null", O_RDONLY);
+    const int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
+    // Nothing of the agent's reaches the job: not its connection to the coordinator (a rank could
+    // forge reports on it), not other ranks' pipes or log files.
+    ::close_range(3, ~0U, 0);
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -399,12 +467,21 @@ Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank,
       ::_exit(127);
     }
     ::execvpe(cargv[0], cargv.data(), cenv.data());
-    const char* err = ::strerror(errno);
+    // Only async-signal-safe calls here: the errno as digits, not strerror.
+    const int err = errno;
+    char num[16];
+    int len = 0;
+    for (int v = err; len < 15;) {
+      num[len++] = static_cast<char>('0' + v % 10);
+      v /= 10;
+      if (v == 0) break;
+    }
     static const char pre[] = "cohort worker: cannot run ";
     (void)!::write(STDERR_FILENO, pre, sizeof pre - 1);
     (void)!::write(STDERR_FILENO, cargv[0], ::strlen(cargv[0]));
-    (void)!::write(STDERR_FILENO, ": ", 2);
-    (void)!::write(STDERR_FILENO, err, ::strlen(err));
+    static const char mid[] = ": errno ";
+    (void)!::write(STDERR_FILENO, mid, sizeof mid - 1);
+    while (len > 0) (void)!::write(STDERR_FILENO, &num[--len], 1);
     (void)!::write(STDERR_FILENO, "\n", 1);
     ::_exit(127);
   }
@@ -418,6 +495,7 @@ Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank,
   r.fd = fds[0];
   const std::string log_path = o_.work_dir + "/" + std::to_string(l.job_id()) + "/rank-" + std::to_string(rank) + ".log";
   r.reader = std::thread(ReadOutput, fds[0], log_path, r.out, r.quit);
+  SaveGroups();
   COHORT_LOG_INFO("worker {}: job {} epoch {} rank {} started (pid {}): {}", o_.name, r.job, r.epoch, rank, pid, argv[0]);
   return Status::Ok();
 }
@@ -471,6 +549,7 @@ void Agent::Impl::Reap() {
       FlushLogs();
       Report(*it);
       it = ranks_.erase(it);
+      SaveGroups();
     } else {
       ++it;
     }
@@ -583,7 +662,15 @@ Status Agent::Impl::Run() {
       if (!m.ok()) {
         Disconnect(m.status());
       } else if (m->has_value()) {
+        last_heard_ = Clock::now();
         Handle(**m);
+      } else if (Clock::now() - last_heard_ > lease_) {
+        // Heartbeats are acknowledged: a connection that looks open but carries nothing back (a
+        // partition, a hung coordinator host) is as good as lost. The lease counts from the last
+        // frame heard, so the ranks stop when the coordinator gives up on this node.
+        Disconnect(Status(Code::kDeadlineExceeded, "nothing from the coordinator for " +
+                                                       std::to_string(lease_.count()) + " ms"));
+        disconnected_since_ = last_heard_;
       }
     } else {
       std::this_thread::sleep_for(milliseconds(50));

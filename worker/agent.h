@@ -4,8 +4,11 @@
 //
 // Ranks:
 //  - Each rank is a child process in its own process group (stopping a rank signals the whole
-//    group: its own children too), killed by the kernel if the agent dies (PR_SET_PDEATHSIG), so a
-//    killed agent never leaves ranks running behind the coordinator's back.
+//    group: its own children too), killed by the kernel if the agent dies (PR_SET_PDEATHSIG). The
+//    processes a rank started, which PR_SET_PDEATHSIG does not reach, are found by their process
+//    group when the agent starts again (groups recorded in <work_dir>/process-groups) and killed:
+//    a killed agent leaves nothing running behind the coordinator's back once it is back.
+//  - A rank inherits no descriptor of the agent's (above all not its coordinator connection).
 //  - The environment is the agent's plus the job's (LaunchRanks.env) plus, per rank, RANK,
 //    LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE (torchrun style).
 //  - The command is the job's `command:`, or this binary's `train <spec> --resume=auto`.
@@ -33,6 +36,9 @@ struct AgentOptions {
   int coordinator_port = 7450;
   std::string token;            // the coordinator's worker token
   std::string name;             // unique per node; "" = the host name
+  // Where ranks on other nodes reach this node's ranks (MASTER_ADDR when rank 0 runs here); "" =
+  // this side's address of the connection to the coordinator.
+  std::string address;
   int slots = 1;
   int gpus = 0;
   std::string work_dir;         // spec files and rank logs; "" = $TMPDIR/cohort-worker-<name>

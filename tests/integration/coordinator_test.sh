@@ -80,6 +80,7 @@ job_id() { sed -n 's/^submitted job \([0-9]*\).*/\1/p' <<<"$OUT"; }
 # The script is named relative to the job file's directory: the ranks run there.
 cat > envcheck.sh <<'EOF'
 echo "rank=$RANK world=$WORLD_SIZE local=$LOCAL_RANK/$LOCAL_WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT cwd=$(pwd)"
+echo "rank $RANK fds: $(ls /proc/self/fd | tr '\n' ' ')"
 [ "$WORLD_SIZE" = 3 ] && [ "$RANK" -ge 0 ] && [ "$RANK" -lt 3 ] && [ "$LOCAL_RANK" -lt "$LOCAL_WORLD_SIZE" ] &&
   [ "$MASTER_ADDR" = 127.0.0.1 ] && [ "$MASTER_PORT" -gt 0 ]
 EOF
@@ -95,6 +96,7 @@ expect_exit 0 "its logs" -- "$B" logs "$ENVJOB"
 for r in 0 1 2; do expect_output "\\[rank $r\\] rank=$r world=3" "rank $r saw RANK=$r WORLD_SIZE=3"; done
 expect_output "local=1/2" "two ranks share one worker (LOCAL_RANK 1 of 2)"
 expect_output "cwd=$WORK\$" "the ranks ran in the job file's directory"
+expect_output "rank 0 fds: 0 1 2 3 \$" "a rank inherits no descriptor of its agent's (ls sees only its own)"
 
 # ---- the restart budget ---------------------------------------------------------------------------
 cat > flaky.yaml <<'EOF'
@@ -248,6 +250,65 @@ done < <(sed -n 's/^submitted job \([0-9]*\) (\([^,]*\),.*/\1 \2/p' burst.out)
   || fail "$MISSING of $ACKED acknowledged jobs are missing"
 DUPS=$(grep -o 'burst-[0-9]*' jobs.burst | sort | uniq -d | wc -l)
 [ "$DUPS" = 0 ] && pass "no job was recorded twice" || fail "$DUPS jobs recorded twice"
+
+# ---- ranks that finished survive a coordinator restart -------------------------------------------
+cat > halfdone.yaml <<'EOF'
+name: halfdone
+command: 'if [ "$RANK" = 1 ]; then echo done early; else sleep 6; echo done late; fi'
+launch: {ranks: 2, max_restarts: 0}
+EOF
+expect_exit 0 "submit a job whose rank 1 ends at once" -- "$B" submit halfdone.yaml
+HD=$(job_id)
+for i in $(seq 1 100); do
+  grep -q "job $HD rank 1 finished" coord.err && break
+  sleep 0.1
+done
+kill -9 "$COORD_PID"
+start_coordinator 4
+expect_exit 0 "after a restart between its ranks' exits, the job succeeds" -- "$B" status "$HD" --wait
+expect_exit 0 "status" -- "$B" status "$HD"
+expect_output "restarts   0" "without a restart: rank 1's exit was durable"
+
+# ---- an agent killed and restarted at once: its ranks are gone, the coordinator notices -----------
+cat > orphan.yaml <<'EOF'
+name: orphan
+command: 'sleep 301 & wait'
+launch: {ranks: 1, max_restarts: 1}
+EOF
+expect_exit 0 "submit a job whose rank starts a child" -- "$B" submit orphan.yaml
+OR=$(job_id)
+for i in $(seq 1 100); do
+  [ "$(pgrep -fc '^sleep 301' || true)" -ge 1 ] && break
+  sleep 0.1
+done
+"$B" status "$OR" > st.txt
+HOST=$(grep -o 'on w[12]' st.txt | head -1 | cut -c4-)
+kill -9 "${WPID[$HOST]}"
+sleep 0.5
+# PR_SET_PDEATHSIG kills the rank (the shell), not what it started: the next agent must.
+[ "$(pgrep -fc '^sleep 301' || true)" = 1 ] && pass "the rank's child outlived the killed agent, as expected" \
+  || fail "the rank's child did not outlive the agent: the check below would prove nothing"
+start_worker "$HOST"
+for i in $(seq 1 100); do
+  "$B" status "$OR" | grep -q "no longer running on worker $HOST" && break
+  sleep 0.1
+done
+expect_exit 0 "status" -- "$B" status "$OR"
+expect_output "no longer running on worker $HOST" "the restarted agent's missing rank failed the attempt within seconds"
+for i in $(seq 1 50); do
+  "$B" status "$OR" | grep -q "restarts   1" && break
+  sleep 0.1
+done
+expect_exit 0 "status" -- "$B" status "$OR"
+expect_output "restarts   1" "and the job was restarted (after its backoff)"
+# The first attempt's orphan was killed by the new agent; only the second attempt's remains.
+for i in $(seq 1 50); do
+  [ "$(pgrep -fc '^sleep 301' || true)" -le 1 ] && break
+  sleep 0.1
+done
+[ "$(pgrep -fc '^sleep 301' || true)" -le 1 ] && pass "the restarted agent killed what the old ranks had left running" \
+  || fail "$(pgrep -fc '^sleep 301') copies of the rank's child run"
+expect_exit 0 "cancel it" -- "$B" cancel "$OR"
 
 # ---- cancel ---------------------------------------------------------------------------------------
 cat > sleeper.yaml <<'EOF'

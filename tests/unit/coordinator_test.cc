@@ -536,6 +536,58 @@ TEST(State, EverythingSurvivesReopeningAndEpochsKeepGrowing) {
   EXPECT_GT(next, last_epoch);
 }
 
+TEST(State, RankExitsAreDurableAndRefusedForEndedAttempts) {
+  testing::TempDir dir;
+  uint64_t epoch = 0;
+  {
+    auto s = OpenOrDie(dir / "state.db");
+    const uint64_t id = *s->AddJob(Spec("a", 3), 0);
+    epoch = *s->StartAttempt(id, {{"w", 0, 3}}, 1);
+    ASSERT_TRUE(s->RecordRankExit(epoch, 2, 0).ok());
+    ASSERT_TRUE(s->RecordRankExit(epoch, 0, 0).ok());
+  }
+  auto s = OpenOrDie(dir / "state.db");
+  auto exits = s->RankExits(epoch);
+  ASSERT_TRUE(exits.ok());
+  EXPECT_EQ(*exits, (std::vector<std::pair<int, int>>{{0, 0}, {2, 0}}));
+  ASSERT_TRUE(s->EndAttempt(epoch, E(Outcome::kFailed, 1, 9, "", "rank 1 exited with status 9"), 2).ok());
+  EXPECT_THAT(s->RecordRankExit(epoch, 1, 9).message(), HasSubstr("stale epoch"));
+  EXPECT_EQ(s->RecordRankExit(12345, 0, 0).code(), Code::kNotFound);
+  auto attempts = s->Attempts(1);
+  ASSERT_EQ(attempts->size(), 1u);
+  EXPECT_EQ((*attempts)[0].message, "rank 1 exited with status 9") << "why an attempt ended is kept";
+}
+
+TEST(State, AQueuedJobThatCanNeverRunIsFailed) {
+  testing::TempDir dir;
+  auto s = OpenOrDie(dir / "state.db");
+  const uint64_t id = *s->AddJob(Spec("a"), 0);
+  Result<JobRecord> j = s->FailQueuedJob(id, "the job spec no longer parses: x", 5);
+  ASSERT_TRUE(j.ok()) << j.status().ToString();
+  EXPECT_EQ(j->state, JobState::kFailed);
+  EXPECT_EQ(j->message, "the job spec no longer parses: x");
+  EXPECT_EQ(s->FailQueuedJob(id, "again", 6).status().code(), Code::kInvalidArgument);
+}
+
+TEST(State, AVersionOneDatabaseIsUpgraded) {
+  testing::TempDir dir;
+  const std::string path = dir / "state.db";
+  {
+    auto s = OpenOrDie(path);
+    const uint64_t id = *s->AddJob(Spec("old", 1), 0);
+    ASSERT_TRUE(s->StartAttempt(id, {{"w", 0, 1}}, 1).ok());
+  }
+  // What version 1 was: no rank_exits table, no attempts.message.
+  ASSERT_EQ(std::system(("sqlite3 " + path + " 'DROP TABLE rank_exits; ALTER TABLE attempts DROP COLUMN message; "
+                         "PRAGMA user_version=1'").c_str()),
+            0);
+  auto s = OpenOrDie(path);
+  ASSERT_TRUE(s->RecordRankExit(1, 0, 0).ok());
+  ASSERT_TRUE(s->EndAttempt(1, E(Outcome::kFailed, -1, 0, "", "lost"), 3).ok());
+  EXPECT_EQ((*s->Attempts(1))[0].message, "lost");
+  EXPECT_EQ(s->Job(1)->spec.name, "old") << "the jobs survive the upgrade";
+}
+
 TEST(State, RefusesFilesThatAreNotItsDatabase) {
   testing::TempDir dir;
   testing::WriteFile(dir / "garbage.db", std::string(8192, 'g'));
