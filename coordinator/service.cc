@@ -1081,6 +1081,8 @@ void Service::Impl::StartJob(const Start& start) {
   Result<uint64_t> epoch = store_->StartAttempt(start.job_id, start.placements, now);
   if (!epoch.ok()) return Fatal(epoch.status());
   queued_.erase(start.job_id);
+  j = store_->Job(start.job_id);  // as the start left it: `restarts` counts the attempts before this one
+  if (!j.ok()) return Fatal(j.status());
   Attempt a;
   a.job_id = start.job_id;
   a.epoch = *epoch;

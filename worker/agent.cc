@@ -164,7 +164,6 @@ class Agent::Impl {
   std::unique_ptr<coordinator::Client> client_;
   Clock::time_point next_connect_ = Clock::now();
   milliseconds backoff_{200};
-  Clock::time_point disconnected_since_ = Clock::now();
   Clock::time_point last_heard_ = Clock::now();  // the last frame from the coordinator
   milliseconds heartbeat_interval_{1000};
   milliseconds lease_{10000};
@@ -270,7 +269,8 @@ void Agent::Impl::Connect() {
   co.role = proto::ROLE_WORKER;
   co.token = o_.token;
   co.name = o_.name;
-  co.timeout = milliseconds(5000);
+  // Short: the loop also reaps ranks and enforces the lease, and waits for this.
+  co.timeout = milliseconds(2000);
   auto c = coordinator::Client::Connect(co);
   if (!c.ok()) {
     if (c.status().code() == Code::kInvalidArgument) {
@@ -322,7 +322,6 @@ void Agent::Impl::Disconnect(const Status& why) {
   if (!client_) return;
   COHORT_LOG_WARN("worker {}: lost the coordinator: {}", o_.name, why.message());
   client_.reset();
-  disconnected_since_ = Clock::now();
   next_connect_ = Clock::now();
 }
 
@@ -655,6 +654,24 @@ Status Agent::Impl::Run() {
   COHORT_LOG_INFO("worker {}: {} slots, coordinator {}:{}, work directory {}", o_.name, o_.slots, o_.coordinator_host,
                   o_.coordinator_port, o_.work_dir);
   while (!stop_->load()) {
+    // The lease counts from the last frame heard from the coordinator (heartbeats are
+    // acknowledged), connected or not: a connection that looks open but carries nothing back (a
+    // partition, a hung coordinator host) is as good as lost. Past it, the coordinator has given
+    // up on this node's ranks and may have restarted them elsewhere: they are stopped, before any
+    // attempt to reconnect (which may itself take a while when the network is gone).
+    if (Clock::now() - last_heard_ > lease_) {
+      const auto silent = std::chrono::duration_cast<milliseconds>(Clock::now() - last_heard_).count();
+      if (client_) {
+        Disconnect(Status(Code::kDeadlineExceeded, "nothing from the coordinator for " + std::to_string(silent) + " ms"));
+      }
+      for (Rank& r : ranks_) {
+        if (!r.stopping && !r.exited) {
+          COHORT_LOG_WARN("worker {}: nothing from the coordinator for {} ms (lease {} ms): stopping job {} rank {}",
+                          o_.name, silent, lease_.count(), r.job, r.rank);
+          BeginStop(r);
+        }
+      }
+    }
     Connect();
     if (!fatal_.ok()) return fatal_.WithContext("worker " + o_.name);
     if (client_) {
@@ -664,27 +681,9 @@ Status Agent::Impl::Run() {
       } else if (m->has_value()) {
         last_heard_ = Clock::now();
         Handle(**m);
-      } else if (Clock::now() - last_heard_ > lease_) {
-        // Heartbeats are acknowledged: a connection that looks open but carries nothing back (a
-        // partition, a hung coordinator host) is as good as lost. The lease counts from the last
-        // frame heard, so the ranks stop when the coordinator gives up on this node.
-        Disconnect(Status(Code::kDeadlineExceeded, "nothing from the coordinator for " +
-                                                       std::to_string(lease_.count()) + " ms"));
-        disconnected_since_ = last_heard_;
       }
     } else {
       std::this_thread::sleep_for(milliseconds(50));
-      // Cut off longer than the lease: the coordinator has given up on these ranks.
-      if (!ranks_.empty() && Clock::now() - disconnected_since_ > lease_) {
-        for (Rank& r : ranks_) {
-          if (!r.stopping && !r.exited) {
-            COHORT_LOG_WARN("worker {}: no coordinator for {} ms (lease {} ms): stopping job {} rank {}", o_.name,
-                            std::chrono::duration_cast<milliseconds>(Clock::now() - disconnected_since_).count(),
-                            lease_.count(), r.job, r.rank);
-            BeginStop(r);
-          }
-        }
-      }
     }
     Reap();
     FlushLogs();

@@ -310,6 +310,45 @@ done
   || fail "$(pgrep -fc '^sleep 301') copies of the rank's child run"
 expect_exit 0 "cancel it" -- "$B" cancel "$OR"
 
+# ---- a partitioned agent that comes back: its stale attempt is fenced off ------------------------
+# SIGSTOP freezes the agent (no heartbeats, nothing read): to the coordinator it is cut off. The
+# job is restarted on the other worker; when the agent resumes, it registers again listing ranks of
+# the old epoch, and is told to stop them.
+cat > fence.yaml <<'EOF'
+name: fence
+command: 'exec sleep 303'
+launch: {ranks: 1, max_restarts: 1}
+EOF
+expect_exit 0 "submit a job" -- "$B" submit fence.yaml
+FE=$(job_id)
+for i in $(seq 1 100); do
+  [ "$(pgrep -fc '^sleep 303' || true)" = 1 ] && break
+  sleep 0.1
+done
+"$B" status "$FE" > st.txt
+FROZEN=$(grep -o 'on w[12]' st.txt | head -1 | cut -c4-)
+OLD_RANK=$(pgrep -f '^sleep 303')
+kill -STOP "${WPID[$FROZEN]}"
+for i in $(seq 1 100); do
+  "$B" status "$FE" | grep -q "attempt 2 .*running" && break
+  sleep 0.1
+done
+expect_exit 0 "status" -- "$B" status "$FE"
+expect_output "attempt 1 .*worker $FROZEN lost" "the frozen worker's attempt failed"
+expect_output "attempt 2 .* running on" "and the job runs again elsewhere"
+kill -CONT "${WPID[$FROZEN]}"
+for i in $(seq 1 100); do
+  kill -0 "$OLD_RANK" 2>/dev/null || break
+  sleep 0.1
+done
+kill -0 "$OLD_RANK" 2>/dev/null && fail "the stale rank still runs after its agent came back" \
+  || pass "the agent that came back was told to stop the stale attempt's rank"
+grep -q "runs ranks of job $FE epoch [0-9]*, which is not a running attempt: stopping them" coord.err \
+  && pass "the coordinator fenced the stale epoch off" || fail "no fencing message"
+expect_exit 0 "status" -- "$B" status "$FE"
+expect_output "state      running" "the restarted attempt is unaffected"
+expect_exit 0 "cancel it" -- "$B" cancel "$FE"
+
 # ---- cancel ---------------------------------------------------------------------------------------
 cat > sleeper.yaml <<'EOF'
 name: sleeper
