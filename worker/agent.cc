@@ -70,6 +70,7 @@ struct Rank {
   bool exited = false;
   int status = 0;
   Clock::time_point exited_at;
+  int gpu = -1;  // the GPU index it was given (CUDA_VISIBLE_DEVICES), -1: none
 };
 
 void ReadOutput(int fd, std::string log_path, std::shared_ptr<Output> out, std::shared_ptr<std::atomic<bool>> quit) {
@@ -419,6 +420,19 @@ Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank,
   env["LOCAL_RANK"] = std::to_string(local_rank);
   env["LOCAL_WORLD_SIZE"] = std::to_string(local_size);
   env["GROUP_RANK"] = "0";
+  // One GPU per rank, the lowest free one, on nodes that have them: the rank sees only that device.
+  int gpu = -1;
+  if (o_.gpus > 0) {
+    std::set<int> busy;
+    for (const Rank& r : ranks_) {
+      if (r.gpu >= 0) busy.insert(r.gpu);
+    }
+    for (int g = 0; g < o_.gpus && gpu < 0; ++g) {
+      if (busy.count(g) == 0) gpu = g;
+    }
+    // More ranks than GPUs here (slots > gpus): this one gets none, and sees none.
+    env["CUDA_VISIBLE_DEVICES"] = gpu >= 0 ? std::to_string(gpu) : "";
+  }
   std::vector<std::string> env_strings;
   for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
   std::vector<char*> cargv, cenv;
@@ -492,6 +506,7 @@ Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank,
   r.rank = rank;
   r.pid = pid;
   r.fd = fds[0];
+  r.gpu = gpu;
   const std::string log_path = o_.work_dir + "/" + std::to_string(l.job_id()) + "/rank-" + std::to_string(rank) + ".log";
   r.reader = std::thread(ReadOutput, fds[0], log_path, r.out, r.quit);
   SaveGroups();
