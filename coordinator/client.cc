@@ -39,19 +39,33 @@ class Client::Impl {
 
   Status Connect() {
     const auto deadline = Clock::now() + o_.timeout;
+    // Name resolution and the connect share the deadline.
     tcp::resolver resolver(io_);
     error_code ec;
-    auto endpoints = resolver.resolve(o_.host, std::to_string(o_.port), ec);
-    if (ec) return Unavailable("cannot resolve " + peer_ + ": " + ec.message());
+    tcp::resolver::results_type endpoints;
+    bool resolved = false;
+    resolver.async_resolve(o_.host, std::to_string(o_.port), [&](const error_code& e, tcp::resolver::results_type r) {
+      ec = e;
+      endpoints = std::move(r);
+      resolved = true;
+    });
+    io_.restart();
+    while (!resolved && Clock::now() < deadline) io_.run_one_until(deadline);
+    if (!resolved) {
+      resolver.cancel();
+      io_.restart();
+      while (!resolved) io_.run_one();
+      return Break(Status(Code::kDeadlineExceeded, "timed out resolving " + peer_));
+    }
+    if (ec) return Break(Unavailable("cannot resolve " + peer_ + ": " + ec.message()));
     bool done = false;
     asio::async_connect(sock_, endpoints, [&](const error_code& e, const tcp::endpoint&) {
       ec = e;
       done = true;
     });
-    if (Status st = RunUntil(deadline, &done, "connecting to"); !st.ok()) {
-      // Closed, not just cancelled: a cancelled ranged connect would go on to the next address.
-      return Break(st);
-    }
+    // Closed on the deadline, not just cancelled: a cancelled ranged connect would go on to the
+    // next address and wait out its own SYN timeout.
+    if (Status st = RunUntil(deadline, &done, "connecting to", /*close=*/true); !st.ok()) return Break(st);
     if (ec) return Break(Unavailable("cannot connect to the coordinator at " + peer_ + ": " + ec.message()));
     sock_.set_option(tcp::no_delay(true), ec);
     proto::Envelope hello;
@@ -100,7 +114,7 @@ class Client::Impl {
       done = true;
     });
     // A send cut short leaves part of a frame on the wire: the stream is unusable after it.
-    if (Status st = RunUntil(Clock::now() + timeout, &done, "sending to"); !st.ok()) return Break(st);
+    if (Status st = RunUntil(Clock::now() + timeout, &done, "sending to", /*close=*/true); !st.ok()) return Break(st);
     if (ec) return Break(Unavailable("lost the connection to the coordinator at " + peer_ + ": " + ec.message()));
     return id;
   }
@@ -140,12 +154,18 @@ class Client::Impl {
   // for its handler, which still refers to the caller's locals).
   // On the deadline the operation is cancelled and its handler awaited (it refers to the caller's
   // locals); the caller looks at the operation's error to see whether it completed anyway.
-  Status RunUntil(Clock::time_point deadline, bool* done, const char* what) {
+  // `close`: the socket is closed rather than the operation cancelled (connect, send: the
+  // connection is unusable afterwards anyway).
+  Status RunUntil(Clock::time_point deadline, bool* done, const char* what, bool close = false) {
     io_.restart();
     while (!*done && Clock::now() < deadline) io_.run_one_until(deadline);
     if (*done) return Status::Ok();
     error_code ec;
-    sock_.cancel(ec);
+    if (close) {
+      sock_.close(ec);
+    } else {
+      sock_.cancel(ec);
+    }
     io_.restart();
     while (!*done) io_.run_one();
     return Status(Code::kDeadlineExceeded, std::string("timed out ") + what + " the coordinator at " + peer_);

@@ -137,6 +137,8 @@ class Service::Impl {
     int64_t last_seen_unix_ms = 0;  // for display
     int64_t last_seen = 0;          // steady clock
     int64_t disconnected = 0;       // steady clock
+    int64_t forgiven = 0;           // stall time added to its deadlines since its last heartbeat
+    int64_t stop_grace_ms = 30000;  // how long its ranks may take to stop
   };
   struct Attempt {
     uint64_t job_id = 0;
@@ -151,6 +153,8 @@ class Service::Impl {
     std::set<int> attached;       // ranks their workers reported running since the restart
     int64_t launched = 0;         // steady clock: when LaunchRanks went out (0: before a restart)
     std::map<int, int> missing;   // rank -> heartbeats in a row from its worker not listing it
+    std::map<int, int64_t> missed_at;  // rank -> when the last counted miss was seen (steady)
+    std::set<int> exited;         // ranks known to have exited, whatever their status
     bool rendezvous = false;
     std::string name;             // the job's
     int restarts = 0;             // of the job, before this attempt
@@ -186,7 +190,7 @@ class Service::Impl {
   // Ends an open attempt as failed (or cancelled): records it, stops its ranks everywhere, and
   // releases its rendezvous store. `final` fails the job even with restarts left.
   void FailAttempt(uint64_t epoch, int rank, int status, const std::string& tail, const std::string& why,
-                   bool final = false);
+                   bool final = false, int64_t hold_ms = 0);
   void StopRanks(const Attempt& a);
   void Forget(uint64_t epoch);
   void WorkerDown(Worker& w, const std::string& why);
@@ -443,6 +447,14 @@ Status Service::Impl::Init() {
     ASSIGN_OR_RETURN(auto exits, store_->RankExits(r.epoch));
     for (const auto& [rank, status] : exits) {
       if (status == 0) a.succeeded.insert(rank);
+    }
+    if (static_cast<int>(a.succeeded.size()) >= a.ranks) {
+      // Every rank had finished; the coordinator died before it recorded the attempt's end.
+      StateStore::End end;
+      end.outcome = Outcome::kSucceeded;
+      ASSIGN_OR_RETURN(JobRecord done, store_->EndAttempt(r.epoch, end, clock_->NowMs()));
+      COHORT_LOG_INFO("coordinator: job {} succeeded (all its ranks had finished before the restart)", done.id);
+      continue;
     }
     attempts_[r.epoch] = std::move(a);
     epoch_job_[r.epoch] = r.job_id;
@@ -778,6 +790,7 @@ void Service::Impl::HandleWorker(const std::shared_ptr<Session>& s, const proto:
   Worker& w = it->second;
   w.last_seen = clock_->SteadyMs();
   w.last_seen_unix_ms = clock_->NowMs();
+  w.forgiven = 0;
   switch (e.body_case()) {
     case proto::Envelope::kHeartbeat: {
       ++heartbeats_;
@@ -829,6 +842,7 @@ void Service::Impl::Register(const std::shared_ptr<Session>& s, const proto::Env
   // Where other nodes reach its ranks: what it says (its side of the connection, or its
   // --address), else where its connection comes from.
   w.address = r.address().empty() ? s->peer_ip : r.address();
+  if (r.stop_grace_ms() > 0) w.stop_grace_ms = r.stop_grace_ms();
   w.session = s;
   w.connected = true;
   w.up = true;
@@ -841,7 +855,10 @@ void Service::Impl::Register(const std::shared_ptr<Session>& s, const proto::Env
   proto::Envelope reply;
   reply.set_request_id(e.request_id());
   reply.mutable_registered()->set_heartbeat_interval_ms(static_cast<uint32_t>(o_.heartbeat_interval_ms));
-  reply.mutable_registered()->set_lease_ms(static_cast<uint32_t>(o_.heartbeat_timeout_ms));
+  // The agent stops its ranks a heartbeat interval before the coordinator gives up on it, not
+  // after (but never sooner than two intervals without an acknowledgement).
+  reply.mutable_registered()->set_lease_ms(static_cast<uint32_t>(
+      std::max(2 * o_.heartbeat_interval_ms, o_.heartbeat_timeout_ms - o_.heartbeat_interval_ms)));
   s->Send(reply);
   NoteRunning(w, r.running());
   if (stopping_) return;
@@ -888,6 +905,12 @@ void Service::Impl::NoteRunning(Worker& w, const google::protobuf::RepeatedPtrFi
       stale.insert({r.job_id(), r.epoch()});
     }
   }
+  // Ranks of ended attempts still running here hold their slots until they are gone (a worker
+  // coming back after a partition, or after the coordinator restarted, may still be stopping them).
+  std::map<uint64_t, int> stale_ranks;  // epoch -> ranks listed
+  for (const proto::RunningRank& r : running) {
+    if (listed.count({r.epoch(), r.rank()}) == 0) ++stale_ranks[r.epoch()];
+  }
   for (const auto& [job, epoch] : stale) {
     COHORT_LOG_WARN("coordinator: worker {} runs ranks of job {} epoch {}, which is not a running attempt: stopping them",
                     w.name, job, epoch);
@@ -895,9 +918,12 @@ void Service::Impl::NoteRunning(Worker& w, const google::protobuf::RepeatedPtrFi
     stop.mutable_stop()->set_job_id(job);
     stop.mutable_stop()->set_epoch(epoch);
     SendTo(w.name, stop);
+    Draining& d = draining_[epoch];
+    d.slots[w.name] = stale_ranks[epoch];
+    d.until = std::max(d.until, now + std::max(o_.drain_timeout_ms, w.stop_grace_ms + o_.heartbeat_timeout_ms));
   }
   for (auto it = draining_.begin(); it != draining_.end();) {
-    if (listed_epochs.count(it->first) == 0) it->second.slots.erase(w.name);
+    if (listed_epochs.count(it->first) == 0 && it->second.slots.erase(w.name) > 0) dirty_ = true;
     it = it->second.slots.empty() ? draining_.erase(it) : std::next(it);
   }
   std::vector<std::pair<uint64_t, std::string>> gone;
@@ -910,7 +936,13 @@ void Service::Impl::NoteRunning(Worker& w, const google::protobuf::RepeatedPtrFi
           a.missing.erase(r);
           if (a.reattaching) a.attached.insert(r);
         } else if (a.succeeded.count(r) == 0 && (a.launched == 0 || now - a.launched > o_.heartbeat_interval_ms)) {
-          if (++a.missing[r] >= 2 && lost < 0) lost = r;
+          // Misses count at most once per half interval: heartbeats queued behind a stalled loop
+          // and read back to back are one observation, not several.
+          auto last = a.missed_at.find(r);
+          if (last == a.missed_at.end() || now - last->second >= o_.heartbeat_interval_ms / 2) {
+            a.missed_at[r] = now;
+            if (++a.missing[r] >= 2 && lost < 0) lost = r;
+          }
         }
       }
     }
@@ -974,6 +1006,7 @@ void Service::Impl::RankExited(Worker& w, const proto::Envelope& e) {
     Schedule();
     return;
   }
+  a.exited.insert(x.rank());
   FailAttempt(epoch, x.rank(), x.exit_status(), x.log_tail(),
               "rank " + std::to_string(x.rank()) + " exited with status " + std::to_string(x.exit_status()) +
                   " on worker " + w.name);
@@ -1160,13 +1193,16 @@ void Service::Impl::Forget(uint64_t epoch) {
     auto w = workers_.find(p.worker);
     if (w == workers_.end() || !w->second.up) continue;
     int left = 0;
-    for (int r = p.first_rank; r < p.first_rank + p.count; ++r) left += a.succeeded.count(r) == 0 ? 1 : 0;
-    if (left > 0) d.slots[p.worker] = left;
+    for (int r = p.first_rank; r < p.first_rank + p.count; ++r) {
+      left += a.succeeded.count(r) == 0 && a.exited.count(r) == 0 ? 1 : 0;
+    }
+    if (left > 0) {
+      d.slots[p.worker] = left;
+      d.until = std::max(d.until, clock_->SteadyMs() + std::max(o_.drain_timeout_ms,
+                                                                 w->second.stop_grace_ms + o_.heartbeat_timeout_ms));
+    }
   }
-  if (!d.slots.empty()) {
-    d.until = clock_->SteadyMs() + o_.drain_timeout_ms;
-    draining_[epoch] = std::move(d);
-  }
+  if (!d.slots.empty()) draining_[epoch] = std::move(d);
   if (a.rendezvous && rdv_ != nullptr) rdv_->Close(epoch);
   attempts_.erase(it);
 }
@@ -1177,11 +1213,12 @@ void Service::Impl::Requeued(const JobRecord& j) {
 }
 
 void Service::Impl::FailAttempt(uint64_t epoch, int rank, int status, const std::string& tail, const std::string& why,
-                                bool final) {
+                                bool final, int64_t hold_ms) {
   auto it = attempts_.find(epoch);
   if (it == attempts_.end()) return;
   const Attempt a = it->second;
   StateStore::End end;
+  if (hold_ms > 0) end.not_before_ms = clock_->NowMs() + hold_ms;
   end.outcome = Outcome::kFailed;
   end.exit_rank = rank;
   end.exit_status = status;
@@ -1213,7 +1250,11 @@ void Service::Impl::WorkerDown(Worker& w, const std::string& why) {
       if (p.worker == w.name) hit.push_back(epoch);
     }
   }
-  for (uint64_t epoch : hit) FailAttempt(epoch, -1, 0, "", "worker " + w.name + " lost: " + why);
+  // Its ranks may still run, cut off (they stop at the agent's lease, within the stop grace):
+  // the jobs restart only once they surely have, or two attempts would write one checkpoint.
+  for (uint64_t epoch : hit) {
+    FailAttempt(epoch, -1, 0, "", "worker " + w.name + " lost: " + why, false, w.stop_grace_ms);
+  }
   // Its draining slots go with it; it starts afresh when it registers again.
   for (auto it = draining_.begin(); it != draining_.end();) {
     it->second.slots.erase(w.name);
@@ -1233,13 +1274,21 @@ void Service::Impl::Tick() {
   // heartbeats that arrived meanwhile: their absence is not the workers' fault.
   const int64_t stalled = steady - last_tick_ - o_.tick_ms;
   last_tick_ = steady;
-  if (stalled > o_.heartbeat_timeout_ms / 4) {
-    COHORT_LOG_WARN("coordinator: the event loop stalled for {} ms; extending every worker's deadline by that", stalled);
+  if (o_.forgive_stalls && stalled > o_.heartbeat_timeout_ms / 4) {
+    COHORT_LOG_WARN("coordinator: the event loop stalled for {} ms; extending the workers' deadlines by that", stalled);
     for (auto& [name, w] : workers_) {
-      w.last_seen += stalled;
-      w.disconnected += stalled;
+      // At most one timeout between two heartbeats: a loop that keeps lagging does not keep a
+      // dead worker up.
+      const int64_t add = std::min(stalled, o_.heartbeat_timeout_ms - w.forgiven);
+      if (add <= 0) continue;
+      w.forgiven += add;
+      w.last_seen += add;
+      w.disconnected += add;
     }
-    for (auto& [epoch, a] : attempts_) a.reattach_deadline += stalled;
+    for (auto& [epoch, a] : attempts_) {
+      a.reattach_deadline += stalled;
+      if (a.launched > 0) a.launched += stalled;
+    }
   }
   for (auto& [name, w] : workers_) {
     if (w.connected && w.up && steady - w.last_seen > o_.heartbeat_timeout_ms) {

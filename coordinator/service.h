@@ -83,8 +83,12 @@ struct ServiceOptions {
   int64_t idle_timeout_ms = 10 * 60 * 1000;  // user connections
   int64_t tick_ms = 100;                // housekeeping period (timeouts, backoffs, time limits)
   // After a failed attempt, its slots stay held until the worker reports its ranks gone (they may
-  // still be writing a checkpoint, or holding GPU memory), or this long.
+  // still be writing a checkpoint, or holding GPU memory), or this long (at least the worker's
+  // stop grace).
   int64_t drain_timeout_ms = 60000;
+  // A late tick (the loop stalled: slow disk, stopped process) extends the workers' deadlines by
+  // the stall, up to one heartbeat timeout per worker between its heartbeats.
+  bool forgive_stalls = true;
   Backoff backoff;
   WireLimits limits;
   size_t max_connections = 20000;

@@ -485,6 +485,7 @@ Result<JobRecord> StateStore::EndAttempt(uint64_t epoch, const End& end, int64_t
         // base * 2^restarts, capped (the shift is bounded so it cannot overflow).
         const int64_t grown = backoff_.base_ms << std::min(restarts, 30);
         not_before = now_ms + std::min(backoff_.max_ms, grown < backoff_.base_ms ? backoff_.max_ms : grown);
+        not_before = std::max(not_before, end.not_before_ms);
       } else {
         state = "failed";
       }

@@ -119,6 +119,8 @@ class StateStore {
     std::string log_tail;
     std::string message;     // for the job: why it failed or was cancelled
     bool no_restart = false; // kFailed: fail the job even with restarts left (a time limit hit)
+    // kFailed with a restart: not before this either (ranks on a lost node may still be stopping).
+    int64_t not_before_ms = 0;
   };
   Result<JobRecord> EndAttempt(uint64_t epoch, const End& end, int64_t now_ms);
 

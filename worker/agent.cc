@@ -70,7 +70,7 @@ struct Rank {
   bool exited = false;
   int status = 0;
   Clock::time_point exited_at;
-  int gpu = -1;  // the GPU index it was given (CUDA_VISIBLE_DEVICES), -1: none
+  std::vector<int> gpus;  // the node's GPU slots (indexes into GpuNames) its launch holds
 };
 
 void ReadOutput(int fd, std::string log_path, std::shared_ptr<Output> out, std::shared_ptr<std::atomic<bool>> quit) {
@@ -149,7 +149,11 @@ class Agent::Impl {
   void Disconnect(const Status& why);
   void Handle(const proto::Envelope& e);
   void Launch(const proto::LaunchRanks& l);
-  Status Spawn(const proto::LaunchRanks& l, int rank, int local_rank, int local_size, const std::string& spec_path);
+  Status Spawn(const proto::LaunchRanks& l, int rank, int local_rank, int local_size, const std::string& spec_path,
+               const std::string& gpus, const std::vector<int>& gpu_slots);
+  // The GPUs this node may use: --gpus N of them, named as in the agent's own CUDA_VISIBLE_DEVICES
+  // when that is set (a node shared between agents, or Slurm's allocation), else 0..N-1.
+  std::vector<std::string> GpuNames() const;
   void StopJob(uint64_t job, uint64_t epoch, const std::string& why);
   void BeginStop(Rank& r);
   void Reap();
@@ -296,6 +300,7 @@ void Agent::Impl::Connect() {
   r->set_slots(o_.slots);
   r->set_gpus(o_.gpus);
   r->set_address(!o_.address.empty() ? o_.address : (*c)->local_address());
+  r->set_stop_grace_ms(static_cast<uint32_t>(o_.stop_grace.count()));
   RunningList(r->mutable_running());
   Result<proto::Envelope> reply = (*c)->Call(std::move(reg), milliseconds(10000));
   if (!reply.ok() || reply->body_case() != proto::Envelope::kRegistered) {
@@ -383,8 +388,29 @@ void Agent::Impl::Launch(const proto::LaunchRanks& l) {
   }
   std::vector<int> ranks(l.ranks().begin(), l.ranks().end());
   std::sort(ranks.begin(), ranks.end());
+  // On a node with GPUs, the launch's ranks get one each, the lowest free ones, all listed in the
+  // same order in every rank's CUDA_VISIBLE_DEVICES: rank LOCAL_RANK uses device LOCAL_RANK, as
+  // with torchrun. Fewer free GPUs than ranks: the launch is refused (each rank reported failed).
+  std::string gpus;
+  std::vector<int> gpu_slots;
+  Status refused;
+  if (o_.gpus > 0) {
+    const std::vector<std::string> names = GpuNames();
+    std::set<int> busy;
+    for (const Rank& r : ranks_) busy.insert(r.gpus.begin(), r.gpus.end());
+    for (int g = 0; g < static_cast<int>(names.size()) && gpu_slots.size() < ranks.size(); ++g) {
+      if (busy.count(g) == 0) gpu_slots.push_back(g);
+    }
+    if (gpu_slots.size() < ranks.size()) {
+      refused = InvalidArgument("worker " + o_.name + " has " + std::to_string(gpu_slots.size()) + " free GPU(s) for " +
+                                std::to_string(ranks.size()) + " rank(s): start it with --slots no larger than --gpus");
+    }
+    for (int g : gpu_slots) gpus += (gpus.empty() ? "" : ",") + names[static_cast<size_t>(g)];
+  }
   for (size_t i = 0; i < ranks.size(); ++i) {
-    Status st = Spawn(l, ranks[i], static_cast<int>(i), static_cast<int>(ranks.size()), spec_path);
+    Status st = refused.ok() ? Spawn(l, ranks[i], static_cast<int>(i), static_cast<int>(ranks.size()), spec_path,
+                                     gpus, gpu_slots.empty() ? std::vector<int>() : std::vector<int>{gpu_slots[i]})
+                             : refused;
     if (!st.ok()) {
       COHORT_LOG_ERROR("worker {}: job {} rank {}: {}", o_.name, l.job_id(), ranks[i], st.message());
       proto::RankExited x;
@@ -400,7 +426,7 @@ void Agent::Impl::Launch(const proto::LaunchRanks& l) {
 }
 
 Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank, int local_size,
-                          const std::string& spec_path) {
+                          const std::string& spec_path, const std::string& gpus, const std::vector<int>& gpu_slots) {
   std::vector<std::string> argv(l.argv().begin(), l.argv().end());
   if (argv.empty()) {
     // The built-in trainer; its rank 0 writes a line of metrics per step, read for heartbeats.
@@ -420,19 +446,7 @@ Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank,
   env["LOCAL_RANK"] = std::to_string(local_rank);
   env["LOCAL_WORLD_SIZE"] = std::to_string(local_size);
   env["GROUP_RANK"] = "0";
-  // One GPU per rank, the lowest free one, on nodes that have them: the rank sees only that device.
-  int gpu = -1;
-  if (o_.gpus > 0) {
-    std::set<int> busy;
-    for (const Rank& r : ranks_) {
-      if (r.gpu >= 0) busy.insert(r.gpu);
-    }
-    for (int g = 0; g < o_.gpus && gpu < 0; ++g) {
-      if (busy.count(g) == 0) gpu = g;
-    }
-    // More ranks than GPUs here (slots > gpus): this one gets none, and sees none.
-    env["CUDA_VISIBLE_DEVICES"] = gpu >= 0 ? std::to_string(gpu) : "";
-  }
+  if (!gpus.empty()) env["CUDA_VISIBLE_DEVICES"] = gpus;
   std::vector<std::string> env_strings;
   for (const auto& [k, v] : env) env_strings.push_back(k + "=" + v);
   std::vector<char*> cargv, cenv;
@@ -446,6 +460,8 @@ Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank,
     workdir = o_.work_dir + "/" + std::to_string(l.job_id());
   }
 
+  const long open_max = ::sysconf(_SC_OPEN_MAX);
+  const int max_fd = static_cast<int>(open_max > 0 && open_max < 65536 ? open_max : 65536);
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return ErrnoError("pipe", errno);
   const pid_t parent = ::getpid();
@@ -467,7 +483,9 @@ Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank,
     if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
     // Nothing of the agent's reaches the job: not its connection to the coordinator (a rank could
     // forge reports on it), not other ranks' pipes or log files.
-    ::close_range(3, ~0U, 0);
+    if (::close_range(3, ~0U, 0) != 0) {
+      for (int fd = 3; fd < max_fd; ++fd) ::close(fd);  // kernels before 5.9, or a seccomp filter
+    }
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -506,12 +524,29 @@ Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank,
   r.rank = rank;
   r.pid = pid;
   r.fd = fds[0];
-  r.gpu = gpu;
+  r.gpus = gpu_slots;
   const std::string log_path = o_.work_dir + "/" + std::to_string(l.job_id()) + "/rank-" + std::to_string(rank) + ".log";
   r.reader = std::thread(ReadOutput, fds[0], log_path, r.out, r.quit);
   SaveGroups();
   COHORT_LOG_INFO("worker {}: job {} epoch {} rank {} started (pid {}): {}", o_.name, r.job, r.epoch, rank, pid, argv[0]);
   return Status::Ok();
+}
+
+std::vector<std::string> Agent::Impl::GpuNames() const {
+  std::vector<std::string> inherited;
+  if (const char* v = std::getenv("CUDA_VISIBLE_DEVICES"); v != nullptr && *v != '\0') {
+    std::stringstream ss(v);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      if (!item.empty()) inherited.push_back(item);
+    }
+  }
+  std::vector<std::string> out;
+  for (int g = 0; g < o_.gpus; ++g) {
+    if (!inherited.empty() && g >= static_cast<int>(inherited.size())) break;
+    out.push_back(inherited.empty() ? std::to_string(g) : inherited[static_cast<size_t>(g)]);
+  }
+  return out;
 }
 
 void Agent::Impl::BeginStop(Rank& r) {

@@ -11,8 +11,10 @@
 //  - A rank inherits no descriptor of the agent's (above all not its coordinator connection).
 //  - The environment is the agent's plus the job's (LaunchRanks.env) plus, per rank, RANK,
 //    LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE (torchrun style), and on a node with GPUs
-//    (--gpus G) CUDA_VISIBLE_DEVICES: the lowest GPU no running rank holds (empty, so no GPU at
-//    all, when there are more ranks than GPUs).
+//    (--gpus G) CUDA_VISIBLE_DEVICES: the launch's ranks get one free GPU each, listed in the same
+//    order for all of them, so that LOCAL_RANK picks a rank's own device (as under torchrun).
+//    GPUs are named as in the agent's own CUDA_VISIBLE_DEVICES when set. A launch with more ranks
+//    than free GPUs is refused: its ranks are reported failed, naming the shortfall.
 //  - The command is the job's `command:`, or this binary's `train <spec> --resume=auto`.
 //  - stdout and stderr go, line by line, to <work_dir>/<job>/rank-<r>.log and to the coordinator.
 //  - Stopping: SIGTERM to the group (the trainer checkpoints and exits), SIGKILL after stop_grace.

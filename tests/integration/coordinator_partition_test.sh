@@ -4,7 +4,8 @@
 # taken down under a running job. Nothing is closed or reset: the TCP connection just stops
 # carrying anything, in both directions.
 #  - the coordinator declares the worker down within the heartbeat timeout and restarts the job on
-#    the other worker, from its start (no checkpoint here) with one restart;
+#    the other worker (once the cut-off ranks have surely stopped: the agent's stop grace), from
+#    its start (no checkpoint here) with one restart;
 #  - the cut-off agent stops its own ranks once it has heard nothing for its lease;
 #  - when the link comes back, the agent registers again, and the restarted job is untouched.
 # Needs root (network namespaces); CI runs as root. Every process is started here and stopped by PID.
@@ -58,7 +59,8 @@ PORT=$(grep -m1 'listening on' coord.out | sed 's/.*:\([0-9]*\)$/\1/')
 export COHORT_COORDINATOR=$HOST_IP:$PORT COHORT_TOKEN_FILE=$WORK/user.token
 
 # w-cut runs in the namespace (2 slots); w-host on the host (2 slots).
-ip netns exec "$NS" "$B" worker --slots 2 --name w-cut --token-file worker.token --work-dir "$WORK/w-cut" > w-cut.out 2>&1 &
+ip netns exec "$NS" "$B" worker --slots 2 --name w-cut --token-file worker.token --work-dir "$WORK/w-cut" \
+  --stop-grace-s 2 > w-cut.out 2>&1 &
 CUT_PID=$!
 PIDS+=("$CUT_PID")
 for i in $(seq 1 50); do "$B" workers 2>/dev/null | grep -q "w-cut .* up" && break; sleep 0.1; done
@@ -78,7 +80,7 @@ for i in $(seq 1 100); do [ "$(pgrep -fc '^sleep 304' || true)" = 2 ] && break; 
 OLD_RANKS=$(pgrep -f '^sleep 304' | tr '\n' ' ')
 expect_exit 0 "status" -- "$B" status "$CJ"
 expect_output "on w-cut ranks 0-1" "placed on w-cut"
-"$B" worker --slots 2 --name w-host --token-file worker.token --work-dir "$WORK/w-host" > w-host.out 2>&1 &
+"$B" worker --slots 2 --name w-host --token-file worker.token --work-dir "$WORK/w-host" --stop-grace-s 2 > w-host.out 2>&1 &
 PIDS+=("$!")
 for i in $(seq 1 50); do "$B" workers 2>/dev/null | grep -q "w-host .* up" && break; sleep 0.1; done
 

@@ -27,7 +27,7 @@ cd "$WORK"
 head -c 32 /dev/urandom | base64 > user.token
 head -c 32 /dev/urandom | base64 > worker.token
 chmod 600 user.token worker.token
-HB_TIMEOUT=3
+HB_TIMEOUT=4
 cat > coordinator.yaml <<EOF
 state_dir: $WORK/state
 listen: 127.0.0.1:0
@@ -99,24 +99,34 @@ expect_output "cwd=$WORK\$" "the ranks ran in the job file's directory"
 expect_output "rank 0 fds: 0 1 2 3 \$" "a rank inherits no descriptor of its agent's (ls sees only its own)"
 
 # ---- GPUs: one per rank, by CUDA_VISIBLE_DEVICES ---------------------------------------------------
-"$B" worker --slots 3 --gpus 2 --name gpunode --token-file worker.token --work-dir "$WORK/gpunode" > gpunode.out 2>&1 &
+# gpunode has 3 slots and 3 GPUs, named by its own CUDA_VISIBLE_DEVICES (4,5,6); gpu2 has 2 slots
+# but 1 GPU. A 3-rank job fits only gpunode; a 2-rank job goes to gpu2 (the first name of the
+# 2-slot workers) and is refused there.
+CUDA_VISIBLE_DEVICES=4,5,6 "$B" worker --slots 3 --gpus 3 --name gpunode --token-file worker.token \
+  --work-dir "$WORK/gpunode" > gpunode.out 2>&1 &
 GPU_WORKER=$!
 PIDS+=("$GPU_WORKER")
-for i in $(seq 1 50); do "$B" workers 2>/dev/null | grep -q "gpunode .* up" && break; sleep 0.1; done
+"$B" worker --slots 2 --gpus 1 --name gpu2 --token-file worker.token --work-dir "$WORK/gpu2" > gpu2.out 2>&1 &
+GPU2_WORKER=$!
+PIDS+=("$GPU2_WORKER")
+for i in $(seq 1 50); do [ "$("$B" workers 2>/dev/null | grep -cE '^gpu(node|2) .* up')" = 2 ] && break; sleep 0.1; done
 cat > gpus.yaml <<'EOF'
 name: gpus
-command: 'echo "rank $RANK sees [${CUDA_VISIBLE_DEVICES-unset}]"'
-launch: {ranks: 3}
+command: 'echo "rank $RANK local $LOCAL_RANK sees [${CUDA_VISIBLE_DEVICES-unset}]"'
+launch: {ranks: 3, max_restarts: 0}
 EOF
-expect_exit 0 "a 3-rank job on the 3-slot, 2-GPU node succeeds" -- "$B" submit gpus.yaml --wait
+expect_exit 0 "a 3-rank job on the 3-GPU node succeeds" -- "$B" submit gpus.yaml --wait
 GJ=$(job_id)
 expect_exit 0 "its logs" -- "$B" logs "$GJ"
 expect_output "on gpunode:0-2" "the job was packed onto the one node that holds it"
-expect_output "rank 0 sees \[0\]" "rank 0 got GPU 0"
-expect_output "rank 1 sees \[1\]" "rank 1 got GPU 1"
-expect_output "rank 2 sees \[\]" "rank 2, beyond the node's GPUs, sees none"
-kill "$GPU_WORKER"
-wait "$GPU_WORKER" 2>/dev/null || true
+for r in 0 1 2; do
+  expect_output "rank $r local $r sees \\[4,5,6\\]" "rank $r sees the launch's GPUs, named as the agent's own, LOCAL_RANK $r picks its own"
+done
+expect_exit 1 "a 2-rank job on the 1-GPU node is refused" -- "$B" submit gpus.yaml --set launch.ranks=2 --set name=gpus2 --wait
+expect_exit 0 "status" -- "$B" status "$(job_id)"
+expect_output "has 1 free GPU\\(s\\) for 2 rank\\(s\\)" "the refusal names the shortfall"
+kill "$GPU_WORKER" "$GPU2_WORKER"
+wait "$GPU_WORKER" "$GPU2_WORKER" 2>/dev/null || true
 
 # ---- the restart budget ---------------------------------------------------------------------------
 cat > flaky.yaml <<'EOF'

@@ -78,6 +78,7 @@ class ServiceTest : public ::testing::Test {
     proto::Envelope reg;
     reg.mutable_register_worker()->set_name(name);
     reg.mutable_register_worker()->set_slots(slots);
+    reg.mutable_register_worker()->set_stop_grace_ms(500);  // a lost worker's jobs wait this before restarting
     auto r = w->Call(reg, milliseconds(5000));
     COHORT_CHECK(r.ok() && r->body_case() == proto::Envelope::kRegistered) << r.status().ToString();
     return w;
