@@ -223,6 +223,12 @@ class Service::Impl {
   std::map<uint64_t, uint64_t> epoch_job_;  // every epoch known this run -> its job (late log lines)
   std::vector<WorkerRecord> unsaved_workers_;  // registrations not yet in the state (written per tick)
   std::map<uint64_t, Draining> draining_;  // by epoch
+  // The open attempts with ranks on each worker: a heartbeat looks only at its worker's attempts,
+  // not at every attempt of the cluster.
+  std::map<std::string, std::set<uint64_t>> worker_attempts_;
+  void Index(const Attempt& a) {
+    for (const Placement& p : a.placements) worker_attempts_[p.worker].insert(a.epoch);
+  }
   asio::steady_timer accept_retry_{io_};
   int64_t last_tick_ = 0;                 // steady clock
   uint64_t heartbeats_ = 0;
@@ -456,6 +462,7 @@ Status Service::Impl::Init() {
       COHORT_LOG_INFO("coordinator: job {} succeeded (all its ranks had finished before the restart)", done.id);
       continue;
     }
+    Index(a);
     attempts_[r.epoch] = std::move(a);
     epoch_job_[r.epoch] = r.job_id;
     COHORT_LOG_INFO("coordinator: job {} attempt (epoch {}) was running on {}: waiting up to {} ms for its workers",
@@ -927,7 +934,12 @@ void Service::Impl::NoteRunning(Worker& w, const google::protobuf::RepeatedPtrFi
     it = it->second.slots.empty() ? draining_.erase(it) : std::next(it);
   }
   std::vector<std::pair<uint64_t, std::string>> gone;
-  for (auto& [epoch, a] : attempts_) {
+  const auto on_worker = worker_attempts_.find(w.name);
+  const std::set<uint64_t> mine = on_worker == worker_attempts_.end() ? std::set<uint64_t>() : on_worker->second;
+  for (uint64_t epoch : mine) {
+    auto found = attempts_.find(epoch);
+    if (found == attempts_.end()) continue;
+    Attempt& a = found->second;
     int lost = -1;
     for (const Placement& p : a.placements) {
       if (p.worker != w.name) continue;
@@ -1127,6 +1139,7 @@ void Service::Impl::StartJob(const Start& start) {
   a.restarts = j->restarts;
   a.launched = clock_->SteadyMs();
   attempts_[a.epoch] = a;
+  Index(a);
   epoch_job_[a.epoch] = a.job_id;
   COHORT_LOG_INFO("coordinator: job {} attempt {} (epoch {}) starts on {}{}", a.job_id, j->restarts + 1, a.epoch,
                   Describe(a.placements), start.backfilled ? " (backfilled)" : "");
@@ -1204,6 +1217,12 @@ void Service::Impl::Forget(uint64_t epoch) {
   }
   if (!d.slots.empty()) draining_[epoch] = std::move(d);
   if (a.rendezvous && rdv_ != nullptr) rdv_->Close(epoch);
+  for (const Placement& p : a.placements) {
+    auto w = worker_attempts_.find(p.worker);
+    if (w == worker_attempts_.end()) continue;
+    w->second.erase(epoch);
+    if (w->second.empty()) worker_attempts_.erase(w);
+  }
   attempts_.erase(it);
 }
 
@@ -1245,11 +1264,7 @@ void Service::Impl::WorkerDown(Worker& w, const std::string& why) {
   w.up = false;
   COHORT_LOG_WARN("coordinator: worker {} is down: {}", w.name, why);
   std::vector<uint64_t> hit;
-  for (const auto& [epoch, a] : attempts_) {
-    for (const Placement& p : a.placements) {
-      if (p.worker == w.name) hit.push_back(epoch);
-    }
-  }
+  if (auto on = worker_attempts_.find(w.name); on != worker_attempts_.end()) hit.assign(on->second.begin(), on->second.end());
   // Its ranks may still run, cut off (they stop at the agent's lease, within the stop grace):
   // the jobs restart only once they surely have, or two attempts would write one checkpoint.
   for (uint64_t epoch : hit) {
