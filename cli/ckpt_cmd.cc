@@ -42,16 +42,7 @@ void PrintManifest(const std::string& dir, const checkpoint::Manifest& m) {
   }
   if (!m.job_spec_yaml.empty()) {
     std::printf("  job spec:\n");
-    std::string line;
-    for (char c : m.job_spec_yaml) {
-      if (c == '\n') {
-        std::printf("    %s\n", line.c_str());
-        line.clear();
-      } else {
-        line += c;
-      }
-    }
-    if (!line.empty()) std::printf("    %s\n", line.c_str());
+    PrintIndented(m.job_spec_yaml, "    ");
   }
 }
 

@@ -35,6 +35,10 @@ inline constexpr int kExitSignalBase = 128;
 // OutOfRange, AlreadyExists), kExitFailure for everything else.
 int ExitCodeFor(const Status& s);
 
+// Prints `text` to stdout line by line, each line prefixed with `indent` (a last line without a
+// newline too).
+void PrintIndented(const std::string& text, const char* indent);
+
 // Prints "error: <message>" to stderr and stores ExitCodeFor(s) in ctx.exit_code.
 void ReportError(const Status& s, Context& ctx);
 

@@ -21,4 +21,14 @@ void ReportError(const Status& s, Context& ctx) {
   ctx.exit_code = ExitCodeFor(s);
 }
 
+void PrintIndented(const std::string& text, const char* indent) {
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t nl = text.find('\n', at);
+    if (nl == std::string::npos) nl = text.size();
+    std::printf("%s%.*s\n", indent, static_cast<int>(nl - at), text.data() + at);
+    at = nl + 1;
+  }
+}
+
 }  // namespace cohort::cli

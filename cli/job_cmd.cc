@@ -344,16 +344,7 @@ void AddStatusCommand(CLI::App& app, Context& ctx) {
       std::printf("\n");
       if (!a.log_tail().empty()) {
         std::printf("    output of that rank, the end:\n");
-        std::string line;
-        for (char ch : a.log_tail()) {
-          if (ch == '\n') {
-            std::printf("      %s\n", line.c_str());
-            line.clear();
-          } else {
-            line += ch;
-          }
-        }
-        if (!line.empty()) std::printf("      %s\n", line.c_str());
+        PrintIndented(a.log_tail(), "      ");
       }
     }
   });

@@ -211,6 +211,11 @@ Status StateStore::Exec(const char* sql) {
 // IMMEDIATE: takes the write lock at the start, so a transaction never fails half-way for a lock.
 Status StateStore::Begin() { return Exec("BEGIN IMMEDIATE"); }
 Status StateStore::Commit() { return Exec("COMMIT"); }
+Status StateStore::CommitOrRollback() {
+  Status st = Commit();
+  if (!st.ok()) Rollback();
+  return st;
+}
 void StateStore::Rollback() { Exec("ROLLBACK").IgnoreError(); }
 
 Result<std::unique_ptr<StateStore>> StateStore::Open(const std::string& path, Backoff backoff) {
@@ -320,10 +325,7 @@ Result<uint64_t> StateStore::AddJob(const NewJob& job, int64_t now_ms) {
     Rollback();
     return st;
   }
-  if (Status st = Commit(); !st.ok()) {
-    Rollback();
-    return st;
-  }
+  RETURN_IF_ERROR(CommitOrRollback());
   return id;
 }
 
@@ -436,7 +438,7 @@ Result<uint64_t> StateStore::StartAttempt(uint64_t job_id, const std::vector<Pla
   Stmt up(db_, "UPDATE jobs SET state = 'running', restarts = ?, updated_ms = ? WHERE id = ?");
   up.Bind(1, attempts).Bind(2, now_ms).Bind(3, static_cast<int64_t>(job_id));
   if (up.Step() != SQLITE_DONE) return abort(Fail("starting " + job));
-  if (Status st = Commit(); !st.ok()) return abort(st);
+  RETURN_IF_ERROR(CommitOrRollback());
   return epoch;
 }
 
@@ -495,7 +497,7 @@ Result<JobRecord> StateStore::EndAttempt(uint64_t epoch, const End& end, int64_t
   up.Bind(1, state).Bind(2, not_before).Bind(3, state == "queued" ? std::string() : end.message);
   up.Bind(4, now_ms).Bind(5, static_cast<int64_t>(job_id));
   if (up.Step() != SQLITE_DONE) return abort(Fail("ending " + attempt));
-  if (Status st = Commit(); !st.ok()) return abort(st);
+  RETURN_IF_ERROR(CommitOrRollback());
   return Job(job_id);
 }
 
@@ -526,10 +528,7 @@ Status StateStore::RecordRankExit(uint64_t epoch, int rank, int status) {
     Rollback();
     return st;
   }
-  if (Status st = Commit(); !st.ok()) {
-    Rollback();
-    return st;
-  }
+  RETURN_IF_ERROR(CommitOrRollback());
   return Status::Ok();
 }
 
@@ -579,7 +578,7 @@ Result<uint64_t> StateStore::CancelJob(uint64_t job_id, const std::string& messa
   Stmt up(db_, "UPDATE jobs SET state = 'cancelled', message = ?, updated_ms = ? WHERE id = ?");
   up.Bind(1, message).Bind(2, now_ms).Bind(3, static_cast<int64_t>(job_id));
   if (up.Step() != SQLITE_DONE) return abort(Fail("cancelling " + job));
-  if (Status st = Commit(); !st.ok()) return abort(st);
+  RETURN_IF_ERROR(CommitOrRollback());
   return epoch;
 }
 
@@ -606,10 +605,7 @@ Status StateStore::UpsertWorkers(const std::vector<WorkerRecord>& workers) {
       return st;
     }
   }
-  if (Status st = Commit(); !st.ok()) {
-    Rollback();
-    return st;
-  }
+  RETURN_IF_ERROR(CommitOrRollback());
   return Status::Ok();
 }
 

@@ -155,6 +155,7 @@ class StateStore {
   Status Exec(const char* sql);
   Status Begin();
   Status Commit();
+  Status CommitOrRollback();  // a failed COMMIT leaves the transaction open: roll it back
   void Rollback();
   Status Fail(const std::string& what) const;  // kIo with SQLite's message
 
