@@ -1,7 +1,6 @@
 // `cohort ckpt list ROOT` and `cohort ckpt verify PATH` (checkpoint/checkpoint.h).
 #include <cinttypes>
 #include <cstdio>
-#include <ctime>
 #include <memory>
 #include <string>
 
@@ -11,22 +10,13 @@
 namespace cohort::cli {
 namespace {
 
-std::string Utc(int64_t unix_ms) {
-  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
-  return buf;
-}
-
 void PrintManifest(const std::string& dir, const checkpoint::Manifest& m) {
   uint64_t bytes = 0;
   for (const auto& f : m.files) bytes += f.size;
   std::printf("checkpoint %s\n", dir.c_str());
   std::printf("  format version   %u\n", m.format_version);
   std::printf("  step             %" PRId64 " (optimizer step %" PRId64 ")\n", m.step, m.optimizer_step);
-  std::printf("  written          %s by %d rank(s), strategy %s\n", Utc(m.created_unix_ms).c_str(), m.world_size,
+  std::printf("  written          %s by %d rank(s), strategy %s\n", (UtcTime(m.created_unix_ms) + " UTC").c_str(), m.world_size,
               m.strategy.c_str());
   std::printf("  parameters       %" PRIu64 "\n", m.num_parameters);
   std::string states;

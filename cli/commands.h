@@ -3,6 +3,7 @@
 // failure, 2 bad input) and print errors to stderr. Only cli/ (and launch/) read flags/env vars.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -34,6 +35,9 @@ inline constexpr int kExitSignalBase = 128;
 // kExitUsage for errors caused by the user's input (InvalidArgument, NotFound, DataLoss,
 // OutOfRange, AlreadyExists), kExitFailure for everything else.
 int ExitCodeFor(const Status& s);
+
+// "YYYY-MM-DD HH:MM:SS" in UTC for milliseconds since the Unix epoch.
+std::string UtcTime(int64_t unix_ms);
 
 // Prints `text` to stdout line by line, each line prefixed with `indent` (a last line without a
 // newline too).

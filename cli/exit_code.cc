@@ -1,4 +1,5 @@
 #include <cstdio>
+#include <ctime>
 
 #include "cli/commands.h"
 
@@ -19,6 +20,15 @@ int ExitCodeFor(const Status& s) {
 void ReportError(const Status& s, Context& ctx) {
   std::fprintf(stderr, "error: %s\n", s.message().c_str());
   ctx.exit_code = ExitCodeFor(s);
+}
+
+std::string UtcTime(int64_t unix_ms) {
+  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
 }
 
 void PrintIndented(const std::string& text, const char* indent) {

@@ -6,15 +6,12 @@
 // ~/.cohort/user.token (the user token for the job CLI; the worker token for `cohort worker`).
 #include <pthread.h>
 #include <signal.h>
-#include <sys/stat.h>
 
 #include <atomic>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
-#include <ctime>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -53,18 +50,6 @@ void AddEndpointOptions(CLI::App* cmd, Endpoint* ep, const char* default_token) 
                   std::string("file holding the token (default $COHORT_TOKEN_FILE, else ~/.cohort/") + default_token + ")");
 }
 
-Result<std::string> ReadTokenFile(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return ErrnoError("token file " + path, errno);
-  if (!S_ISREG(st.st_mode) || st.st_size > 4096) return InvalidArgument("token file " + path + ": not a small regular file");
-  std::ifstream in(path);
-  std::string token;
-  std::getline(in, token);
-  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
-  if (token.empty()) return InvalidArgument("token file " + path + " is empty");
-  return token;
-}
-
 Result<coordinator::ClientOptions> Resolve(const Endpoint& ep, proto::Role role, const char* default_token) {
   coordinator::ClientOptions o;
   o.role = role;
@@ -73,7 +58,7 @@ Result<coordinator::ClientOptions> Resolve(const Endpoint& ep, proto::Role role,
   RETURN_IF_ERROR(coordinator::ParseHostPort(where, "--coordinator", &o.host, &o.port));
   std::string file = !ep.token_file.empty() ? ep.token_file : Env("COHORT_TOKEN_FILE");
   if (file.empty()) file = Env("HOME") + "/.cohort/" + default_token;
-  ASSIGN_OR_RETURN(o.token, ReadTokenFile(file));
+  ASSIGN_OR_RETURN(o.token, coordinator::ReadTokenFile(file, "token file"));
   return o;
 }
 
@@ -81,6 +66,12 @@ Result<std::unique_ptr<coordinator::Client>> ConnectUser(const Endpoint& ep, con
   ASSIGN_OR_RETURN(coordinator::ClientOptions o, Resolve(ep, proto::ROLE_USER, "user.token"));
   o.name = std::string("cohort ") + what;
   return coordinator::Client::Connect(o);
+}
+
+// One request on a fresh user connection.
+Result<proto::Envelope> Ask(const Endpoint& ep, const char* what, const proto::Envelope& request) {
+  ASSIGN_OR_RETURN(std::unique_ptr<coordinator::Client> c, ConnectUser(ep, what));
+  return c->Call(request, milliseconds(30000));
 }
 
 const char* StateName(proto::JobState s) {
@@ -98,15 +89,7 @@ bool Final(proto::JobState s) {
   return s == proto::JOB_SUCCEEDED || s == proto::JOB_FAILED || s == proto::JOB_CANCELLED;
 }
 
-std::string Utc(int64_t unix_ms) {
-  if (unix_ms <= 0) return "-";
-  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
-  return buf;
-}
+std::string Utc(int64_t unix_ms) { return unix_ms <= 0 ? "-" : UtcTime(unix_ms); }
 
 // Blocks SIGINT and SIGTERM in this thread (and the threads it starts), and runs `on_signal` on a
 // thread of its own when one arrives.
@@ -289,11 +272,9 @@ void AddJobsCommand(CLI::App& app, Context& ctx) {
   auto ep = std::make_shared<Endpoint>();
   AddEndpointOptions(cmd, ep.get(), "user.token");
   cmd->callback([&ctx, ep] {
-    auto c = ConnectUser(*ep, "jobs");
-    if (!c.ok()) return ReportError(c.status(), ctx);
     proto::Envelope q;
     q.mutable_list_jobs();
-    Result<proto::Envelope> r = (*c)->Call(q, milliseconds(30000));
+    Result<proto::Envelope> r = Ask(*ep, "jobs", q);
     if (!r.ok()) return ReportError(r.status(), ctx);
     std::printf("%-6s %-20s %-10s %5s %5s %8s  %-19s  %s\n", "ID", "NAME", "STATE", "RANKS", "PRIO", "RESTARTS",
                 "SUBMITTED (UTC)", "MESSAGE");
@@ -390,11 +371,9 @@ void AddCancelCommand(CLI::App& app, Context& ctx) {
   AddEndpointOptions(cmd, ep.get(), "user.token");
   cmd->add_option("job", *id, "job id")->required();
   cmd->callback([&ctx, ep, id] {
-    auto c = ConnectUser(*ep, "cancel");
-    if (!c.ok()) return ReportError(c.status(), ctx);
     proto::Envelope q;
     q.mutable_cancel()->set_job_id(*id);
-    Result<proto::Envelope> r = (*c)->Call(q, milliseconds(30000));
+    Result<proto::Envelope> r = Ask(*ep, "cancel", q);
     if (!r.ok()) return ReportError(r.status(), ctx);
     std::printf("job %" PRIu64 " cancelled\n", *id);
   });
@@ -405,11 +384,9 @@ void AddWorkersCommand(CLI::App& app, Context& ctx) {
   auto ep = std::make_shared<Endpoint>();
   AddEndpointOptions(cmd, ep.get(), "user.token");
   cmd->callback([&ctx, ep] {
-    auto c = ConnectUser(*ep, "workers");
-    if (!c.ok()) return ReportError(c.status(), ctx);
     proto::Envelope q;
     q.mutable_list_workers();
-    Result<proto::Envelope> r = (*c)->Call(q, milliseconds(30000));
+    Result<proto::Envelope> r = Ask(*ep, "workers", q);
     if (!r.ok()) return ReportError(r.status(), ctx);
     std::printf("%-24s %-5s %5s %5s  %s\n", "NAME", "STATE", "SLOTS", "USED", "LAST HEARTBEAT (UTC)");
     for (const auto& w : r->worker_list().workers()) {

@@ -1,7 +1,11 @@
 #include "coordinator/client.h"
 
+#include <sys/stat.h>
+
 #include <array>
+#include <cerrno>
 #include <deque>
+#include <fstream>
 
 #include <boost/asio.hpp>
 
@@ -29,6 +33,21 @@ Status ParseHostPort(const std::string& s, const std::string& what, std::string*
   *host = h;
   *port = std::stoi(p);
   return Status::Ok();
+}
+
+Result<std::string> ReadTokenFile(const std::string& path, const std::string& what, bool private_only) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return ErrnoError(what + ": " + path, errno);
+  if (!S_ISREG(st.st_mode) || st.st_size > 4096) return InvalidArgument(what + ": " + path + " is not a small regular file");
+  if (private_only && (st.st_mode & 077) != 0) {
+    return InvalidArgument(what + ": " + path + " is readable by other users (chmod 600 it)");
+  }
+  std::ifstream in(path);
+  std::string token;
+  std::getline(in, token);
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (token.empty()) return InvalidArgument(what + ": " + path + " is empty");
+  return token;
 }
 
 class Client::Impl {

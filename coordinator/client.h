@@ -36,6 +36,11 @@ struct ClientOptions {
 Status ParseHostPort(const std::string& s, const std::string& what, std::string* host, int* port,
                      bool allow_any_port = false);
 
+// A token from a file: its first line (the file regular and at most 4 KiB), trailing spaces and
+// CRs removed. InvalidArgument naming `what` and the path when the file is not that, the token is
+// empty, or, with `private_only` (the coordinator's own tokens), the file is readable by others.
+Result<std::string> ReadTokenFile(const std::string& path, const std::string& what, bool private_only = false);
+
 class Client {
  public:
   static Result<std::unique_ptr<Client>> Connect(const ClientOptions& options);

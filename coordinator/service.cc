@@ -1,6 +1,5 @@
 #include "coordinator/service.h"
 
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -171,6 +170,7 @@ class Service::Impl {
     int64_t until = 0;  // steady clock
   };
 
+  Result<int> Listen(tcp::acceptor& acceptor, const std::string& host, int port, const char* what);
   void Accept();
   void AcceptHttp();
   std::string Metrics();
@@ -195,6 +195,8 @@ class Service::Impl {
   void Forget(uint64_t epoch);
   void WorkerDown(Worker& w, const std::string& why);
   void CheckReattached(Attempt& a);
+  // The open attempt `epoch` of `job` if it placed `rank` on `worker`; nullptr otherwise (stale).
+  Attempt* PlacedOn(uint64_t job, uint64_t epoch, int rank, const std::string& worker);
   std::map<std::string, int> UsedSlots() const;
   void Requeued(const JobRecord& j);
   bool SendTo(const std::string& worker, const proto::Envelope& e);
@@ -257,6 +259,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string peer_ip, peer;
 
   void Start() {
+    // Reads are attempted only once the socket is readable, and must never block the loop.
+    error_code ec;
+    sock_.non_blocking(true, ec);
     Arm(svc_->options().handshake_timeout_ms, "no hello within the handshake timeout");
     Read();
   }
@@ -345,7 +350,6 @@ class Session : public std::enable_shared_from_this<Session> {
       if (ec) return self->OnRead(ec, 0);
       std::vector<char>& buf = self->svc_->read_buffer();
       error_code rec;
-      self->sock_.non_blocking(true, rec);
       const size_t n = self->sock_.read_some(asio::buffer(buf), rec);
       if (rec == asio::error::would_block) return self->Read();
       self->OnRead(rec, n);
@@ -413,6 +417,23 @@ class Session : public std::enable_shared_from_this<Session> {
 
 // ---- setup -------------------------------------------------------------------------------------
 
+// Opens `acceptor` on host:port (port 0: any free one); returns the bound port.
+Result<int> Service::Impl::Listen(tcp::acceptor& acceptor, const std::string& host, int port, const char* what) {
+  error_code ec;
+  const auto addr = asio::ip::make_address(host, ec);
+  if (ec) return InvalidArgument("coordinator: address '" + host + "': " + ec.message());
+  const tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+  acceptor.open(ep.protocol(), ec);
+  if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor.bind(ep, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return Status(Code::kUnavailable,
+                  std::string("coordinator: cannot ") + what + " " + host + ":" + std::to_string(port) + ": " + ec.message());
+  }
+  return static_cast<int>(acceptor.local_endpoint().port());
+}
+
 Status Service::Impl::Init() {
   if (o_.state_dir.empty()) return InvalidArgument("coordinator: state_dir is required");
   if (o_.user_token.empty() && o_.worker_token.empty()) {
@@ -430,9 +451,7 @@ Status Service::Impl::Init() {
   std::map<uint64_t, const JobRecord*> by_id;
   for (const JobRecord& j : jobs) {
     by_id[j.id] = &j;
-    if (j.state == JobState::kQueued) {
-      queued_[j.id] = {{j.id, j.spec.priority, j.queue_order, j.spec.ranks, j.spec.time_limit_ms}, j.not_before_ms};
-    }
+    Requeued(j);
   }
   ASSIGN_OR_RETURN(std::vector<AttemptRecord> open, store_->OpenAttempts());
   for (const AttemptRecord& r : open) {
@@ -481,29 +500,9 @@ Status Service::Impl::Init() {
   error_code ec;
   const auto addr = asio::ip::make_address(o_.listen_host, ec);
   if (ec) return InvalidArgument("coordinator: listen address '" + o_.listen_host + "': " + ec.message());
-  const tcp::endpoint ep(addr, static_cast<unsigned short>(o_.listen_port));
-  acceptor_.open(ep.protocol(), ec);
-  if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) acceptor_.bind(ep, ec);
-  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
-    return Status(Code::kUnavailable, "coordinator: cannot listen on " + o_.listen_host + ":" +
-                                          std::to_string(o_.listen_port) + ": " + ec.message());
-  }
-  port_ = acceptor_.local_endpoint().port();
+  ASSIGN_OR_RETURN(port_, Listen(acceptor_, o_.listen_host, o_.listen_port, "listen on"));
   if (!o_.http_host.empty()) {
-    const auto haddr = asio::ip::make_address(o_.http_host, ec);
-    if (ec) return InvalidArgument("coordinator: http address '" + o_.http_host + "': " + ec.message());
-    const tcp::endpoint hep(haddr, static_cast<unsigned short>(o_.http_port));
-    http_acceptor_.open(hep.protocol(), ec);
-    if (!ec) http_acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
-    if (!ec) http_acceptor_.bind(hep, ec);
-    if (!ec) http_acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) {
-      return Status(Code::kUnavailable, "coordinator: cannot serve HTTP on " + o_.http_host + ":" +
-                                            std::to_string(o_.http_port) + ": " + ec.message());
-    }
-    http_port_ = http_acceptor_.local_endpoint().port();
+    ASSIGN_OR_RETURN(http_port_, Listen(http_acceptor_, o_.http_host, o_.http_port, "serve HTTP on"));
   }
   if (o_.advertise_host.empty()) {
     if (addr.is_unspecified()) {
@@ -662,7 +661,7 @@ void Service::Impl::HandleUser(const std::shared_ptr<Session>& s, const proto::E
       }
       Result<JobRecord> j = store_->Job(*id);
       if (!j.ok()) return Fatal(j.status());
-      queued_[*id] = {{*id, n.priority, j->queue_order, n.ranks, n.time_limit_ms}, 0};
+      Requeued(*j);
       COHORT_LOG_INFO("coordinator: job {} '{}' submitted from {} ({} ranks, priority {})", *id, n.name, source,
                       n.ranks, n.priority);
       r.mutable_submit_reply()->set_job_id(*id);
@@ -873,6 +872,15 @@ void Service::Impl::Register(const std::shared_ptr<Session>& s, const proto::Env
   Schedule();
 }
 
+Service::Impl::Attempt* Service::Impl::PlacedOn(uint64_t job, uint64_t epoch, int rank, const std::string& worker) {
+  auto it = attempts_.find(epoch);
+  if (it == attempts_.end() || it->second.job_id != job) return nullptr;
+  for (const Placement& p : it->second.placements) {
+    if (p.worker == worker && rank >= p.first_rank && rank < p.first_rank + p.count) return &it->second;
+  }
+  return nullptr;
+}
+
 void Service::Impl::CheckReattached(Attempt& a) {
   if (!a.reattaching) return;
   for (const Placement& p : a.placements) {
@@ -899,14 +907,7 @@ void Service::Impl::NoteRunning(Worker& w, const google::protobuf::RepeatedPtrFi
   std::set<uint64_t> listed_epochs;
   for (const proto::RunningRank& r : running) {
     listed_epochs.insert(r.epoch());
-    auto it = attempts_.find(r.epoch());
-    bool ours = false;
-    if (it != attempts_.end() && it->second.job_id == r.job_id()) {
-      for (const Placement& p : it->second.placements) {
-        if (p.worker == w.name && r.rank() >= p.first_rank && r.rank() < p.first_rank + p.count) ours = true;
-      }
-    }
-    if (ours) {
+    if (PlacedOn(r.job_id(), r.epoch(), r.rank(), w.name) != nullptr) {
       listed.insert({r.epoch(), r.rank()});
     } else {
       stale.insert({r.job_id(), r.epoch()});
@@ -934,8 +935,10 @@ void Service::Impl::NoteRunning(Worker& w, const google::protobuf::RepeatedPtrFi
     it = it->second.slots.empty() ? draining_.erase(it) : std::next(it);
   }
   std::vector<std::pair<uint64_t, std::string>> gone;
+  static const std::set<uint64_t> kNone;
   const auto on_worker = worker_attempts_.find(w.name);
-  const std::set<uint64_t> mine = on_worker == worker_attempts_.end() ? std::set<uint64_t>() : on_worker->second;
+  // Not changed in the loop: the failures it finds are acted on after it.
+  const std::set<uint64_t>& mine = on_worker == worker_attempts_.end() ? kNone : on_worker->second;
   for (uint64_t epoch : mine) {
     auto found = attempts_.find(epoch);
     if (found == attempts_.end()) continue;
@@ -972,14 +975,8 @@ void Service::Impl::RankExited(Worker& w, const proto::Envelope& e) {
   proto::Envelope ack;
   ack.set_request_id(e.request_id());
   ack.mutable_ack();
-  auto it = attempts_.find(x.epoch());
-  bool ours = false;
-  if (it != attempts_.end() && it->second.job_id == x.job_id()) {
-    for (const Placement& p : it->second.placements) {
-      if (p.worker == w.name && x.rank() >= p.first_rank && x.rank() < p.first_rank + p.count) ours = true;
-    }
-  }
-  if (!ours) {
+  Attempt* placed = PlacedOn(x.job_id(), x.epoch(), x.rank(), w.name);
+  if (placed == nullptr) {
     // Settled by being refused: acknowledged, so the worker stops sending it. A rank of a draining
     // attempt has now stopped: its slot is free.
     if (auto d = draining_.find(x.epoch()); d != draining_.end()) {
@@ -994,7 +991,7 @@ void Service::Impl::RankExited(Worker& w, const proto::Envelope& e) {
     Schedule();
     return;
   }
-  Attempt& a = it->second;
+  Attempt& a = *placed;
   const uint64_t epoch = a.epoch;
   if (x.exit_status() == 0) {
     // Durable before acknowledged: the worker forgets an acknowledged report.
@@ -1226,6 +1223,7 @@ void Service::Impl::Forget(uint64_t epoch) {
   attempts_.erase(it);
 }
 
+// The scheduler's view of a queued job (new, requeued, or queued when the coordinator started).
 void Service::Impl::Requeued(const JobRecord& j) {
   if (j.state != JobState::kQueued) return;
   queued_[j.id] = {{j.id, j.spec.priority, j.queue_order, j.spec.ranks, j.spec.time_limit_ms}, j.not_before_ms};
@@ -1598,18 +1596,7 @@ int Service::http_port() const { return impl_->http_port(); }
 namespace {
 
 Result<std::string> ReadToken(const std::string& path, const std::string& where) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return ErrnoError(where + ": " + path, errno);
-  if (!S_ISREG(st.st_mode) || st.st_size > 4096) {
-    return InvalidArgument(where + ": " + path + " is not a small regular file");
-  }
-  if ((st.st_mode & 077) != 0) {
-    return InvalidArgument(where + ": " + path + " is readable by other users (chmod 600 it)");
-  }
-  std::ifstream in(path);
-  std::string token;
-  std::getline(in, token);
-  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  ASSIGN_OR_RETURN(std::string token, ReadTokenFile(path, where, /*private_only=*/true));
   if (token.size() < 16) return InvalidArgument(where + ": " + path + ": a token needs at least 16 characters");
   return token;
 }

@@ -442,6 +442,20 @@ Result<uint64_t> StateStore::StartAttempt(uint64_t job_id, const std::vector<Pla
   return epoch;
 }
 
+Result<uint64_t> StateStore::OpenAttemptJob(uint64_t epoch) {
+  const std::string attempt = "attempt (epoch " + std::to_string(epoch) + ")";
+  Stmt q(db_, "SELECT job_id, ended_ms FROM attempts WHERE epoch = ?");
+  q.Bind(1, static_cast<int64_t>(epoch));
+  const int rc = q.Step();
+  if (rc == SQLITE_DONE) return NotFound("no " + attempt);
+  if (rc != SQLITE_ROW) return Fail("reading " + attempt);
+  const auto job_id = static_cast<uint64_t>(q.Int(0));
+  if (!q.IsNull(1)) {
+    return InvalidArgument(attempt + " of job " + std::to_string(job_id) + " has ended already: a stale epoch");
+  }
+  return job_id;
+}
+
 Result<JobRecord> StateStore::EndAttempt(uint64_t epoch, const End& end, int64_t now_ms) {
   RETURN_IF_ERROR(Begin());
   auto abort = [&](Status st) {
@@ -449,19 +463,9 @@ Result<JobRecord> StateStore::EndAttempt(uint64_t epoch, const End& end, int64_t
     return st;
   };
   const std::string attempt = "attempt (epoch " + std::to_string(epoch) + ")";
-  uint64_t job_id = 0;
-  {
-    Stmt q(db_, "SELECT job_id, ended_ms FROM attempts WHERE epoch = ?");
-    q.Bind(1, static_cast<int64_t>(epoch));
-    const int rc = q.Step();
-    if (rc == SQLITE_DONE) return abort(NotFound("no " + attempt));
-    if (rc != SQLITE_ROW) return abort(Fail("reading " + attempt));
-    job_id = static_cast<uint64_t>(q.Int(0));
-    if (!q.IsNull(1)) {
-      return abort(InvalidArgument(attempt + " of job " + std::to_string(job_id) +
-                                   " has ended already: a stale epoch"));
-    }
-  }
+  Result<uint64_t> open = OpenAttemptJob(epoch);
+  if (!open.ok()) return abort(open.status());
+  const uint64_t job_id = *open;
   int restarts = 0, max_restarts = 0;
   {
     Stmt q(db_, "SELECT restarts, max_restarts FROM jobs WHERE id = ?");
@@ -503,23 +507,9 @@ Result<JobRecord> StateStore::EndAttempt(uint64_t epoch, const End& end, int64_t
 
 Status StateStore::RecordRankExit(uint64_t epoch, int rank, int status) {
   RETURN_IF_ERROR(Begin());
-  {
-    Stmt q(db_, "SELECT ended_ms FROM attempts WHERE epoch = ?");
-    q.Bind(1, static_cast<int64_t>(epoch));
-    const int rc = q.Step();
-    if (rc == SQLITE_DONE) {
-      Rollback();
-      return NotFound("no attempt (epoch " + std::to_string(epoch) + ")");
-    }
-    if (rc != SQLITE_ROW) {
-      Status st = Fail("reading attempt " + std::to_string(epoch));
-      Rollback();
-      return st;
-    }
-    if (!q.IsNull(0)) {
-      Rollback();
-      return InvalidArgument("attempt (epoch " + std::to_string(epoch) + ") has ended already: a stale epoch");
-    }
+  if (Result<uint64_t> open = OpenAttemptJob(epoch); !open.ok()) {
+    Rollback();
+    return open.status();
   }
   Stmt ins(db_, "INSERT OR REPLACE INTO rank_exits(epoch, rank, status) VALUES(?, ?, ?)");
   ins.Bind(1, static_cast<int64_t>(epoch)).Bind(2, rank).Bind(3, status);

@@ -155,7 +155,9 @@ class StateStore {
   Status Exec(const char* sql);
   Status Begin();
   Status Commit();
-  Status CommitOrRollback();  // a failed COMMIT leaves the transaction open: roll it back
+  Status CommitOrRollback();
+  // The job of the open attempt `epoch`: NotFound if unknown, InvalidArgument if it has ended.
+  Result<uint64_t> OpenAttemptJob(uint64_t epoch);  // a failed COMMIT leaves the transaction open: roll it back
   void Rollback();
   Status Fail(const std::string& what) const;  // kIo with SQLite's message
 

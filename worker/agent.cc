@@ -60,7 +60,6 @@ struct Rank {
   uint64_t epoch = 0;
   int rank = 0;
   pid_t pid = -1;
-  int fd = -1;  // the read end of the rank's stdout/stderr pipe (the reader thread's)
   std::shared_ptr<Output> out = std::make_shared<Output>();
   std::shared_ptr<std::atomic<bool>> quit = std::make_shared<std::atomic<bool>>(false);
   std::thread reader;
@@ -523,7 +522,6 @@ Status Agent::Impl::Spawn(const proto::LaunchRanks& l, int rank, int local_rank,
   r.epoch = l.epoch();
   r.rank = rank;
   r.pid = pid;
-  r.fd = fds[0];
   r.gpus = gpu_slots;
   const std::string log_path = o_.work_dir + "/" + std::to_string(l.job_id()) + "/rank-" + std::to_string(rank) + ".log";
   r.reader = std::thread(ReadOutput, fds[0], log_path, r.out, r.quit);
